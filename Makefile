@@ -1,0 +1,38 @@
+# surgitwin: two commands on a fresh clone.
+#   make demo   run the whole pipeline on the shipped sample scan -> out/demo
+#   make test   run the test suite
+# Both bootstrap .venv (torch pinned first, then the project) and the Debian packages.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PACKAGES := dcm2niix dicom3tools dcmtk orthanc orthanc-dicomweb xvfb xdotool \
+	chromium libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri imagemagick
+export EGL_PLATFORM ?= surfaceless
+
+.PHONY: demo test bench venv system clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+system:
+	@bash .ci/system-packages.sh $(APT_PACKAGES)
+
+demo: venv system
+	$(BIN)/surgitwin demo --out out/demo
+
+test: venv system
+	$(BIN)/python -m pytest -q tests
+
+bench: venv
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+clean-venv:
+	rm -rf $(VENV)

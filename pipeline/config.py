@@ -1,0 +1,74 @@
+"""Configuration: YAML files hold values only (no code). Each stage validates its own section.
+
+``configs/pipeline.yaml`` has one top-level section per stage (``selection``, ``ingest``,
+``segment``, ``mesh``, ``scene``, ``batch``, ``pacs``, ...). :func:`load_pipeline_config`
+returns the parsed mapping; :func:`section` validates one section with a pydantic model and
+turns validation errors into a ConfigError naming the file and the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+DEFAULT_PIPELINE = CONFIG_DIR / "pipeline.yaml"
+
+T = TypeVar("T")
+
+
+def load_yaml(path) -> Any:
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError("config file not found", path=str(path)) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", path=str(path)) from None
+
+
+def load_pipeline_config(path=None) -> dict:
+    path = Path(path) if path else DEFAULT_PIPELINE
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"top level must be a mapping of sections; found {type(data).__name__}", path=str(path))
+    data["__file__"] = str(path)
+    return data
+
+
+def section(cfg: dict, name: str, model: type[T]) -> T:
+    """Validate ``cfg[name]`` with a pydantic model; errors name the file and the key."""
+    from pydantic import ValidationError
+
+    raw = cfg.get(name) or {}
+    try:
+        return model.model_validate(raw)  # type: ignore[attr-defined]
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join([name, *(str(x) for x in err["loc"])])
+        raise ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=cfg.get("__file__")) from None
+
+
+def config_hash(obj: Any) -> str:
+    """Stable short hash of a config value for provenance."""
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def software_versions(*names: str) -> dict:
+    """Versions of surgitwin and the named distributions (for StageRecord.software)."""
+    from importlib import metadata
+
+    out = {}
+    for n in ("surgitwin", *names):
+        try:
+            out[n] = metadata.version(n)
+        except metadata.PackageNotFoundError:
+            out[n] = "not installed"
+    return out

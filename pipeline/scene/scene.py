@@ -1,0 +1,251 @@
+"""The scene bundle on disk: the contract between the pipeline, the viewer and other tools.
+
+Layout of a scene folder::
+
+    scene.json            the index (below); every path in it is relative to the folder
+    image.nii.gz          the CT/MR volume (NIfTI; RAS on disk as NIfTI demands, LPS in memory)
+    labels.nii.gz         the label map on exactly the image's grid
+    uncertainty.nii.gz    optional voxel-wise uncertainty (0..1), same grid
+    meshes/<name>.ply     one closed surface per structure, vertices in LPS mm
+    snapshots/*.png       optional pictures
+
+``scene.json`` keys (schema_version "1.0"):
+    schema_version, case_id, coordinate_system ("LPS"), units ("mm"),
+    source        {study_instance_uid, series_instance_uid, frame_of_reference_uid, modality, ...}
+    image         relative path of the image NIfTI
+    labelmap      relative path of the label map NIfTI
+    uncertainty   relative path or null
+    labels        the label table: [{id, name, rgb, code, critical, expected_ml, components}]
+    structures    [{name, label, color, mesh, volume_ml, voxel_volume_ml, watertight,
+                    n_faces, area_mm2, deviation_percent, qc: {...}}]
+    plan          {landmarks: [], measurements: [], cuts: [], trajectories: []}
+    provenance    [StageRecord dicts, in order]
+    snapshots     [relative paths]
+
+Mesh PLY files store float32 vertices; save_scene rounds in-memory vertices to float32 first,
+so save -> load round-trips exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SceneError
+from ..types import AnatomyMesh, Label, LabelTable, StageRecord
+
+SCHEMA_VERSION = "1.0"
+SCENE_FILE = "scene.json"
+REQUIRED_KEYS = ("schema_version", "case_id", "source", "image", "labelmap", "structures", "plan", "provenance")
+
+
+def new_plan() -> dict:
+    return {"landmarks": [], "measurements": [], "cuts": [], "trajectories": []}
+
+
+@dataclass(eq=False)
+class Scene:
+    """In-memory scene. ``root`` is the folder it was loaded from / saved to (None if new)."""
+
+    case_id: str
+    source: dict
+    labels: LabelTable
+    meshes: list[AnatomyMesh]
+    image: str = "image.nii.gz"
+    labelmap: str = "labels.nii.gz"
+    uncertainty: str | None = None
+    plan: dict = field(default_factory=new_plan)
+    provenance: list[StageRecord] = field(default_factory=list)
+    snapshots: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # unknown keys survive a load/save round trip
+    root: Path | None = None
+
+    # -- access ------------------------------------------------------------------------------
+    def mesh(self, name: str) -> AnatomyMesh:
+        for m in self.meshes:
+            if m.name == name:
+                return m
+        raise SceneError(f"structure '{name}' is not in scene '{self.case_id}'; known: {[m.name for m in self.meshes]}",
+                         path=str(self.root) if self.root else None)
+
+    @property
+    def structure_names(self) -> list[str]:
+        return [m.name for m in self.meshes]
+
+    def path(self, rel: str | None) -> Path | None:
+        if rel is None:
+            return None
+        if self.root is None:
+            raise SceneError("scene has no folder yet (save it first)")
+        return self.root / rel
+
+    def load_image(self):
+        from ..geometry import read_image_file
+        return read_image_file(self.path(self.image))
+
+    def load_labelmap(self):
+        from ..geometry import read_image_file
+        from ..types import LabelMap
+        vol = read_image_file(self.path(self.labelmap))
+        arr = vol.array
+        if not np.issubdtype(arr.dtype, np.integer):
+            arr = np.rint(arr).astype(np.int32)
+        return LabelMap(vol.with_array(arr), self.labels)
+
+    def load_uncertainty(self):
+        from ..geometry import read_image_file
+        return None if self.uncertainty is None else read_image_file(self.path(self.uncertainty))
+
+    # -- serialisation ----------------------------------------------------------------------
+    def to_json(self) -> dict:
+        structures = []
+        for m in self.meshes:
+            qa = dict(m.qa)
+            entry = {
+                "name": m.name,
+                "label": m.label.id,
+                "color": list(m.label.rgb),
+                "mesh": qa.pop("mesh_path", f"meshes/{m.name}.ply"),
+                "volume_ml": qa.pop("volume_ml", None),
+                "voxel_volume_ml": qa.pop("voxel_volume_ml", None),
+                "watertight": qa.pop("watertight", None),
+            }
+            entry.update(qa)
+            structures.append(entry)
+        d = {
+            "schema_version": SCHEMA_VERSION,
+            "case_id": self.case_id,
+            "coordinate_system": "LPS",
+            "units": "mm",
+            "source": self.source,
+            "image": self.image,
+            "labelmap": self.labelmap,
+            "uncertainty": self.uncertainty,
+            "labels": self.labels.to_list(),
+            "structures": structures,
+            "plan": self.plan,
+            "provenance": [p.to_dict() for p in self.provenance],
+            "snapshots": self.snapshots,
+        }
+        d.update(self.extra)
+        return d
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=_jsonable)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def resolve_scene_path(path) -> Path:
+    """Accept a scene folder or its scene.json; return the folder."""
+    p = Path(path)
+    if p.is_file() and p.name == SCENE_FILE:
+        return p.parent
+    if p.is_dir() and (p / SCENE_FILE).is_file():
+        return p
+    raise SceneError(f"not a scene: expected a folder containing {SCENE_FILE} or the {SCENE_FILE} itself", path=str(p))
+
+
+def save_scene(scene: Scene, folder=None, *, write_meshes: bool = True) -> Path:
+    """Write scene.json (atomically) and the meshes into ``folder`` (default: scene.root).
+
+    Image/label NIfTI files are written by the stage that produced them
+    (:func:`pipeline.run.run_case`); this function checks they exist.
+    """
+    folder = Path(folder or scene.root or ".")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "meshes").mkdir(exist_ok=True)
+    for rel in (scene.image, scene.labelmap):
+        if rel is not None and not (folder / rel).exists():
+            raise SceneError(f"scene contract: '{rel}' must exist in the scene folder before scene.json is written", path=str(folder))
+    if write_meshes:
+        for m in scene.meshes:
+            rel = m.qa.get("mesh_path", f"meshes/{m.name}.ply")
+            m.qa["mesh_path"] = rel
+            target = folder / rel
+            v = np.asarray(m.mesh.vertices)
+            if v.dtype != np.float32 and not np.array_equal(v, v.astype(np.float32)):
+                m.mesh.vertices = v.astype(np.float32).astype(np.float64)
+            tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
+            m.mesh.export(str(tmp), file_type="ply", encoding="binary")
+            os.replace(tmp, target)
+    scene.root = folder
+    write_json_atomic(folder / SCENE_FILE, scene.to_json())
+    return folder
+
+
+def load_scene(path, *, load_meshes: bool = True) -> Scene:
+    """Load a scene bundle (folder or scene.json). Meshes are trimesh.Trimesh in LPS mm."""
+    folder = resolve_scene_path(path)
+    try:
+        d = json.loads((folder / SCENE_FILE).read_text())
+    except json.JSONDecodeError as e:
+        raise SceneError(f"scene.json is not valid JSON ({e})", path=str(folder / SCENE_FILE)) from None
+    missing = [k for k in REQUIRED_KEYS if k not in d]
+    if missing:
+        raise SceneError(f"scene contract: keys {missing} are required", path=str(folder / SCENE_FILE))
+    major = str(d["schema_version"]).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise SceneError(f"scene schema_version must be {SCHEMA_VERSION.split('.')[0]}.x; found {d['schema_version']}",
+                         path=str(folder / SCENE_FILE))
+    if d.get("labels"):
+        labels = LabelTable.from_list(d["labels"])
+    else:  # minimal scenes written by other tools: derive labels from structures
+        labels = LabelTable(Label(s["label"], s["name"], tuple(s.get("color", (200, 200, 200)))) for s in d["structures"])
+    meshes = []
+    if load_meshes:
+        import trimesh
+    for s in d["structures"]:
+        s = dict(s)
+        label = labels.by_id(s.pop("label"))
+        s.pop("name"), s.pop("color", None)
+        rel = s.pop("mesh")
+        mesh = None
+        if load_meshes:
+            mp = folder / rel
+            if not mp.exists():
+                raise SceneError(f"scene contract: mesh file '{rel}' of structure '{label.name}' is missing", path=str(folder))
+            mesh = trimesh.load_mesh(str(mp), process=False)
+        qa = {"mesh_path": rel, **s}
+        meshes.append(AnatomyMesh(label, mesh, qa))
+    known = set(REQUIRED_KEYS) | {"coordinate_system", "units", "uncertainty", "labels", "snapshots"}
+    plan = new_plan()
+    plan.update(d["plan"] or {})
+    return Scene(
+        case_id=d["case_id"], source=d["source"], labels=labels, meshes=meshes,
+        image=d["image"], labelmap=d["labelmap"], uncertainty=d.get("uncertainty"),
+        plan=plan, provenance=[StageRecord.from_dict(p) for p in d["provenance"]],
+        snapshots=list(d.get("snapshots", [])), extra={k: v for k, v in d.items() if k not in known},
+        root=folder,
+    )
+
+
+def copy_scene(src, dst) -> Path:
+    """Copy a scene folder (used by tests and by tools that must not modify the original)."""
+    src = resolve_scene_path(src)
+    shutil.copytree(src, dst)
+    return Path(dst)
