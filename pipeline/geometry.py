@@ -138,6 +138,10 @@ def resample_to_grid(vol: Volume, shape, affine, order: int = 1, cval: float = 0
 
     affine = np.asarray(affine, dtype=np.float64)
     m = np.linalg.inv(vol.affine) @ affine  # target index -> source index
+    # snap float noise (1e-12 from composing affines): an identical or flipped grid must map
+    # voxel centres exactly, or edge voxels fall a hair outside and become cval
+    near = np.abs(m - np.rint(m)) < 1e-6
+    m[near] = np.rint(m[near])
     out = ndimage.affine_transform(
         vol.array.astype(np.float32) if order > 0 else vol.array,
         m[:3, :3], offset=m[:3, 3], output_shape=tuple(int(s) for s in shape),

@@ -71,14 +71,30 @@ def _surface_index_space(mask: np.ndarray, cfg: MeshConfig) -> tuple[np.ndarray,
     return pts[:, ::-1].copy(), faces  # VTK (x, y, z) == (i, j, k) -> (k, j, i)
 
 
+def _is_closed_manifold(faces: np.ndarray) -> bool:
+    """Every edge shared by exactly two faces (what trimesh calls watertight)."""
+    e = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
+    _, counts = np.unique(e, axis=0, return_counts=True)
+    return bool(np.all(counts == 2))
+
+
 def _decimate(verts: np.ndarray, faces: np.ndarray, target_faces: int):
+    """Quadric decimation that never trades away a closed surface.
+
+    fast_simplification's default aggressiveness occasionally pinches thin parts into
+    non-manifold edges (seen on a body outline: 30 of 90k edges); then retry gently, and
+    keep the full-resolution surface if that still is not closed.
+    """
     if len(faces) <= target_faces:
         return verts, faces
     import fast_simplification
 
-    v2, f2 = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
-                                          target_reduction=1.0 - target_faces / len(faces))
-    return v2.astype(np.float64), f2.astype(np.int64)
+    for agg in (7, 1):
+        v2, f2 = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
+                                              target_reduction=1.0 - target_faces / len(faces), agg=agg)
+        if _is_closed_manifold(f2):
+            return v2.astype(np.float64), f2.astype(np.int64)
+    return verts, faces
 
 
 def mask_to_mesh(mask: np.ndarray, affine: np.ndarray, cfg: MeshConfig = MeshConfig()):
@@ -91,11 +107,13 @@ def mask_to_mesh(mask: np.ndarray, affine: np.ndarray, cfg: MeshConfig = MeshCon
     idx = np.nonzero(mask)
     if len(idx[0]) < cfg.min_voxels:
         return None
-    lo = np.maximum(np.array([a.min() for a in idx]) - 2, 0)
-    hi = np.array([a.max() for a in idx]) + 3
-    crop = np.zeros(tuple(hi - lo), dtype=np.uint8)  # zero border so the surface is closed
-    sub = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    crop[: sub.shape[0], : sub.shape[1], : sub.shape[2]] = sub
+    lo = np.array([a.min() for a in idx])
+    hi = np.array([a.max() for a in idx]) + 1
+    # a 2-voxel zero border on every side (also where the structure touches the field of view)
+    # so the iso-surface is always closed
+    crop = np.zeros(tuple(hi - lo + 4), dtype=np.uint8)
+    crop[2:-2, 2:-2, 2:-2] = mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    lo = lo - 2
     verts, faces = _surface_index_space(crop, cfg)
     if len(faces) == 0:
         return None

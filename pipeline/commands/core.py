@@ -1,0 +1,132 @@
+"""Core commands: scan, run, demo, phantom. Heavy imports happen inside the handlers."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SAMPLE = ROOT / "sample_scans" / "phantom_ct"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("scan", help="index a DICOM folder into studies/series and show which series would be selected and why")
+    p.add_argument("path")
+    p.add_argument("--rules", help="pipeline YAML with a 'selection' section (default configs/pipeline.yaml)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_scan)
+
+    p = sub.add_parser("run", help="ingest -> segment -> mesh -> scene -> snapshot for one study")
+    p.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MHA image")
+    p.add_argument("--out", required=True, help="scene folder to write (replaced atomically)")
+    p.add_argument("--model", help="registry name or MONAI bundle directory (default from configs/pipeline.yaml)")
+    p.add_argument("--config", help="pipeline YAML (default configs/pipeline.yaml)")
+    p.add_argument("--bundle-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a MONAI bundle config value, e.g. pixdim=3,3,3")
+    p.add_argument("--trust-bundle", action="store_true", help="allow MONAI to evaluate $-expressions in the bundle")
+    p.add_argument("--no-snapshot", action="store_true", help="skip the offscreen picture")
+    p.add_argument("--json", action="store_true", help="print the case result as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", help="run the pipeline on the shipped sample scan and check it against its ground truth")
+    p.add_argument("--out", default="out/demo")
+    p.add_argument("--model", help="model to use (default from configs/pipeline.yaml)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("phantom", help="write a synthetic CT phantom DICOM series with its ground-truth labels")
+    p.add_argument("out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oblique", action="store_true")
+    p.add_argument("--reverse", action="store_true", help="write slices in reverse order")
+    p.set_defaults(func=cmd_phantom)
+
+
+def cmd_scan(args) -> int:
+    from pipeline.ingest import scan_command
+
+    print(scan_command(args.path, rules_path=args.rules, as_json=args.json))
+    return 0
+
+
+def _parse_overrides(items) -> dict:
+    from pipeline.errors import ConfigError
+
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"--bundle-set must be KEY=VALUE; found {it!r}")
+        k, v = it.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+class _Printer:
+    """One line per stage with elapsed time: readable in a terminal and in a log file."""
+
+    def __init__(self, stream=sys.stderr):
+        self.t0 = time.perf_counter()
+        self.stream = stream
+
+    def __call__(self, stage: str, msg: str) -> None:
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {stage:<8} {msg}", file=self.stream, flush=True)
+
+
+def print_summary(result, stream=sys.stdout) -> None:
+    print(f"\nscene  {result.scene_path}/scene.json   case {result.case_id}", file=stream)
+    src = result.source
+    if src.get("series_instance_uid"):
+        print(f"series {src.get('series_instance_uid')} ({src.get('modality', '?')}, {src.get('series_description', '')})", file=stream)
+    print(f"{'structure':<22}{'label':>6}{'mesh ml':>11}{'voxel ml':>11}{'dev %':>8}  watertight", file=stream)
+    for s in result.structures:
+        mv = "-" if s["volume_ml"] is None else f"{s['volume_ml']:.1f}"
+        dv = "-" if s["deviation_percent"] is None else f"{s['deviation_percent']:+.2f}"
+        print(f"{s['name']:<22}{s['label']:>6}{mv:>11}{s['voxel_volume_ml']:>11.1f}{dv:>8}  {'yes' if s['watertight'] else 'NO'}", file=stream)
+    print("timings " + ", ".join(f"{k} {v:.1f}s" for k, v in result.timings.items()), file=stream)
+    if result.snapshot:
+        print(f"picture {result.snapshot}", file=stream)
+    for w in result.warnings:
+        print(f"warning {w}", file=stream)
+
+
+def cmd_run(args) -> int:
+    from pipeline.run import run_case
+
+    result = run_case(args.input, args.out, model=args.model, config=args.config, progress=_Printer(),
+                      snapshot=not args.no_snapshot, bundle_overrides=_parse_overrides(args.bundle_set),
+                      trust_bundle=args.trust_bundle)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print_summary(result)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from pipeline.run import run_case
+
+    dicom = SAMPLE / "dicom"
+    if not dicom.exists():
+        from pipeline.phantom import generate_sample
+
+        print(f"sample scan missing; generating it into {SAMPLE}", file=sys.stderr)
+        generate_sample(SAMPLE, seed=0)
+    result = run_case(dicom, args.out, model=args.model, progress=_Printer())
+    print_summary(result)
+    truth = SAMPLE / "ground_truth_labels.nii.gz"
+    if truth.exists():
+        from pipeline.evaluation import compare_to_truth
+
+        rows = compare_to_truth(Path(args.out), truth)
+        print("\nagainst the phantom's ground truth (compared in patient space):")
+        print(f"{'structure':<22}{'dice':>7}{'truth ml':>10}{'found ml':>10}{'centroid err mm':>17}")
+        for r in rows:
+            print(f"{r['name']:<22}{r['dice']:>7.3f}{r['truth_ml']:>10.1f}{r['found_ml']:>10.1f}{r['centroid_error_mm']:>17.2f}")
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    from pipeline.phantom import phantom_command
+
+    phantom_command(args.out, seed=args.seed, oblique=args.oblique, reverse=args.reverse)
+    return 0

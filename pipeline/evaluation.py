@@ -1,0 +1,45 @@
+"""Compare a scene's label map with a ground-truth label map, in patient space."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def compare_to_truth(scene_path, truth_path, names=None) -> list[dict]:
+    """Dice, volumes and centroid distance per structure present in both (matched by name).
+
+    The truth is resampled (nearest) onto the scene's grid through both affines, so a flipped
+    or differently ordered truth file still compares correctly.
+    """
+    import json
+
+    from .geometry import read_image_file, resample_like
+    from .scene import load_scene
+    from .types import LabelTable
+
+    scene = load_scene(scene_path, load_meshes=False)
+    lm = scene.load_labelmap()
+    truth_path = Path(truth_path)
+    truth = read_image_file(truth_path)
+    table_file = truth_path.with_name("labels.json")
+    truth_labels = LabelTable.from_list(json.loads(table_file.read_text())) if table_file.exists() else scene.labels
+    truth_on_grid = resample_like(truth, lm.volume, order=0, dtype=np.int32).array
+    vox_ml = lm.volume.voxel_volume_ml
+    rows = []
+    for label in scene.labels:
+        if names is not None and label.name not in names:
+            continue
+        if label.name not in truth_labels:
+            continue
+        t = truth_on_grid == truth_labels.by_name(label.name).id
+        f = lm.array == label.id
+        if not t.any() and not f.any():
+            continue
+        inter = np.logical_and(t, f).sum()
+        dice = 2.0 * inter / max(t.sum() + f.sum(), 1)
+        ct = lm.volume.index_to_lps(np.argwhere(t).mean(0)) if t.any() else np.full(3, np.nan)
+        cf = lm.volume.index_to_lps(np.argwhere(f).mean(0)) if f.any() else np.full(3, np.nan)
+        rows.append({"name": label.name, "dice": float(dice), "truth_ml": float(t.sum() * vox_ml),
+                     "found_ml": float(f.sum() * vox_ml), "centroid_error_mm": float(np.linalg.norm(ct - cf))})
+    return rows

@@ -1,0 +1,176 @@
+"""The single-case pipeline: ingest -> segment -> mesh -> scene -> snapshot.
+
+:func:`run_case` is what `surgitwin run`, `make demo`, the batch executors and the PACS
+listener all call. It writes the scene into ``<out>.tmp-<pid>`` and renames it to ``out``
+only when every stage succeeded, so a folder named ``out`` is always complete.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .config import config_hash, load_pipeline_config, software_versions
+from .errors import SurgitwinError
+from .types import StageRecord
+
+Progress = Callable[[str, str], None]  # (stage, message)
+
+
+@dataclass
+class CaseResult:
+    status: str  # "done"
+    scene_path: Path
+    case_id: str
+    timings: dict[str, float] = field(default_factory=dict)
+    source: dict = field(default_factory=dict)
+    structures: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    snapshot: Path | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status, "scene_path": str(self.scene_path), "case_id": self.case_id,
+            "timings": self.timings, "source": self.source, "structures": self.structures,
+            "warnings": self.warnings, "snapshot": None if self.snapshot is None else str(self.snapshot),
+        }
+
+
+def _quiet(stage: str, msg: str) -> None:
+    pass
+
+
+def _case_id(source: dict, input_path: Path) -> str:
+    uid = source.get("series_instance_uid") or ""
+    stem = input_path.name.split(".")[0] or "case"
+    return f"{stem}-{uid[-8:]}" if uid else stem
+
+
+def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
+             snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
+             case_id: str | None = None) -> CaseResult:
+    """Run the whole pipeline on one input (DICOM folder/file, NIfTI/NRRD/MHA) into ``out_dir``.
+
+    Raises a :class:`~pipeline.errors.SurgitwinError` subclass naming the input and the rule
+    broken; in that case ``out_dir`` is left untouched.
+    """
+    from .ingest import read_input
+    from .mesh import MeshConfig, labelmap_to_meshes
+    from .scene import Scene, save_scene
+    from .geometry import write_image_file
+
+    progress = progress or _quiet
+    cfg = config if isinstance(config, dict) else load_pipeline_config(config)
+    input_path = Path(input_path)
+    out_dir = Path(out_dir)
+    model = model or (cfg.get("segment") or {}).get("model", "hu_rules")
+    timings: dict[str, float] = {}
+    records: list[StageRecord] = []
+
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        # 1. ingest ------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        progress("ingest", f"reading {input_path}")
+        volume = read_input(input_path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
+        timings["ingest"] = time.perf_counter() - t0
+        src = dict(volume.source)
+        records.append(StageRecord(
+            "ingest", software_versions("pydicom", "SimpleITK"), config_hash(cfg.get("selection")),
+            inputs={k: src.get(k) for k in ("study_instance_uid", "series_instance_uid", "input", "n_files") if k in src},
+            outputs={"shape": list(volume.shape), "spacing_mm": [round(float(s), 4) for s in volume.spacing],
+                     "affine_lps": np.round(volume.affine, 6).tolist()},
+            duration_s=round(timings["ingest"], 3), notes=tuple(src.get("notes", ())),
+        ))
+        progress("ingest", f"{volume.shape} voxels, spacing {np.round(volume.spacing, 3).tolist()} mm")
+
+        # 2. segment -----------------------------------------------------------------------
+        from .segment import resolve_model, segment
+
+        t0 = time.perf_counter()
+        spec = resolve_model(model, overrides=bundle_overrides, trust=trust_bundle)
+        progress("segment", f"model {spec.name} ({spec.backend})")
+        seg_cfg = {k: v for k, v in (cfg.get("segment") or {}).items() if k != "model"}
+        seg = segment(volume, spec, seg_cfg)
+        timings["segment"] = time.perf_counter() - t0
+        records.append(seg.record)
+        labelmap = seg.labelmap
+        write_image_file(volume, tmp / "image.nii.gz")
+        write_image_file(labelmap.volume, tmp / "labels.nii.gz",
+                         labelmap.array.astype(np.uint16 if labelmap.array.max() > 255 else np.uint8))
+        unc_rel = None
+        if seg.uncertainty is not None:
+            write_image_file(seg.uncertainty, tmp / "uncertainty.nii.gz", seg.uncertainty.array.astype(np.float32))
+            unc_rel = "uncertainty.nii.gz"
+
+        # 3. mesh --------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        mcfg = MeshConfig(**(cfg.get("mesh") or {}))
+        meshes = labelmap_to_meshes(labelmap, mcfg)
+        for m in meshes:
+            if m.name in seg.qc:
+                m.qa["qc"] = seg.qc[m.name]
+        timings["mesh"] = time.perf_counter() - t0
+        records.append(StageRecord(
+            "mesh", software_versions("vtk", "trimesh", "fast-simplification"), config_hash(mcfg.__dict__),
+            inputs={"labelmap": "labels.nii.gz"},
+            outputs={m.name: {"faces": m.qa["n_faces"], "volume_ml": m.qa["volume_ml"],
+                              "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"]} for m in meshes},
+            duration_s=round(timings["mesh"], 3),
+        ))
+        progress("mesh", f"{len(meshes)} structures meshed")
+
+        # 4. scene -------------------------------------------------------------------------
+        t0 = time.perf_counter()
+        source = {k: src.get(k) for k in ("study_instance_uid", "series_instance_uid", "frame_of_reference_uid",
+                                          "modality", "series_description", "patient_position", "input", "n_files",
+                                          "dicom_dir", "sop_instance_uids") if src.get(k) is not None}
+        source.setdefault("input", str(input_path.resolve()))
+        scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
+                      meshes=meshes, uncertainty=unc_rel)
+        scene.extra["qc"] = seg.qc
+        scene.provenance = records
+        save_scene(scene, tmp)
+        timings["scene"] = time.perf_counter() - t0
+
+        # 5. snapshot (separate process: an EGL failure must not take the case down) -------
+        snap = None
+        warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
+        if snapshot:
+            t0 = time.perf_counter()
+            try:
+                from viewer.render import snapshot_subprocess
+
+                (tmp / "snapshots").mkdir(exist_ok=True)
+                snapshot_subprocess(tmp, tmp / "snapshots" / "overview.png", views=("anterior", "left"))
+                scene.snapshots = ["snapshots/overview.png"]
+                save_scene(scene, tmp, write_meshes=False)
+                snap = out_dir / "snapshots" / "overview.png"
+            except (SurgitwinError, ImportError) as e:
+                warnings.append(f"snapshot not rendered: {e}")
+            timings["snapshot"] = time.perf_counter() - t0
+
+        # 6. publish atomically ------------------------------------------------------------
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    structures = [{"name": m.name, "label": m.label.id, "volume_ml": m.qa["volume_ml"],
+                   "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"],
+                   "deviation_percent": m.qa["deviation_percent"]} for m in meshes]
+    return CaseResult("done", out_dir, scene.case_id, {k: round(v, 3) for k, v in timings.items()},
+                      source, structures, warnings, snap)

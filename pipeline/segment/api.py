@@ -1,0 +1,219 @@
+"""``segment(volume, model, cfg) -> SegmentationResult``: the one entry point of the stage.
+
+Backends (``ModelSpec.backend``): ``hu_rules`` (no network), ``checkpoint`` (this project's
+network + safetensors/state-dict weights) and ``bundle`` (a MONAI Model Zoo bundle read as
+data). A network model may be combined with HU rules (``combine_with: hu_rules``).
+
+Combining, priority from high to low: the model's labels, then the HU-rule structures airway >
+lungs > bone > body, which only fill voxels the model left as background. An HU-rule structure
+whose name the model already has is dropped (the model's own ``trachea`` wins over ``airway``
+only if it is named ``airway``; names are the contract). Two labels with the same id but
+different names are an error, never silently merged.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import config_hash, software_versions
+from ..errors import ConfigError, ModelError
+from ..types import Label, LabelMap, LabelTable, StageRecord, Volume
+from .hu_rules import CODES, HURulesConfig, hu_rules_arrays, hu_uncertainty
+from .postprocess import PostprocessConfig, postprocess_labels
+from .qc import QCConfig, structure_qc
+from .registry import ModelSpec, load_label_file, resolve_model, LABELS_DIR
+
+
+
+class SegmentConfig(BaseModel):
+    """The ``segment`` section of ``configs/pipeline.yaml`` (run-time choices, not the model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "hu_rules"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: Optional[int] = Field(None, ge=1)
+    amp: Optional[bool] = None
+    postprocess: Optional[PostprocessConfig] = None  # replaces the model's
+    hu_rules: dict[str, Any] = Field(default_factory=dict)  # overrides of HURulesConfig fields
+    qc: QCConfig = Field(default_factory=QCConfig)
+    combine_with: Optional[str] = None  # "hu_rules" or "none"; None = the model's choice
+    uncertainty: bool = True
+    keep_probabilities: bool = False
+    bundle_overrides: dict[str, Any] = Field(default_factory=dict)
+    trust_bundle: bool = False
+
+
+@dataclass(eq=False)
+class SegmentationResult:
+    """Output of :func:`segment`.
+
+    Attributes
+    ----------
+    labelmap : LabelMap on exactly the input volume's grid (``geometry_equal``)
+    uncertainty : float32 Volume 0..1 (normalised entropy) on the same grid, or None
+    qc : structure name -> QC entry (see :mod:`pipeline.segment.qc`)
+    record : StageRecord of the stage (model, weights hash, timings, notes)
+    probabilities : (C, nk, nj, ni) float32 softmax on the input grid, only when
+        ``keep_probabilities`` is set (C can be 105: off by default)
+    """
+
+    labelmap: LabelMap
+    uncertainty: Volume | None
+    qc: dict[str, dict]
+    record: StageRecord
+    probabilities: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def segment_config(cfg: SegmentConfig | dict | None) -> SegmentConfig:
+    if isinstance(cfg, SegmentConfig):
+        return cfg
+    raw = dict(cfg or {})
+    src = raw.pop("__file__", None)
+    try:
+        return SegmentConfig.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(["segment", *(str(x) for x in err["loc"])])
+        raise ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=src, rule=key) from None
+
+
+def _hu_config(spec: ModelSpec | None, cfg: SegmentConfig) -> HURulesConfig:
+    base = spec.hu_rules.model_dump() if spec is not None else {}
+    try:
+        return HURulesConfig.model_validate({**base, **cfg.hu_rules})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"key 'segment.hu_rules.{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+
+
+def hu_rule_labels(spec: ModelSpec | None = None) -> LabelTable:
+    if spec is not None and spec.backend == "hu_rules":
+        return spec.label_table()
+    return LabelTable(Label.from_dict(d) for d in load_label_file(LABELS_DIR / "hu_rules.yaml"))
+
+
+def _paint_hu(out: np.ndarray, codes: np.ndarray, table: LabelTable) -> None:
+    """Paint HU-rule structure codes into ``out`` where it is background (one table lookup)."""
+    lut = np.zeros(len(CODES) + 1, out.dtype)
+    for name, c in CODES.items():
+        if name in table:
+            lut[c] = table.by_name(name).id
+    hu_ids = lut[codes]
+    free = out == 0
+    out[free] = hu_ids[free]
+
+
+def _merge_tables(model: LabelTable, hu: LabelTable) -> tuple[LabelTable, list[str]]:
+    notes, keep = [], []
+    model_ids = {l.id: l for l in model}
+    for l in hu:
+        if l.name in model:
+            notes.append(f"HU-rule '{l.name}' dropped: the model has a structure of that name")
+            continue
+        if l.id in model_ids:
+            raise ModelError(f"label id collision when combining with HU rules: id {l.id} is "
+                             f"'{model_ids[l.id].name}' in the model and '{l.name}' in configs/labels/hu_rules.yaml")
+        keep.append(l)
+    return LabelTable([*model, *keep]), notes
+
+
+def _dtype_for(table: LabelTable):
+    return np.uint8 if max(table.ids, default=0) <= 255 else np.uint16
+
+
+def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentConfig | dict | None = None) -> SegmentationResult:
+    """Segment ``volume`` with ``model``; the label map lies on exactly ``volume``'s grid.
+
+    Parameters
+    ----------
+    volume : Volume, ``array`` (nk, nj, ni) in HU for CT models, any orientation and spacing
+    model : registry name, bundle folder, model YAML path or a resolved ModelSpec
+    cfg : SegmentConfig or the ``segment`` dict of pipeline.yaml (device, threads, overrides)
+
+    Returns
+    -------
+    SegmentationResult
+    """
+    t_start = time.perf_counter()
+    cfg = segment_config(cfg)
+    spec = model if isinstance(model, ModelSpec) else resolve_model(
+        model, overrides=cfg.bundle_overrides or None, trust=cfg.trust_bundle)
+    timings: dict[str, float] = {}
+    notes: list[str] = list(spec.notes)
+    inputs: dict[str, Any] = {"model": spec.name, "backend": spec.backend, "shape": list(volume.shape),
+                              "spacing_mm": [round(float(s), 4) for s in volume.spacing]}
+    probabilities = None
+    unc = None
+    combine = cfg.combine_with if cfg.combine_with is not None else spec.combine_with
+    combine = None if combine in (None, "none", "") else combine
+    if combine not in (None, "hu_rules"):
+        raise ModelError(f"combine_with must be 'hu_rules' or none; found {combine!r}", path=spec.source_file)
+
+    if spec.backend == "hu_rules":
+        t0 = time.perf_counter()
+        table = spec.label_table()
+        hcfg = _hu_config(spec, cfg)
+        codes, info = hu_rules_arrays(volume, hcfg)
+        labels = np.zeros(volume.shape, _dtype_for(table))
+        _paint_hu(labels, codes, table)
+        del codes
+        if cfg.uncertainty:
+            unc = hu_uncertainty(volume.array, hcfg)
+        inputs["hu_rules"] = info
+        timings["hu_rules"] = time.perf_counter() - t0
+    else:
+        from .runner import run_network  # imports torch/MONAI only for network models
+
+        t0 = time.perf_counter()
+        net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities)
+        timings.update(net.timings)
+        table = spec.label_table()
+        labels = net.labels.astype(_dtype_for(table), copy=False)
+        unc, probabilities = net.uncertainty, net.probabilities
+        inputs.update(net.inputs)
+        notes.extend(net.notes)
+        if combine == "hu_rules":
+            t1 = time.perf_counter()
+            hu_table = hu_rule_labels()
+            table, merge_notes = _merge_tables(table, hu_table)
+            notes.extend(merge_notes)
+            hcfg = _hu_config(None, cfg)
+            codes, info = hu_rules_arrays(volume, hcfg)
+            labels = labels.astype(_dtype_for(table), copy=False)
+            _paint_hu(labels, codes, table)
+            del codes
+            if unc is not None:
+                np.maximum(unc, hu_uncertainty(volume.array, hcfg), out=unc)
+            inputs["hu_rules"] = info
+            timings["hu_rules"] = time.perf_counter() - t1
+
+    t0 = time.perf_counter()
+    pcfg = cfg.postprocess or spec.postprocess
+    labels, pp_report = postprocess_labels(labels, table, pcfg, volume.voxel_volume_ml)
+    timings["postprocess"] = time.perf_counter() - t0
+
+    labelmap = LabelMap(volume.with_array(labels, kind="labelmap", model=spec.name), table)
+    unc_vol = volume.with_array(unc.astype(np.float32, copy=False), kind="uncertainty") if unc is not None else None
+    t0 = time.perf_counter()
+    qc = structure_qc(labelmap, volume, unc_vol, cfg.qc, extra={k: {"postprocess": v} for k, v in pp_report.items()})
+    timings["qc"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - t_start
+
+    record = StageRecord(
+        stage="segment",
+        software=software_versions("numpy", "scipy", *(("torch", "monai") if spec.backend != "hu_rules" else ())),
+        config_hash=config_hash({"model": spec.model_dump(exclude={"notes"}), "cfg": cfg.model_dump()}),
+        inputs=inputs,
+        outputs={"structures": {n: q["volume_ml"] for n, q in qc.items()},
+                 "warnings": {n: q["warning"] for n, q in qc.items() if q.get("warning")},
+                 "timings_s": {k: round(v, 3) for k, v in timings.items()}},
+        duration_s=round(timings["total"], 3),
+        notes=tuple(notes),
+    )
+    return SegmentationResult(labelmap, unc_vol, qc, record, probabilities, timings)

@@ -1,0 +1,123 @@
+"""Per-label clean-up of a label map: keep N largest components, fill holes, drop small islands.
+
+Each label is processed inside its own bounding box (``ndimage.find_objects`` finds all boxes
+in one pass), so a 105-label map costs about one pass over the volume, not 105.
+
+Rules, per label (``Label.components`` = N):
+
+* N >= 1 keeps the N largest 26-connected components (paired organs: 2); N = 0 keeps all
+  components (bone, vessels) except islands smaller than ``min_island_ml``.
+* The largest component is never dropped for being small: a small structure stays a structure.
+* Holes (background enclosed by the structure in 3-D) are filled; a hole that contains another
+  label keeps that label (a cyst labelled inside a kidney is not overwritten).
+* Removed voxels become background (0).
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from ..types import LabelTable
+
+_FULL = np.ones((3, 3, 3), bool)  # 26-connectivity for structures (6 for their background)
+
+
+class PostprocessConfig(BaseModel):
+    """``postprocess`` section of a model entry (and ``segment.postprocess`` overrides)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    keep_largest: bool = True
+    fill_holes: bool = True
+    min_island_ml: float = 1.0
+
+
+def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
+    """Mask with its enclosed background filled (6-connected background, one labelling pass).
+
+    Faster than ``scipy.ndimage.binary_fill_holes`` (iterated dilation) on large masks.
+    """
+    from scipy import ndimage
+
+    lab, n = ndimage.label(~mask)
+    if n == 0:
+        return mask.copy()
+    outside = np.zeros(n + 1, bool)
+    for ax in range(3):
+        for end in (0, mask.shape[ax] - 1):
+            outside[np.unique(lab.take(end, axis=ax))] = True
+    outside[0] = True
+    return mask | ~outside[lab]
+
+
+def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.ndarray, int, int]:
+    """Keep the ``n_keep`` largest components (0 = all) and drop others under ``min_voxels``.
+
+    Returns
+    -------
+    kept : bool array like ``mask``
+    n_components : components found
+    n_kept : components kept
+    """
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask, structure=_FULL)
+    if n <= 1:
+        return mask.copy(), n, n
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    order = np.argsort(sizes)[::-1]  # component ids by decreasing size, background last
+    keep = np.zeros(n + 1, bool)
+    candidates = order[: n if n_keep <= 0 else min(n_keep, n)]
+    keep[candidates] = sizes[candidates] >= min_voxels
+    keep[order[0]] = True  # the largest always stays
+    keep[0] = False
+    return keep[lab], n, int(keep.sum())
+
+
+def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessConfig,
+                       voxel_ml: float) -> tuple[np.ndarray, dict[str, dict]]:
+    """Clean every label of ``labels`` in place of a copy.
+
+    Parameters
+    ----------
+    labels : (nk, nj, ni) integer array, 0 = background
+    table : LabelTable giving each label's ``components``
+    cfg : PostprocessConfig
+    voxel_ml : volume of one voxel in ml
+
+    Returns
+    -------
+    out : (nk, nj, ni) array of the same dtype
+    report : name -> {components_found, components_kept, removed_ml, filled_ml}
+    """
+    from scipy import ndimage
+
+    out = labels.copy()
+    report: dict[str, dict] = {}
+    if not cfg.enabled or not (cfg.keep_largest or cfg.fill_holes or cfg.min_island_ml > 0):
+        return out, report
+    min_vox = int(np.ceil(cfg.min_island_ml / voxel_ml)) if cfg.min_island_ml > 0 else 0
+    boxes = ndimage.find_objects(out)
+    for label in table:
+        if label.id > len(boxes) or boxes[label.id - 1] is None:
+            continue
+        sl = boxes[label.id - 1]
+        sub = out[sl]  # a view: edits land in ``out``
+        mask = sub == label.id
+        entry = {"components_found": None, "components_kept": None, "removed_ml": 0.0, "filled_ml": 0.0}
+        if cfg.keep_largest or min_vox:
+            n_keep = label.components if cfg.keep_largest else 0
+            kept, n_found, n_kept = keep_components(mask, n_keep, min_vox)
+            removed = mask & ~kept
+            sub[removed] = 0
+            entry.update(components_found=n_found, components_kept=n_kept,
+                         removed_ml=round(float(removed.sum()) * voxel_ml, 3))
+            mask = kept
+        if cfg.fill_holes:
+            holes = fill_holes_3d(mask) & ~mask & (sub == 0)
+            sub[holes] = label.id
+            entry["filled_ml"] = round(float(holes.sum()) * voxel_ml, 3)
+        report[label.name] = entry
+    return out, report

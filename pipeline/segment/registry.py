@@ -1,0 +1,284 @@
+"""Model registry: ``configs/models/*.yaml`` entries and MONAI bundle folders -> :class:`ModelSpec`.
+
+Imports no torch and no MONAI, so ``surgitwin models list`` is instant. The file format is
+documented in ``docs/MODEL_FORMAT.md``; every validation error names the file and the key.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..config import CONFIG_DIR, load_yaml
+from ..errors import ConfigError, ModelError, SurgitwinError
+from ..types import Label, LabelTable
+from .hu_rules import HURulesConfig
+from .postprocess import PostprocessConfig
+
+MODELS_DIR = CONFIG_DIR / "models"
+LABELS_DIR = CONFIG_DIR / "labels"
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class NetworkDef(BaseModel):
+    """A class in ``monai.networks.nets`` and its keyword arguments (plain literals only)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+
+
+class IntensityStep(BaseModel):
+    """One intensity step; a model applies its steps in order.
+
+    window: ScaleIntensityRange(a_min, a_max, b_min, b_max, clip); zscore / zscore_nonzero:
+    NormalizeIntensity(nonzero); scale: ScaleIntensity(minv, maxv) over the whole volume;
+    none: identity.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["window", "zscore", "zscore_nonzero", "scale", "none"]
+    a_min: Optional[float] = None
+    a_max: Optional[float] = None
+    b_min: Optional[float] = 0.0
+    b_max: Optional[float] = 1.0
+    clip: bool = False
+    minv: float = 0.0
+    maxv: float = 1.0
+
+    @field_validator("a_max")
+    @classmethod
+    def _window_order(cls, v, info):
+        a_min = info.data.get("a_min")
+        if v is not None and a_min is not None and v <= a_min:
+            raise ValueError(f"a_max must be greater than a_min ({a_min})")
+        return v
+
+
+class Preprocessing(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    orientation: str = "RAS"
+    spacing: Optional[list[float]] = None  # mm along the orientation's axes; None = keep
+    intensity: list[IntensityStep] = Field(default_factory=lambda: [IntensityStep(kind="none")])
+
+    @field_validator("intensity", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("orientation")
+    @classmethod
+    def _axcodes(cls, v):
+        v = str(v).upper()
+        group = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+        if len(v) != 3 or any(c not in group for c in v) or sorted(group[c] for c in v) != [0, 1, 2]:
+            raise ValueError(f"orientation must be 3 axis codes like RAS or LPS; found {v!r}")
+        return v
+
+    @field_validator("spacing")
+    @classmethod
+    def _spacing(cls, v):
+        if v is not None and (len(v) != 3 or any(s <= 0 for s in v)):
+            raise ValueError(f"spacing must be 3 positive numbers (mm); found {v}")
+        return v
+
+
+class InferenceDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    roi_size: list[int] = Field(default_factory=lambda: [96, 96, 96])
+    overlap: float = Field(0.25, ge=0.0, lt=1.0)
+    mode: Literal["gaussian", "constant"] = "gaussian"
+    sigma_scale: float = 0.125
+    padding_mode: Literal["constant", "reflect", "replicate", "circular"] = "constant"
+    sw_batch_size: int = Field(1, ge=1)
+    threads: Optional[int] = Field(None, ge=1)
+    amp: bool = True
+    # above this many MB of blended logits the runner streams windows through a ring buffer
+    max_buffer_mb: float = Field(512.0, gt=0)
+    # back onto the input grid: probabilities (trilinear) or labels (nearest); auto: probabilities
+    # when the network has at most max_prob_channels outputs (cost grows with the channel count)
+    resample: Literal["auto", "probabilities", "labels"] = "auto"
+    max_prob_channels: int = Field(4, ge=1)
+
+
+class LabelDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: int
+    name: str
+    rgb: list[int] = Field(default_factory=lambda: [200, 200, 200])
+    code: Optional[str] = None
+    critical: bool = False
+    expected_ml: Optional[list[float]] = None
+    components: int = Field(1, ge=0)
+    channel: Optional[int] = Field(None, ge=1)  # network output channel; default: list position + 1
+
+
+class ModelSpec(BaseModel):
+    """A resolved model: everything the backends need, paths absolute."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    backend: Literal["checkpoint", "bundle", "hu_rules"]
+    description: str = ""
+    weights: Optional[str] = None
+    card: Optional[str] = None
+    network: Optional[NetworkDef] = None
+    labels: list[LabelDef] = Field(default_factory=list)
+    labels_file: Optional[str] = None
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing)
+    inference: InferenceDef = Field(default_factory=InferenceDef)
+    postprocess: PostprocessConfig = Field(default_factory=PostprocessConfig)
+    combine_with: Optional[str] = None
+    hu_rules: HURulesConfig = Field(default_factory=HURulesConfig)
+    bundle: Optional[str] = None
+    bundle_overrides: dict[str, Any] = Field(default_factory=dict)
+    trust_bundle: bool = False
+    source_file: Optional[str] = None
+    notes: list[str] = Field(default_factory=list)
+
+    @field_validator("name")
+    @classmethod
+    def _snake(cls, v):
+        if not _NAME.match(v):
+            raise ValueError(f"model name must be lower_snake_case; found {v!r}")
+        return v
+
+    def label_table(self) -> LabelTable:
+        return LabelTable(Label(id=l.id, name=l.name, rgb=tuple(l.rgb), code=l.code, critical=l.critical,
+                                expected_ml=tuple(l.expected_ml) if l.expected_ml else None,
+                                components=l.components) for l in self.labels)
+
+    def channel_ids(self) -> dict[int, int]:
+        """Network output channel -> label id (channel 0 is background)."""
+        return {(l.channel or i + 1): l.id for i, l in enumerate(self.labels)}
+
+
+def _validation_error(e: ValidationError, path, prefix: str = "") -> ConfigError:
+    err = e.errors()[0]
+    key = ".".join([p for p in [prefix] if p] + [str(x) for x in err["loc"]])
+    return ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=str(path), rule=key)
+
+
+def load_label_file(path) -> list[dict]:
+    """A label table YAML (``labels: [{id, name, rgb, ...}]``) -> list of dicts (validated)."""
+    path = Path(path)
+    data = load_yaml(path)
+    items = data.get("labels") if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ConfigError("key 'labels': must be a list of {id, name, rgb, ...}", path=str(path))
+    out = []
+    for i, d in enumerate(items):
+        try:
+            out.append(LabelDef.model_validate(d).model_dump())
+        except ValidationError as e:
+            raise _validation_error(e, path, f"labels.{i}") from None
+    return out
+
+
+def _resolve(base: Path, p: str | None) -> str | None:
+    if p is None:
+        return None
+    q = Path(p).expanduser()
+    return str(q if q.is_absolute() else (base / q).resolve())
+
+
+def load_model_file(path) -> ModelSpec:
+    """Parse and validate one registry YAML; relative paths are relative to the file."""
+    path = Path(path)
+    data = load_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"a model entry must be a mapping; found {type(data).__name__}", path=str(path))
+    data = dict(data)
+    data.setdefault("name", path.stem)
+    base = path.parent
+    for key in ("weights", "card", "bundle", "labels_file"):
+        if isinstance(data.get(key), str):
+            data[key] = _resolve(base, data[key])
+    if data.get("labels_file") and not data.get("labels"):
+        data["labels"] = load_label_file(data["labels_file"])
+    data["source_file"] = str(path)
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as e:
+        raise _validation_error(e, path) from None
+    try:
+        spec.label_table()
+    except SurgitwinError as e:
+        raise ConfigError(f"key 'labels': {e}", path=str(path)) from None
+    _check_backend_keys(spec, path)
+    return spec
+
+
+def _check_backend_keys(spec: ModelSpec, path) -> None:
+    need = {"checkpoint": ("network", "weights", "labels"), "bundle": ("bundle",), "hu_rules": ("labels",)}[spec.backend]
+    for key in need:
+        if not getattr(spec, key):
+            raise ConfigError(f"key '{key}': required for backend '{spec.backend}'", path=str(path), rule=key)
+    if spec.backend == "checkpoint":
+        channels = sorted(spec.channel_ids())
+        out_ch = spec.network.args.get("out_channels")
+        if out_ch is not None and channels and max(channels) >= int(out_ch):
+            raise ConfigError(f"key 'labels': channel {max(channels)} does not exist in a network with "
+                              f"out_channels={out_ch}", path=str(path), rule="labels")
+
+
+def registry_files(models_dir: Path | None = None) -> list[Path]:
+    return sorted(Path(models_dir or MODELS_DIR).glob("*.yaml"))
+
+
+def list_models(models_dir: Path | None = None) -> list[dict]:
+    """Registry summary (name, backend, labels, description, file, problem) without importing torch."""
+    out = []
+    for f in registry_files(models_dir):
+        try:
+            spec = load_model_file(f)
+            out.append({"name": spec.name, "backend": spec.backend, "labels": len(spec.labels),
+                        "description": spec.description, "file": str(f), "problem": None})
+        except SurgitwinError as e:
+            out.append({"name": f.stem, "backend": "?", "labels": 0, "description": "", "file": str(f),
+                        "problem": str(e)})
+    return out
+
+
+def is_bundle_dir(path: Path) -> bool:
+    return path.is_dir() and any((path / "configs" / f"inference.{ext}").exists() for ext in ("json", "yaml", "yml"))
+
+
+def resolve_model(name_or_path: Union[str, Path, ModelSpec] = "hu_rules", overrides: Optional[dict | list[str]] = None,
+                  trust: bool = False, models_dir: Path | None = None) -> ModelSpec:
+    """Registry name, model YAML path or MONAI bundle folder -> validated :class:`ModelSpec`.
+
+    Parameters
+    ----------
+    name_or_path : registry name (``configs/models/<name>.yaml``), a YAML file, or the folder
+        of a MONAI Model Zoo bundle (``configs/inference.json`` + ``configs/metadata.json``).
+    overrides : bundle config values set by the user, ``{"pixdim": [3, 3, 3]}`` or
+        ``["pixdim=3,3,3"]`` (``--bundle-set``); they replace ``$`` expressions.
+    trust : allow MONAI's ConfigParser to evaluate the bundle's ``$`` expressions.
+    """
+    if isinstance(name_or_path, ModelSpec):
+        spec = name_or_path
+    else:
+        p = Path(str(name_or_path)).expanduser()
+        if is_bundle_dir(p):
+            from .bundle import bundle_spec
+            return bundle_spec(p, overrides=overrides, trust=trust)
+        if p.suffix in (".yaml", ".yml") and p.exists():
+            spec = load_model_file(p)
+        else:
+            f = Path(models_dir or MODELS_DIR) / f"{name_or_path}.yaml"
+            if not f.exists():
+                known = [x.stem for x in registry_files(models_dir)]
+                hint = " (a folder, but not a MONAI bundle: no configs/inference.json)" if p.is_dir() else ""
+                raise ModelError(f"unknown model '{name_or_path}'{hint}; registry names: {known}, or pass the "
+                                 "folder of a MONAI bundle", path=str(MODELS_DIR))
+            spec = load_model_file(f)
+    if spec.backend == "bundle":
+        from .bundle import bundle_spec
+        return bundle_spec(Path(spec.bundle), overrides=overrides, trust=trust, entry=spec)
+    if overrides:
+        raise ModelError(f"--bundle-set applies to MONAI bundles; model '{spec.name}' has backend '{spec.backend}'",
+                         path=spec.source_file)
+    return spec
