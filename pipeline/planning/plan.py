@@ -1,0 +1,230 @@
+"""Plan records in ``scene.plan`` and the :class:`Planner` front object (viewer and CLI alike).
+
+``scene.plan`` has four lists (``landmarks``, ``measurements``, ``cuts``, ``trajectories``) of
+JSON records. Every record has::
+
+    id          "L1", "M3", "C1", "T2": unique in its list, stable, what the viewer redraws by
+    kind        landmark | distance | angle | structure_distance | volume | extents | cut | trajectory
+    created     ISO-8601 local time
+    points      [[x, y, z], ...] LPS mm: what the viewer draws (empty for pure structure metrics)
+    value, unit the headline number ("mm", "deg", "ml") when the kind has one
+    structures  names of the structures involved
+    provenance  {function, software: {surgitwin, ...}, inputs: {relative file: sha256[:16]}}
+
+plus kind-specific keys (see :mod:`.measure`, :mod:`.cut`, :mod:`.trajectory`). The inputs'
+hashes tie each number to the exact mesh / label files, which the scene's provenance chain ties
+to the source series UIDs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from ..errors import PlanningError, SceneError
+
+SECTIONS = {"landmarks": "L", "measurements": "M", "cuts": "C", "trajectories": "T"}
+_ID = re.compile(r"^([A-Z]+)(\d+)$")
+_HASHES: dict[tuple[str, float, int], str] = {}
+
+
+def next_id(plan: dict, section: str) -> str:
+    """Next free id of a plan section: prefix + (largest number in use + 1)."""
+    prefix = SECTIONS[section]
+    used = [int(m.group(2)) for r in plan.get(section, []) if (m := _ID.match(str(r.get("id", ""))))]
+    return f"{prefix}{max(used, default=0) + 1}"
+
+
+def file_hash(path: Path) -> str:
+    """sha256[:16] of a file, cached by (path, mtime, size)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime, st.st_size)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()[:16]
+    return _HASHES[key]
+
+
+def _software() -> dict:
+    from ..config import software_versions
+
+    return software_versions("numpy", "scipy", "trimesh")
+
+
+def lps_list(points) -> list:
+    """(n, 3) or (3,) array -> nested lists of floats rounded to 1e-4 mm (JSON-friendly)."""
+    return np.round(np.asarray(points, dtype=np.float64), 4).tolist()
+
+
+def check_point(p, what: str = "point") -> np.ndarray:
+    a = np.asarray(p, dtype=np.float64).reshape(-1)
+    if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raise PlanningError(f"{what} must be 3 finite LPS coordinates (x y z in mm); found {p!r}")
+    return a
+
+
+def save_plan(scene) -> Path:
+    """Rewrite only the ``plan`` key of the scene's scene.json, atomically.
+
+    Reads the file on disk first so concurrent edits to other keys (QC, snapshots) are kept.
+    """
+    from ..scene.scene import SCENE_FILE, write_json_atomic
+
+    if scene.root is None:
+        raise SceneError("save_plan: the scene has no folder yet (save_scene it first)")
+    path = Path(scene.root) / SCENE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SceneError(f"save_plan: cannot read scene.json ({e})", path=str(path)) from None
+    data["plan"] = scene.plan
+    write_json_atomic(path, data)
+    return path
+
+
+def find_record(plan: dict, record_id: str) -> tuple[str, dict]:
+    for section in SECTIONS:
+        for r in plan.get(section, []):
+            if r.get("id") == record_id:
+                return section, r
+    raise PlanningError(f"plan has no record with id '{record_id}'")
+
+
+def remove_record(plan: dict, record_id: str) -> dict:
+    section, rec = find_record(plan, record_id)
+    plan[section] = [r for r in plan[section] if r is not rec]
+    return rec
+
+
+class Planner:
+    """Planning operations on one scene, with cached mesh indexes and label map.
+
+    Every ``add_*``/``measure_*`` method computes with :mod:`.measure`, :mod:`.cut` or
+    :mod:`.trajectory`, appends a record to ``scene.plan`` and returns it; call
+    :meth:`save` (or pass ``save=True``) to persist. The viewer keeps one Planner per scene.
+    """
+
+    def __init__(self, scene):
+        from ..scene import load_scene
+
+        if isinstance(scene, (str, Path)):
+            scene = load_scene(scene)
+        self.scene = scene
+        self._index: dict[str, Any] = {}
+        self._labelmap = None
+
+    # -- cached inputs ---------------------------------------------------------------------
+    def index(self, name: str):
+        """:class:`~.distance.MeshIndex` of a structure (built once)."""
+        from .distance import MeshIndex
+
+        if name not in self._index:
+            am = self.scene.mesh(name)
+            if am.mesh is None:
+                raise PlanningError(f"structure '{name}': the scene was loaded without meshes")
+            self._index[name] = MeshIndex.from_mesh(am.mesh, name)
+        return self._index[name]
+
+    def mesh(self, name: str):
+        return self.scene.mesh(name).mesh
+
+    @property
+    def labelmap(self):
+        if self._labelmap is None:
+            self._labelmap = self.scene.load_labelmap()
+        return self._labelmap
+
+    def critical(self, name: str) -> bool:
+        return bool(self.scene.labels.by_name(name).critical) if name in self.scene.labels else False
+
+    def provenance(self, function: str, structures: Iterable[str] = (), labelmap: bool = False) -> dict:
+        inputs = {}
+        if self.scene.root is not None:
+            for n in structures:
+                rel = self.scene.mesh(n).qa.get("mesh_path", f"meshes/{n}.ply")
+                if (Path(self.scene.root) / rel).exists():
+                    inputs[rel] = file_hash(Path(self.scene.root) / rel)
+            if labelmap and (Path(self.scene.root) / self.scene.labelmap).exists():
+                inputs[self.scene.labelmap] = file_hash(Path(self.scene.root) / self.scene.labelmap)
+        return {"function": function, "software": _software(), "inputs": inputs}
+
+    def add(self, section: str, record: dict, *, save: bool = False) -> dict:
+        rec = {"id": next_id(self.scene.plan, section), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **record}
+        self.scene.plan.setdefault(section, []).append(rec)
+        if save:
+            self.save()
+        return rec
+
+    def save(self) -> Path:
+        return save_plan(self.scene)
+
+    def remove(self, record_id: str, *, save: bool = False) -> dict:
+        """Remove a record (and the cut meshes it wrote) from the plan."""
+        rec = remove_record(self.scene.plan, record_id)
+        if self.scene.root is not None:
+            for rel in (rec.get("meshes") or {}).values():
+                (Path(self.scene.root) / rel).unlink(missing_ok=True)
+        if save:
+            self.save()
+        return rec
+
+    # -- operations (each returns the stored record) ----------------------------------------
+    def measure_distance(self, p, q, *, label: str | None = None, save: bool = False) -> dict:
+        from .measure import distance_record
+
+        return self.add("measurements", distance_record(p, q, label=label), save=save)
+
+    def measure_angle(self, a, vertex, c, *, label: str | None = None, save: bool = False) -> dict:
+        from .measure import angle_record
+
+        return self.add("measurements", angle_record(a, vertex, c, label=label), save=save)
+
+    def measure_between(self, name_a: str, name_b: str, *, save: bool = False) -> dict:
+        from .measure import structure_distance_record
+
+        rec = structure_distance_record(self.index(name_a), self.index(name_b))
+        rec["provenance"] = self.provenance("pipeline.planning.measure.structure_distance", [name_a, name_b])
+        return self.add("measurements", rec, save=save)
+
+    def measure_structure(self, name: str, *, save: bool = False) -> list[dict]:
+        """Volume (voxels and mesh), surface area, extents and maximal diameter: two records."""
+        from .measure import structure_records
+
+        recs = structure_records(name, self.mesh(name), self.labelmap)
+        prov = self.provenance("pipeline.planning.measure.structure_records", [name], labelmap=True)
+        out = [self.add("measurements", {**r, "provenance": prov}) for r in recs]
+        if save:
+            self.save()
+        return out
+
+    def add_landmark(self, name: str, point, *, snap_to: str | None = None, save: bool = False) -> dict:
+        from .measure import landmark_record
+
+        rec = landmark_record(name, point, None if snap_to is None else self.index(snap_to))
+        rec["provenance"] = self.provenance("pipeline.planning.measure.landmark", [snap_to] if snap_to else [])
+        return self.add("landmarks", rec, save=save)
+
+    def add_cut(self, structure: str, planes, *, margin_to: str | None = None, save_meshes: bool = True,
+                save: bool = False) -> dict:
+        from .cut import cut_record
+
+        cut_id = next_id(self.scene.plan, "cuts")
+        rec = cut_record(self, structure, planes, margin_to=margin_to, cut_id=cut_id, save_meshes=save_meshes)
+        return self.add("cuts", rec, save=save)
+
+    def add_trajectory(self, entry, target, radius_mm: float, *, safety_margin_mm: float | None = None,
+                       structures: Iterable[str] | None = None, save: bool = False) -> dict:
+        from .trajectory import trajectory_record
+
+        rec = trajectory_record(self, entry, target, radius_mm, safety_margin_mm=safety_margin_mm,
+                                structures=structures)
+        return self.add("trajectories", rec, save=save)
