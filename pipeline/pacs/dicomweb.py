@@ -1,0 +1,180 @@
+"""DICOMweb: pull a study (QIDO-RS + WADO-RS) and push a scene's DICOM SEG back (STOW-RS).
+
+``pull_study(url, study_uid, dest)`` lists the study's series with QIDO-RS, retrieves each
+with WADO-RS and writes ``dest/<SeriesUID>/<SOPInstanceUID>.dcm`` (temp name + fsync + rename).
+
+``push_scene(scene, url)`` builds the SEG with the project's one SEG writer
+(:func:`pipeline.export.dicom_seg.build_segmentation`, also behind ``surgitwin export
+--format dicom-seg``) over the scene's source series, and stores it with STOW-RS into the
+source study, so it appears in the PACS next to the images it segments. The source headers
+come from a local folder (``dicom_dir``, or the scene's recorded input) or, when the images
+are not on this machine, from the same server by WADO-RS.
+
+Requests to loopback addresses ignore proxy environment variables (a proxy cannot reach
+this machine's loopback); other URLs use the environment as ``requests`` does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from ..batch import phi
+from ..errors import SurgitwinError
+
+log = logging.getLogger(__name__)
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class PacsError(SurgitwinError):
+    """A PACS / DICOMweb request that failed or returned something unusable."""
+
+
+def _check_uid(uid: str, what: str) -> str:
+    uid = str(uid).strip()
+    if not _UID.match(uid) or len(uid) > 64:
+        raise PacsError(f"{what} must be a DICOM UID (digits and dots, <= 64 characters); found {uid[:80]!r}")
+    return uid
+
+
+def make_client(url: str, timeout: float = 60.0):
+    """A ``dicomweb_client.DICOMwebClient`` for ``url`` (the DICOMweb root, e.g. http://host/dicom-web)."""
+    import requests
+    from dicomweb_client.api import DICOMwebClient
+
+    u = urlparse(url)
+    if u.scheme not in ("http", "https") or not u.netloc:
+        raise PacsError(f"--dicomweb must be an http(s) URL of the DICOMweb root; found {url!r}")
+    session = requests.Session()
+    if (u.hostname or "") in LOOPBACK:
+        session.trust_env = False
+    return DICOMwebClient(url=url.rstrip("/"), session=session, timeout=timeout)
+
+
+def _http(what: str, url: str, fn, *args, **kw):
+    import requests
+
+    try:
+        return fn(*args, **kw)
+    except requests.HTTPError as e:
+        code = e.response.status_code if e.response is not None else "?"
+        raise PacsError(f"{what} failed: HTTP {code} from {url}") from None
+    except requests.RequestException as e:
+        raise PacsError(f"{what} failed: {type(e).__name__} talking to {url}: {e}") from None
+
+
+def _tag(obj: dict, tag: str):
+    v = (obj.get(tag) or {}).get("Value") or []
+    return v[0] if v else None
+
+
+@dataclass
+class PullReport:
+    study_uid: str
+    folder: str
+    files: list[str] = field(default_factory=list)
+    series: dict[str, int] = field(default_factory=dict)  # SeriesInstanceUID -> instances
+
+
+def _write_instance(ds, folder: Path) -> Path:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    sop = _check_uid(ds.SOPInstanceUID, "SOPInstanceUID")
+    if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
+        meta = FileMetaDataset()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.file_meta = meta
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    target = folder / f"{sop}.dcm"
+    tmp = folder / f".tmp-{os.getpid()}-{sop}.dcm"
+    with open(tmp, "wb") as f:
+        ds.save_as(f, enforce_file_format=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+    return target
+
+
+def pull_study(url: str, study_uid: str, dest, *, timeout: float = 60.0) -> PullReport:
+    """Download every series of ``study_uid`` into ``dest`` (QIDO-RS then WADO-RS per series)."""
+    study_uid = _check_uid(study_uid, "--study")
+    client = make_client(url, timeout)
+    series = _http("QIDO-RS series search", url, client.search_for_series, study_instance_uid=study_uid,
+                   get_remaining=True)
+    uids = sorted({u for u in (_tag(s, "0020000E") for s in series) if u})
+    if not uids:
+        raise PacsError(f"study {study_uid} is not on the server (QIDO-RS found no series)", path=url)
+    dest = Path(dest)
+    report = PullReport(study_uid, str(dest))
+    for su in uids:
+        su = _check_uid(su, "SeriesInstanceUID")
+        datasets = _http(f"WADO-RS retrieve of series {su}", url, client.retrieve_series, study_uid, su)
+        folder = dest / su
+        folder.mkdir(parents=True, exist_ok=True)
+        for ds in datasets:
+            phi.register_dataset(ds)
+            report.files.append(str(_write_instance(ds, folder)))
+        report.series[su] = len(datasets)
+        log.info("pulled series %s: %d instances", su, len(datasets))
+    return report
+
+
+@dataclass
+class PushReport:
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    segments: list[str]
+    source: str  # where the source headers came from: a folder or "WADO-RS"
+
+
+def push_scene(scene_path, url: str, *, dicom_dir=None, timeout: float = 60.0, save_to=None) -> PushReport:
+    """Build the scene's DICOM SEG over its source series and STOW-RS it into the source study.
+
+    Parameters
+    ----------
+    scene_path : scene folder or scene.json
+    dicom_dir : folder holding the source series (default: the scene's recorded input, then WADO-RS)
+    save_to : also write the SEG file here (optional)
+    """
+    from ..export import ExportError
+    from ..export.dicom_seg import build_segmentation, load_source_series
+    from ..scene import load_scene
+
+    scene = load_scene(scene_path, load_meshes=False)
+    src = scene.source or {}
+    study_uid = _check_uid(src.get("study_instance_uid", ""), "the scene's source study_instance_uid")
+    series_uid = _check_uid(src.get("series_instance_uid", ""), "the scene's source series_instance_uid")
+    client = make_client(url, timeout)
+    try:
+        datasets = load_source_series(scene, dicom_dir)
+        where = str(dicom_dir or src.get("dicom_dir") or src.get("input"))
+    except ExportError:
+        if dicom_dir:
+            raise
+        log.info("source series %s not on this machine: retrieving its headers by WADO-RS", series_uid)
+        datasets = _http(f"WADO-RS retrieve of source series {series_uid}", url, client.retrieve_series,
+                         study_uid, series_uid)
+        if not datasets:
+            raise PacsError(f"the source series {series_uid} is neither on this machine nor on {url}") from None
+        where = "WADO-RS"
+    for ds in datasets:
+        phi.register_dataset(ds)
+    seg = build_segmentation(scene, datasets)
+    if save_to:
+        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
+        seg.save_as(str(save_to), enforce_file_format=True)
+    resp = _http("STOW-RS store of the SEG", url, client.store_instances, datasets=[seg], study_instance_uid=study_uid)
+    failed = getattr(resp, "FailedSOPSequence", None) if resp is not None else None
+    if failed:
+        reason = getattr(failed[0], "FailureReason", "?")
+        raise PacsError(f"STOW-RS refused the SEG {seg.SOPInstanceUID} (failure reason {reason})", path=url)
+    names = [str(s.SegmentLabel) for s in seg.SegmentSequence]
+    log.info("pushed SEG %s (%d segments) into study %s", seg.SOPInstanceUID, len(names), study_uid)
+    return PushReport(study_uid, str(seg.SeriesInstanceUID), str(seg.SOPInstanceUID), names, where)

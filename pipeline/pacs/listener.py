@@ -1,0 +1,150 @@
+"""DICOM C-STORE receiver (pynetdicom) feeding the batch machinery: ``surgitwin listen``.
+
+* Binds to 127.0.0.1 unless told otherwise; accepts associations only from the configured
+  calling AE titles (``pacs.allowed_calling_aets`` / ``--allow``) and only when called by its
+  own AE title. An empty allow-list is refused at start-up rather than meaning "anyone".
+* Accepts every storage SOP class pynetdicom knows, in every transfer syntax (the bytes are
+  stored as received; nothing is decoded), plus Verification (C-ECHO).
+* Each instance is spooled durably before the success status goes back
+  (:mod:`pipeline.pacs.spool`); a disk failure answers 0xA700 (out of resources), a dataset
+  without usable UIDs 0xC000 (cannot understand), so the sender keeps its copy.
+* A series with no new instance for ``series_idle_s`` is complete and runs through
+  :func:`pipeline.batch.runner.run_batch` (same executors, same manifest ``DIR/manifest.sqlite``,
+  scenes in ``DIR/cases/``). A restarted listener finishes what the previous one left:
+  spooled series, and series queued but not done.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..batch import phi
+from ..errors import SurgitwinError
+from .spool import Spool
+
+log = logging.getLogger(__name__)
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+
+
+@dataclass
+class ListenerOptions:
+    ae_title: str = "SURGITWIN"
+    port: int = 11112
+    bind: str = "127.0.0.1"
+    allowed_calling_aets: list[str] = field(default_factory=list)
+    series_idle_s: float = 10.0
+    max_associations: int = 16
+
+
+class StoreSCP:
+    """The network side only: receive, spool, acknowledge. :meth:`start` returns the bound port."""
+
+    def __init__(self, spool: Spool, opts: ListenerOptions):
+        if not opts.allowed_calling_aets:
+            raise SurgitwinError("no calling AE title is allowed: set pacs.allowed_calling_aets in the config or pass "
+                                 "--allow AET (an empty list would accept any sender)")
+        self.spool, self.opts = spool, opts
+        self.server = None
+        self.refused = 0
+
+    def _ae(self):
+        from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
+        from pynetdicom.sop_class import Verification
+
+        ae = AE(ae_title=self.opts.ae_title)
+        ae.require_called_aet = True
+        ae.require_calling_aet = list(self.opts.allowed_calling_aets)
+        ae.maximum_associations = self.opts.max_associations
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        for cx in AllStoragePresentationContexts:
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        self._evt = evt
+        return ae
+
+    def handle_store(self, event) -> int:
+        try:
+            ds = event.dataset  # parsed lazily: reading three UIDs does not decode the pixels
+            study, series = ds.get("StudyInstanceUID", ""), ds.get("SeriesInstanceUID", "")
+            sop = event.request.AffectedSOPInstanceUID or ds.get("SOPInstanceUID", "")
+            data = event.encoded_dataset(include_meta=True)
+        except Exception as e:  # noqa: BLE001 - a malformed dataset must not kill the association
+            log.warning("C-STORE refused: dataset cannot be parsed (%s)", type(e).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        try:
+            self.spool.store(str(study), str(series), str(sop), data, first_header=ds)
+        except ValueError as e:
+            log.warning("C-STORE refused: %s", phi.redact(str(e)))
+            return STATUS_CANNOT_UNDERSTAND
+        except OSError as e:
+            log.error("C-STORE failed to spool an instance: %s", e)
+            return STATUS_OUT_OF_RESOURCES
+        return STATUS_SUCCESS
+
+    def _rejected(self, event) -> None:
+        self.refused += 1
+        log.warning("association from %s:%s rejected (calling AE title not allowed or wrong called AE title)",
+                    event.address[0], event.address[1])
+
+    def start(self) -> int:
+        ae = self._ae()
+        handlers = [(self._evt.EVT_C_STORE, self.handle_store), (self._evt.EVT_REJECTED, self._rejected)]
+        try:
+            self.server = ae.start_server((self.opts.bind, int(self.opts.port)), block=False, evt_handlers=handlers)
+        except OSError as e:
+            raise SurgitwinError(f"cannot listen on {self.opts.bind}:{self.opts.port}: {e.strerror or e}") from None
+        port = self.server.server_address[1]
+        log.info("listening as %s on %s:%d (allowed callers: %s; series complete after %.1f s idle)",
+                 self.opts.ae_title, self.opts.bind, port, ", ".join(self.opts.allowed_calling_aets), self.opts.series_idle_s)
+        return port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server = None
+
+
+def listen(out_dir, opts: ListenerOptions, batch_options=None, *, reporter=None, ready: threading.Event | None = None,
+           stop: threading.Event | None = None, on_port=None):
+    """Receive and process until ``stop`` is set, SIGTERM or Ctrl-C; returns the batch summary.
+
+    Parameters
+    ----------
+    out_dir : the listener's batch folder (spool/, manifest, cases/, logs/)
+    opts : network options; ``batch_options`` : :class:`pipeline.batch.runner.BatchOptions`
+        (``resume`` is forced on: a restarted listener continues the same manifest)
+    ready : set once the port is bound (``on_port(port)`` is called first)
+    stop : when given and set, the listener stops accepting and returns after the studies in
+        flight finish (used by tests and embedding applications)
+    """
+    from ..batch.runner import BatchOptions, run_batch
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spool = Spool(out / "spool", opts.series_idle_s, origin=f"listen {opts.ae_title}@{opts.bind}")
+    scp = StoreSCP(spool, opts)
+    bopts = batch_options or BatchOptions()
+    bopts.resume = True
+    port = scp.start()
+    if on_port:
+        on_port(port)
+    if ready is not None:
+        ready.set()
+    watcher = None
+    if stop is not None:
+        def _watch():
+            stop.wait()
+            spool.close()
+        watcher = threading.Thread(target=_watch, name="listen-stop", daemon=True)
+        watcher.start()
+    try:
+        return run_batch([], out, bopts, reporter=reporter, live=spool)
+    finally:
+        scp.stop()
+        spool.close()
