@@ -1,0 +1,64 @@
+"""Viewer commands: ``snapshot`` (headless picture) and ``view`` (interactive Open3D window).
+
+Nothing heavy at module level: Open3D is imported by the handlers (or in a child process).
+"""
+from __future__ import annotations
+
+import sys
+
+
+def _views_help() -> str:
+    return "anterior, posterior, left, right, superior, inferior"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("snapshot", help="render named patient views of a scene into one PNG, headless (no display needed)")
+    p.add_argument("scene", help="scene folder or its scene.json")
+    p.add_argument("-o", "--output", required=True, help="PNG to write")
+    p.add_argument("--view", action="append", metavar="VIEW", help=f"repeatable; one of {_views_help()} (default anterior, left)")
+    p.add_argument("--size", default="1280x720", help="WIDTHxHEIGHT of the whole picture (default 1280x720)")
+    p.add_argument("--hide", action="append", default=[], metavar="STRUCTURE", help="structure not to draw (repeatable)")
+    p.add_argument("--show-body", action="store_true", help="draw the body/skin surface translucent (hidden by default)")
+    p.add_argument("--no-legend", action="store_true")
+    p.add_argument("--uncertainty", action="store_true", help="colour surfaces by the scene's uncertainty map")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds before the renderer is given up")
+    p.set_defaults(func=cmd_snapshot)
+
+    p = sub.add_parser("view", help="open the scene in the interactive Open3D viewer (needs a display)")
+    p.add_argument("scene", help="scene folder or its scene.json")
+    p.add_argument("--view", default="anterior", metavar="VIEW", help=f"initial camera: {_views_help()}")
+    p.add_argument("--screenshot", metavar="PNG", help="open the window, render, save what it shows and exit")
+    p.add_argument("--size", default="1440x900", help="window WIDTHxHEIGHT (default 1440x900)")
+    p.add_argument("--script", metavar="JSON", help="run a list of viewer actions, then exit (tests, automation)")
+    p.add_argument("--result", metavar="JSON", help="with --script/--screenshot: write panel values and measurements here")
+    p.set_defaults(func=cmd_view)
+
+
+def cmd_snapshot(args) -> int:
+    from viewer.render import parse_size, snapshot_subprocess
+    from viewer.views import check_view
+
+    views = [check_view(v) for v in (args.view or ["anterior", "left"])]
+    out = snapshot_subprocess(args.scene, args.output, views, parse_size(args.size), hide=args.hide,
+                              show_body=args.show_body, legend=not args.no_legend,
+                              color_by_uncertainty=args.uncertainty, timeout=args.timeout)
+    print(out)
+    return 0
+
+
+def cmd_view(args) -> int:
+    from viewer.render import parse_size
+    from viewer.views import check_view
+
+    check_view(args.view)
+    from viewer.app import require_display, run_viewer
+
+    require_display()
+    return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
+                      script=args.script, result=args.result)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from pipeline.cli import main
+
+    sys.exit(main())

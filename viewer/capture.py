@@ -1,0 +1,112 @@
+"""Screenshots (window or 3-D view), saving the plan and opening the report: a mixin of
+:class:`viewer.app.ViewerApp`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import SurgitwinError
+
+from .render import RenderError
+
+
+class CaptureMixin:
+    # -- plan, screenshots, report -----------------------------------------------------------
+    def save_plan(self) -> str:
+        with self._lock:
+            path = self.session.planner.save()
+        self._on_main(self._set_status, f"plan saved to {path}")
+        return str(path)
+
+    def screenshot(self, path, what: str = "window", settle_timeout: float = 60.0) -> str:
+        """Save what the window shows (``what='window'``: panel and all, via the X server) or
+        the 3-D view alone (``'scene'``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if what == "scene":
+            self._render_scene_image(path)
+            return str(path)
+        from PIL import Image
+
+        from .xcapture import grab_window
+
+        wid = self._x_window_id()
+
+        def same(a, b):  # Filament dithers frames: "same" = almost no pixel moved by more than 12
+            return a.shape == b.shape and (np.abs(a.astype(np.int16) - b).max(axis=2) > 12).mean() < 2e-4
+
+        # Redraw for a while (dropped frames are redrawn), let the window go idle, grab; done
+        # when two such grabs agree (a frame drawn during a flush shows the current state).
+        t0 = time.monotonic()
+        last = None
+        while True:
+            self._touch(1.0)
+            self._render_scene_image(None)
+            while time.monotonic() < self._redraw_until + 0.3:
+                time.sleep(0.1)
+            try:
+                shot = grab_window(wid)
+            except SurgitwinError:  # window being remapped/resized: try once more
+                time.sleep(1.0)
+                shot = grab_window(wid)
+            done = last is not None and same(shot, last)
+            last = shot
+            if done or time.monotonic() - t0 > settle_timeout:
+                break
+        tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+        Image.fromarray(last).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return str(path)
+
+    def _x_window_id(self) -> int | None:
+        """X id of this window (xdotool, by our pid); None -> the root window is captured."""
+        if not shutil.which("xdotool"):
+            return None
+        out = subprocess.run(["xdotool", "search", "--sync", "--pid", str(os.getpid()), "--name", "surgitwin"],
+                             capture_output=True, text=True, timeout=10).stdout.split()
+        return int(out[-1]) if out else None
+
+    def _render_scene_image(self, path):
+        import open3d as o3d
+
+        done = threading.Event()
+        box = {}
+
+        def cb(img):
+            if path is not None:
+                tmp = Path(path).with_name(f".tmp-{os.getpid()}-{Path(path).name}")
+                o3d.io.write_image(str(tmp), img)
+                os.replace(tmp, path)
+            box["ok"] = True
+            done.set()
+
+        self._on_main(lambda: self.widget.scene.scene.render_to_image(cb))
+        if threading.current_thread() is not threading.main_thread() and not done.wait(120):
+            raise RenderError("the viewer did not render a frame within 120 s")
+
+    def open_report(self) -> str | None:
+        """Open the scene's HTML report in the default browser (None if the scene has none)."""
+        import webbrowser
+
+        root = Path(self.scene.root)
+        cands = [root / str(self.scene.extra.get("report", "")), root / "report" / "report.html",
+                 root / "report.html", root / "report" / "index.html"]
+        rep = next((p for p in cands if p.is_file() and p.suffix == ".html"), None)
+        if rep is None:  # none yet: write it now (pipeline.scene.report, the same as `surgitwin report`)
+            from pipeline.scene.report import build_report
+
+            self._on_main(self._set_status, "writing the report ...")
+            try:
+                rep = Path(build_report(root).html)
+            except Exception as e:  # a report failure must not take the viewer down
+                self._on_main(self._set_status, f"report failed: {e}")
+                return None
+        webbrowser.open(rep.resolve().as_uri())
+        return str(rep)

@@ -1,0 +1,272 @@
+"""Interaction state between the viewer and :mod:`pipeline.planning` (no GUI, no rendering).
+
+Every number comes from :class:`pipeline.planning.Planner`; this module only keeps what the
+surgeon is doing (mode, pending picks, the live cutting plane) and turns plan records into
+drawing primitives and panel text. It is usable, and tested, without a display.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.errors import PlanningError
+
+from .render import BODY_NAMES
+
+MODES = ("navigate", "landmark", "distance", "angle", "trajectory", "cut")
+POINTS_NEEDED = {"landmark": 1, "distance": 2, "angle": 3, "trajectory": 2, "cut": 1}
+CUT_ORIENTATIONS = {  # plane normal for each preset (the resected side is where it points)
+    "axial (cut above)": (0.0, 0.0, 1.0),
+    "axial (cut below)": (0.0, 0.0, -1.0),
+    "sagittal (cut left)": (1.0, 0.0, 0.0),
+    "sagittal (cut right)": (-1.0, 0.0, 0.0),
+    "coronal (cut anterior)": (0.0, -1.0, 0.0),
+    "coronal (cut posterior)": (0.0, 1.0, 0.0),
+}
+
+
+@dataclass
+class Primitive:
+    """Something to draw for a plan record, in LPS mm.
+
+    kind: 'points' (spheres), 'polyline' (tubes through points), 'tool' (cylinder entry ->
+    target of ``radius``), 'plane' (square of side ``size`` through points[0] with ``normal``),
+    'mesh' (a PLY relative to the scene folder in ``path``). ``label``/``label_at``: 3-D text.
+    """
+
+    kind: str
+    points: np.ndarray
+    rgb: tuple[float, float, float]
+    label: str = ""
+    label_at: np.ndarray | None = None
+    radius: float = 0.0
+    normal: np.ndarray | None = None
+    size: float = 0.0
+    opacity: float = 1.0
+    path: str = ""
+
+
+COLOURS = {
+    "landmark": (1.0, 0.55, 0.0), "distance": (0.05, 0.75, 0.95), "angle": (0.95, 0.2, 0.85),
+    "structure_distance": (0.1, 0.9, 0.3), "extents": (0.6, 0.6, 0.6), "cut": (0.9, 0.15, 0.15),
+    "trajectory": (0.1, 0.6, 1.0), "trajectory_warn": (1.0, 0.15, 0.1), "pending": (1.0, 1.0, 0.2),
+}
+
+
+def _fmt(v, unit: str = "", nd: int = 1) -> str:
+    if v is None:
+        return "n/a"
+    unit = "°" if unit == "deg" else unit
+    return f"{float(v):.{nd}f}{'' if unit in ('', '°', '%') else ' '}{unit}"
+
+
+def record_text(rec: dict) -> str:
+    """One line for the measurement list, e.g. ``M2 angle 90.0°``."""
+    kind, rid = rec.get("kind"), rec.get("id", "?")
+    s = rec.get("structures") or []
+    if kind == "landmark":
+        on = f" on {rec['snapped_to']}" if rec.get("snapped_to") else ""
+        return f"{rid} landmark '{rec.get('name')}'{on}"
+    if kind == "distance":
+        return f"{rid} distance {_fmt(rec.get('value'), 'mm')}"
+    if kind == "angle":
+        return f"{rid} angle {_fmt(rec.get('value'), 'deg')}"
+    if kind == "structure_distance":
+        return f"{rid} {s[0]} <-> {s[1]}: {_fmt(rec.get('value'), 'mm')}" + (" (overlap)" if rec.get("overlap") else "")
+    if kind == "volume":
+        return f"{rid} {s[0]} volume {_fmt(rec.get('value'), 'ml')}"
+    if kind == "extents":
+        return f"{rid} {s[0]} max diameter {_fmt(rec.get('value'), 'mm')}"
+    if kind == "cut":
+        return f"{rid} {cut_summary(rec)}"
+    if kind == "trajectory":
+        warn = f" !! {len(rec['warnings'])} warning(s)" if rec.get("warnings") else ""
+        return f"{rid} trajectory {_fmt(rec.get('length_mm'), 'mm')} -> {rec.get('target_structure') or 'target'}{warn}"
+    return f"{rid} {kind} {_fmt(rec.get('value'), rec.get('unit', ''))}"
+
+
+def cut_summary(rec: dict) -> str:
+    txt = (f"cut {rec['structure']}: resected {_fmt(rec['resected_ml'], 'ml')} ({_fmt(rec['resected_percent'], '%')}), "
+           f"remnant {_fmt(rec['remnant_ml'], 'ml')} ({_fmt(rec['remnant_percent'], '%')})")
+    m = rec.get("margin")
+    if m:
+        txt += f"; margin to {m['structure']} {_fmt(m['margin_mm'], 'mm')}" + (" CROSSED" if m.get("crossed") else "")
+    return txt
+
+
+def clearance_lines(rec: dict, rows: int = 8) -> list[str]:
+    """The clearance table of a trajectory record, closest structures first."""
+    out = [f"{'structure':<20}{'clearance':>10}  at depth"]
+    for r in rec.get("clearance", [])[:rows]:
+        flag = " CROSSED" if r["crossed"] else ""
+        flag += " (target)" if r.get("target") else (" critical" if r.get("critical") else "")
+        out.append(f"{r['structure'][:20]:<20}{r['distance_mm']:>8.1f} mm  {r['at_depth_mm']:.0f} mm{flag}")
+    return out
+
+
+def record_primitives(rec: dict, scale: float) -> list[Primitive]:
+    """What to draw for a plan record; ``scale`` is the marker radius in mm."""
+    kind = rec.get("kind")
+    pts = np.asarray(rec.get("points") or np.zeros((0, 3)), dtype=float).reshape(-1, 3)
+    c = COLOURS.get(kind, (0.8, 0.8, 0.8))
+    if kind == "landmark":
+        return [Primitive("points", pts, c, rec.get("name", rec.get("id", "")), pts[0] if len(pts) else None, scale * 1.3)]
+    if kind in ("distance", "structure_distance", "extents") and len(pts) == 2:
+        mid = pts.mean(axis=0)
+        return [Primitive("points", pts, c, radius=scale),
+                Primitive("polyline", pts, c, f"{rec.get('id')}: {_fmt(rec.get('value'), 'mm')}", mid, scale * 0.35)]
+    if kind == "angle" and len(pts) == 3:
+        return [Primitive("points", pts, c, radius=scale),
+                Primitive("polyline", pts, c, f"{rec.get('id')}: {_fmt(rec.get('value'), 'deg')}", pts[1], scale * 0.35)]
+    if kind == "cut":
+        out = []
+        for part, rgb, op in (("remnant", None, 1.0), ("resected", c, 0.45)):
+            if rec.get("meshes", {}).get(part):
+                out.append(Primitive("mesh", np.zeros((0, 3)), rgb or (-1, -1, -1), opacity=op, path=rec["meshes"][part]))
+        for pl in rec.get("planes", []):
+            out.append(Primitive("plane", np.asarray([pl["point"]]), c, f"{rec.get('id')}", np.asarray(pl["point"]),
+                                 normal=np.asarray(pl["normal"]), size=scale * 40, opacity=0.35))
+        return out
+    if kind == "trajectory" and len(pts) == 2:
+        col = COLOURS["trajectory_warn"] if rec.get("warnings") else COLOURS["trajectory"]
+        close = rec.get("clearance") or []
+        # the structure that matters: closest one that is neither the target nor the skin the
+        # tool enters through
+        first = next((r for r in close if not r.get("target") and not r.get("contains_entry")
+                      and r["structure"] not in BODY_NAMES), None)
+        lab = f"{rec.get('id')}: {_fmt(rec.get('length_mm'), 'mm')}"
+        if first is not None:
+            lab += f", {first['structure']} {_fmt(first['distance_mm'], 'mm')}"
+        return [Primitive("tool", pts, col, lab, pts[0], radius=max(float(rec.get("radius_mm", 1.0)), scale * 0.3)),
+                Primitive("points", pts[:1], (0.1, 0.8, 0.2), radius=scale),
+                Primitive("points", pts[1:], (0.9, 0.1, 0.1), radius=scale)]
+    return []
+
+
+@dataclass
+class CutState:
+    """The live cutting plane: through ``anchor`` + ``offset_mm`` along the normal, the preset
+    normal tilted by ``tilt_deg`` (about the two axes perpendicular to it)."""
+
+    structure: str
+    anchor: np.ndarray
+    orientation: str = "axial (cut above)"
+    tilt_deg: tuple[float, float] = (0.0, 0.0)
+    offset_mm: float = 0.0
+    margin_to: str | None = None
+
+    def normal(self) -> np.ndarray:
+        n = np.asarray(CUT_ORIENTATIONS[self.orientation], dtype=float)
+        a = np.cross(n, [0.0, 0.0, 1.0] if abs(n[2]) < 0.9 else [0.0, 1.0, 0.0])
+        a /= np.linalg.norm(a)
+        b = np.cross(n, a)
+        t1, t2 = np.radians(self.tilt_deg)
+        v = n * np.cos(t1) + a * np.sin(t1)
+        v = v * np.cos(t2) + b * np.sin(t2)
+        return v / np.linalg.norm(v)
+
+    def planes(self) -> list[dict]:
+        n = self.normal()
+        return [{"point": (np.asarray(self.anchor, dtype=float) + self.offset_mm * n).tolist(), "normal": n.tolist()}]
+
+
+@dataclass
+class PlanSession:
+    """The viewer's planning state over one :class:`pipeline.planning.Planner`."""
+
+    planner: object
+    mode: str = "navigate"
+    pending: list = field(default_factory=list)  # [(point (3,), structure name or None)]
+    cut: CutState | None = None
+    tool_radius_mm: float = 1.0
+    safety_margin_mm: float = 5.0
+    last_preview: dict | None = None
+
+    @classmethod
+    def open(cls, scene):
+        from pipeline.planning import Planner
+
+        return cls(Planner(scene))
+
+    @property
+    def scene(self):
+        return self.planner.scene
+
+    @property
+    def plan(self) -> dict:
+        return self.scene.plan
+
+    def records(self) -> list[dict]:
+        return [r for sec in ("landmarks", "measurements", "cuts", "trajectories") for r in self.plan.get(sec, [])]
+
+    def set_mode(self, mode: str) -> None:
+        if mode not in MODES:
+            raise PlanningError(f"mode must be one of {list(MODES)}; found {mode!r}")
+        self.mode = mode
+        self.pending = []
+
+    def add_point(self, point, structure: str | None = None) -> dict | None:
+        """Feed a picked surface point to the current mode; returns the record once complete."""
+        if self.mode == "navigate":
+            return None
+        self.pending.append((np.asarray(point, dtype=float), structure))
+        if len(self.pending) < POINTS_NEEDED[self.mode]:
+            return None
+        pts = [p for p, _ in self.pending]
+        names = [s for _, s in self.pending]
+        self.pending = []
+        if self.mode == "landmark":
+            n = sum(1 for _ in self.plan.get("landmarks", [])) + 1
+            return self.planner.add_landmark(f"landmark {n}", pts[0], snap_to=names[0])
+        if self.mode == "distance":
+            return self.planner.measure_distance(pts[0], pts[1])
+        if self.mode == "angle":
+            return self.planner.measure_angle(pts[0], pts[1], pts[2])
+        if self.mode == "trajectory":
+            return self.planner.add_trajectory(pts[0], pts[1], self.tool_radius_mm, safety_margin_mm=self.safety_margin_mm)
+        if self.mode == "cut":
+            if names[0] is None:
+                raise PlanningError("cut: pick a point on the structure to cut")
+            margin_to = self.cut.margin_to if self.cut else None
+            self.start_cut(names[0], pts[0], margin_to=margin_to)
+            return None
+        return None
+
+    # -- cutting plane ---------------------------------------------------------------------
+    def start_cut(self, structure: str, anchor=None, *, orientation: str | None = None, margin_to: str | None = None):
+        if anchor is None:
+            anchor = np.asarray(self.planner.mesh(structure).vertices).mean(axis=0)
+        prev = self.cut
+        self.cut = CutState(structure, np.asarray(anchor, dtype=float),
+                            orientation or (prev.orientation if prev else "axial (cut above)"),
+                            margin_to=margin_to)
+        return self.cut
+
+    def preview_cut(self) -> dict:
+        """Resected/remnant volumes and margin for the live plane (not stored in the plan)."""
+        from pipeline.planning.cut import cut_record
+
+        if self.cut is None:
+            raise PlanningError("no cutting plane: choose a structure and place the plane first")
+        c = self.cut
+        self.last_preview = cut_record(self.planner, c.structure, c.planes(), margin_to=c.margin_to, save_meshes=False)
+        return self.last_preview
+
+    def resected_vertex_mask(self) -> np.ndarray:
+        """(n_vertices,) bool: vertices of the cut structure on the resected side of the live plane."""
+        from pipeline.planning.cut import normalise_planes, signed_depth
+
+        v = np.asarray(self.planner.mesh(self.cut.structure).vertices)
+        return signed_depth(v, normalise_planes(self.cut.planes())) > 0
+
+    def commit_cut(self) -> dict:
+        c = self.cut
+        if c is None:
+            raise PlanningError("no cutting plane to commit")
+        return self.planner.add_cut(c.structure, c.planes(), margin_to=c.margin_to, save_meshes=True)
+
+    def remove(self, record_id: str) -> dict:
+        from pipeline.planning import remove_record
+
+        return remove_record(self.plan, record_id)
