@@ -64,15 +64,16 @@ def _parse_overrides(items) -> dict:
 class _Printer:
     """One line per stage with elapsed time: readable in a terminal and in a log file."""
 
-    def __init__(self, stream=sys.stderr):
+    def __init__(self, stream=None):
         self.t0 = time.perf_counter()
         self.stream = stream
 
     def __call__(self, stage: str, msg: str) -> None:
-        print(f"[{time.perf_counter() - self.t0:6.1f}s] {stage:<8} {msg}", file=self.stream, flush=True)
+        print(f"[{time.perf_counter() - self.t0:6.1f}s] {stage:<8} {msg}", file=self.stream or sys.stderr, flush=True)
 
 
-def print_summary(result, stream=sys.stdout) -> None:
+def print_summary(result, stream=None) -> None:
+    stream = stream or sys.stdout
     print(f"\nscene  {result.scene_path}/scene.json   case {result.case_id}", file=stream)
     src = result.source
     if src.get("series_instance_uid"):
