@@ -9,7 +9,7 @@ import pytest
 from conftest import real_data
 from segment_synth import dice, synthetic_chest
 from pipeline.errors import ModelError
-from pipeline.segment import SegmentationResult, resolve_model, segment
+from pipeline.segment import SegmentationResult, segment
 from pipeline.segment.hu_rules import HURulesConfig, fill_holes_slicewise, hu_rules_arrays, masks_from_codes
 from pipeline.types import Volume
 
@@ -161,3 +161,13 @@ def test_real_ct_jpeg2000():
     rows = np.nonzero(body.any(axis=(0, 2)))[0]
     assert rows.max() < 430
     assert elapsed < 10.0
+
+
+def test_models_list_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys; from pipeline.cli import main; rc = main(['models', 'list']); "
+            "print('TORCH' if 'torch' in sys.modules or 'monai' in sys.modules else 'NO_TORCH', rc)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert "hu_rules" in out.stdout and "NO_TORCH 0" in out.stdout, out.stdout + out.stderr

@@ -53,7 +53,7 @@ class StudyTimeout(SurgitwinError):
     """A study ran longer than the batch's per-study limit."""
 
 
-def run_study(input_path, out_dir, *, model: str = "hu_rules", config=None, snapshot: bool = False,
+def run_study(input_path, out_dir, *, model: str | None = None, config=None, snapshot: bool = False,
               case_id: str | None = None) -> dict:
     """Adapter: :func:`pipeline.run.run_case` -> the dict the batch records.
 

@@ -163,7 +163,7 @@ class _Coordinator:
             self.deid_salt = self.deid.salt
         self.case_kwargs = dict(opts.case_kwargs)
         if opts.case_fn == DEFAULT_CASE_FN:
-            self.case_kwargs.setdefault("model", opts.model or "hu_rules")
+            self.case_kwargs.setdefault("model", opts.model)  # None: segment.model of the config
             self.case_kwargs.setdefault("snapshot", opts.snapshot)
             if opts.config:
                 self.case_kwargs.setdefault("config", str(opts.config))

@@ -4,10 +4,11 @@ Backends (``ModelSpec.backend``): ``hu_rules`` (no network), ``checkpoint`` (thi
 network + safetensors/state-dict weights) and ``bundle`` (a MONAI Model Zoo bundle read as
 data). A network model may be combined with HU rules (``combine_with: hu_rules``).
 
-Combining, priority from high to low: the model's labels, then the HU-rule structures airway >
-lungs > bone > body, which only fill voxels the model left as background. An HU-rule structure
-whose name the model already has is dropped (the model's own ``trachea`` wins over ``airway``
-only if it is named ``airway``; names are the contract). Two labels with the same id but
+Combining, priority from high to low: the model's labels (already post-processed), then the
+HU-rule structures airway > lungs > bone > body, which only fill voxels the model left as
+background. An HU-rule structure whose name the model already has is dropped (names are the
+contract: a model's ``lungs`` replaces the rule's; a model with lung lobes keeps them and the
+rule's ``lungs`` only takes lung voxels no lobe claimed). Two labels with the same id but
 different names are an error, never silently merged.
 """
 from __future__ import annotations
@@ -25,8 +26,7 @@ from ..types import Label, LabelMap, LabelTable, StageRecord, Volume
 from .hu_rules import CODES, HURulesConfig, hu_rules_arrays, hu_uncertainty
 from .postprocess import PostprocessConfig, postprocess_labels
 from .qc import QCConfig, structure_qc
-from .registry import ModelSpec, load_label_file, resolve_model, LABELS_DIR
-
+from .registry import LABELS_DIR, ModelSpec, load_label_file, resolve_model
 
 
 class SegmentConfig(BaseModel):
@@ -95,7 +95,8 @@ def _hu_config(spec: ModelSpec | None, cfg: SegmentConfig) -> HURulesConfig:
 def hu_rule_labels(spec: ModelSpec | None = None) -> LabelTable:
     if spec is not None and spec.backend == "hu_rules":
         return spec.label_table()
-    return LabelTable(Label.from_dict(d) for d in load_label_file(LABELS_DIR / "hu_rules.yaml"))
+    entries = load_label_file(LABELS_DIR / "hu_rules.yaml")
+    return LabelTable(Label.from_dict({k: v for k, v in d.items() if k != "channel"}) for d in entries)
 
 
 def _paint_hu(out: np.ndarray, codes: np.ndarray, table: LabelTable) -> None:
@@ -127,7 +128,8 @@ def _dtype_for(table: LabelTable):
     return np.uint8 if max(table.ids, default=0) <= 255 else np.uint16
 
 
-def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentConfig | dict | None = None) -> SegmentationResult:
+def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentConfig | dict | None = None, *,
+            network=None) -> SegmentationResult:
     """Segment ``volume`` with ``model``; the label map lies on exactly ``volume``'s grid.
 
     Parameters
@@ -135,6 +137,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
     volume : Volume, ``array`` (nk, nj, ni) in HU for CT models, any orientation and spacing
     model : registry name, bundle folder, model YAML path or a resolved ModelSpec
     cfg : SegmentConfig or the ``segment`` dict of pipeline.yaml (device, threads, overrides)
+    network : optional built ``torch.nn.Module`` to run instead of loading the model's weights
 
     Returns
     -------
@@ -171,32 +174,36 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         from .runner import run_network  # imports torch/MONAI only for network models
 
         t0 = time.perf_counter()
-        net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities)
+        net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
         timings.update(net.timings)
         table = spec.label_table()
         labels = net.labels.astype(_dtype_for(table), copy=False)
-        unc, probabilities = net.uncertainty, net.probabilities
+        unc, probabilities = (net.uncertainty if cfg.uncertainty else None), net.probabilities
         inputs.update(net.inputs)
         notes.extend(net.notes)
-        if combine == "hu_rules":
-            t1 = time.perf_counter()
-            hu_table = hu_rule_labels()
-            table, merge_notes = _merge_tables(table, hu_table)
-            notes.extend(merge_notes)
-            hcfg = _hu_config(None, cfg)
-            codes, info = hu_rules_arrays(volume, hcfg)
-            labels = labels.astype(_dtype_for(table), copy=False)
-            _paint_hu(labels, codes, table)
-            del codes
-            if unc is not None:
-                np.maximum(unc, hu_uncertainty(volume.array, hcfg), out=unc)
-            inputs["hu_rules"] = info
-            timings["hu_rules"] = time.perf_counter() - t1
-
-    t0 = time.perf_counter()
     pcfg = cfg.postprocess or spec.postprocess
+    t0 = time.perf_counter()
     labels, pp_report = postprocess_labels(labels, table, pcfg, volume.voxel_volume_ml)
     timings["postprocess"] = time.perf_counter() - t0
+
+    if spec.backend != "hu_rules" and combine == "hu_rules":
+        # after the model's clean-up, so HU structures also fill what post-processing removed
+        t1 = time.perf_counter()
+        hu_table = hu_rule_labels()
+        table, merge_notes = _merge_tables(table, hu_table)
+        notes.extend(merge_notes)
+        hcfg = _hu_config(None, cfg)
+        codes, info = hu_rules_arrays(volume, hcfg)
+        labels = labels.astype(_dtype_for(table), copy=False)
+        _paint_hu(labels, codes, table)
+        del codes
+        if unc is not None:
+            np.maximum(unc, hu_uncertainty(volume.array, hcfg), out=unc)
+        inputs["hu_rules"] = info
+        kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)
+        labels, hu_report = postprocess_labels(labels, kept_hu, pcfg, volume.voxel_volume_ml)
+        pp_report.update(hu_report)
+        timings["hu_rules"] = time.perf_counter() - t1
 
     labelmap = LabelMap(volume.with_array(labels, kind="labelmap", model=spec.name), table)
     unc_vol = volume.with_array(unc.astype(np.float32, copy=False), kind="uncertainty") if unc is not None else None

@@ -34,8 +34,8 @@ def parse_overrides(overrides) -> dict[str, Any]:
     """``["pixdim=3,3,3", "inferer#overlap=0.5"]`` or a dict -> {id: value} (values parsed as data)."""
     if not overrides:
         return {}
-    if isinstance(overrides, dict):
-        return dict(overrides)
+    if isinstance(overrides, dict):  # values from a CLI arrive as text: parse them the same way
+        return {k: _parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
     out = {}
     for item in overrides:
         if "=" not in item:
@@ -304,7 +304,8 @@ def _weights(cfg: BundleConfig, notes: list[str]) -> str:
     try:
         path = cfg.get("checkpointloader#load_path", default=None)
         if isinstance(path, str):
-            return path
+            p = Path(path).expanduser()
+            return str(p if p.is_absolute() else cfg.folder / p)  # relative to the bundle, not the cwd
     except ModelError:
         pass  # an expression: choosing a file by convention runs no code
     default = models / "model.pt"

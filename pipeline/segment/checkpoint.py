@@ -98,8 +98,6 @@ def file_sha256(path, chunk: int = 1 << 22) -> str:
 def _cached(name: str, args_key: str, weights: str, mtime: float, size: int):
     import json
 
-    import torch
-
     net = build_network(name, json.loads(args_key))
     state = load_state_dict(weights)
     missing, unexpected = [], []

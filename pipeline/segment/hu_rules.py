@@ -9,9 +9,12 @@ the input's resolution while the morphology stays cheap. Everything is vectorise
 Rules (defaults in :class:`HURulesConfig`):
 
 * **body**: HU > ``body_hu``; an in-plane opening of ``table_mm`` cuts the patient table,
-  blanket and cables (all thinner than that), the largest component and those at least
-  ``keep_fraction`` of it (arms) are kept and restored by a geodesic dilation, then holes are
-  filled slice by slice (lungs and bowel are inside the body in every axial slice).
+  blanket and cables (all thinner than that); the largest component and those at least
+  ``keep_fraction`` of it (arms) are kept; pieces the opening shaved off come back when most
+  of their voxels lie next to the body (skin folds do, a table does not); then holes are
+  filled slice by slice (lungs and bowel are inside the body in every axial slice). A table
+  in direct contact with the skin (no mattress) leaves a stub of about ``table_mm`` under
+  the contact line.
 * **lungs**: HU < ``lung_hu`` inside the body. A component is lung when it is big enough and
   mostly *parenchyma* (-950..-400 HU): bowel and stomach gas is mostly pure air
   (< ``pure_air_hu``), so ``pure_air_fraction`` separates them without needing to know where
@@ -21,6 +24,10 @@ Rules (defaults in :class:`HURulesConfig`):
   (> ``airway_max_ml``) a stricter threshold is tried. Removed from the lungs.
 * **bone**: HU > ``bone_hu`` inside the body, marrow cavities (holes in axial slices) added.
 
+The full-resolution decision is one table lookup per voxel: bit flags from the block grid
+(body interior/band, lung interior/band, airway band, marrow) plus the voxel's HU class
+(int16 values index a 65536-entry table through an order-preserving XOR).
+
 Uncertainty is the normalised binary entropy of a logistic membership around the nearest
 threshold (width ``uncertainty_hu``): partial-volume voxels near a threshold are uncertain,
 voxels far from every threshold are certain. It is a property of the rules, not a calibrated
@@ -29,7 +36,7 @@ probability.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import ModelError
 from ..types import Volume
@@ -58,6 +65,14 @@ class HURulesConfig(BaseModel):
     airway_max_area_cm2: float = 8.0
     airway_max_offset_mm: float = 35.0
     uncertainty_hu: float = 20.0
+
+    @field_validator("structures")
+    @classmethod
+    def _known(cls, v):
+        unknown = sorted(set(v) - set(STRUCTURES))
+        if unknown:
+            raise ValueError(f"structures must be among {list(STRUCTURES)}; found {unknown}")
+        return v
 
 
 # --- small array helpers -------------------------------------------------------------------

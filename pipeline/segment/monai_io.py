@@ -32,20 +32,30 @@ def ras_xyz_to_lps_kji(affine_ras: np.ndarray) -> np.ndarray:
     return (LPS_TO_RAS @ np.asarray(affine_ras, np.float64))[:, _KJI_TO_IJK]
 
 
-def volume_to_metatensor(volume: Volume, dtype=None):
-    """Volume -> ``MetaTensor`` of shape (1, ni, nj, nk) with a RAS affine (MONAI convention).
+def volume_to_metatensor(volume: Volume, dtype=None, axcodes: str | None = None):
+    """Volume -> ``MetaTensor`` of shape (1, nx, ny, nz) with a RAS affine (MONAI convention).
 
-    The array is a transposed view where possible (no copy for float32 input).
+    ``axcodes`` (e.g. "RAS"): also reorder/flip the axes to the closest such orientation, as
+    MONAI's ``Orientation`` would (exact: index permutation only), while the data are copied
+    into the new dtype, so the full-size array is copied once instead of twice (cast + flip).
     """
     import torch
     from monai.data import MetaTensor
 
     dtype = dtype or torch.float32
-    arr = np.asarray(volume.array)
-    t = torch.as_tensor(arr.transpose(2, 1, 0)[None])
-    if t.dtype != dtype:
-        t = t.to(dtype)
-    return MetaTensor(t, affine=torch.as_tensor(lps_kji_to_ras_xyz(volume.affine), dtype=torch.float64))
+    arr = np.asarray(volume.array).transpose(2, 1, 0)  # [k, j, i] -> [x, y, z] (a view)
+    affine = lps_kji_to_ras_xyz(volume.affine)
+    if axcodes:
+        from nibabel import orientations as nio
+
+        current = nio.io_orientation(affine)
+        transform = nio.ornt_transform(current, nio.axcodes2ornt(tuple(axcodes.upper())))
+        affine = affine @ nio.inv_ornt_aff(transform, arr.shape)
+        arr = nio.apply_orientation(arr, transform)  # transposes and flips: still a view
+    np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+    data = np.empty(arr.shape, np_dtype)
+    np.copyto(data, arr, casting="unsafe")  # the one full-size copy
+    return MetaTensor(torch.from_numpy(data)[None], affine=torch.as_tensor(affine, dtype=torch.float64))
 
 
 def metatensor_affine_lps(t) -> np.ndarray:

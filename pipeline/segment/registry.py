@@ -29,6 +29,13 @@ class NetworkDef(BaseModel):
     name: str
     args: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _monai_class(cls, v):
+        if not re.match(r"^(monai\.networks\.nets\.)?[A-Za-z_][A-Za-z0-9_]*$", v):
+            raise ValueError(f"network name must be a class of monai.networks.nets (e.g. UNet); found {v!r}")
+        return v
+
 
 class IntensityStep(BaseModel):
     """One intensity step; a model applies its steps in order.
@@ -97,6 +104,9 @@ class InferenceDef(BaseModel):
     amp: bool = True
     # above this many MB of blended logits the runner streams windows through a ring buffer
     max_buffer_mb: float = Field(512.0, gt=0)
+    # dtype of that ring buffer: float16 halves it (slower on CPUs without native float16);
+    # auto = float16 for networks with more than 32 output channels, else float32
+    buffer_dtype: Literal["auto", "float32", "float16"] = "auto"
     # back onto the input grid: probabilities (trilinear) or labels (nearest); auto: probabilities
     # when the network has at most max_prob_channels outputs (cost grows with the channel count)
     resample: Literal["auto", "probabilities", "labels"] = "auto"
@@ -276,8 +286,9 @@ def resolve_model(name_or_path: Union[str, Path, ModelSpec] = "hu_rules", overri
                                  "folder of a MONAI bundle", path=str(MODELS_DIR))
             spec = load_model_file(f)
     if spec.backend == "bundle":
-        from .bundle import bundle_spec
-        return bundle_spec(Path(spec.bundle), overrides=overrides, trust=trust, entry=spec)
+        from .bundle import bundle_spec, parse_overrides
+        merged = {**parse_overrides(spec.bundle_overrides), **parse_overrides(overrides)}  # the user's last
+        return bundle_spec(Path(spec.bundle), overrides=merged, trust=trust or spec.trust_bundle, entry=spec)
     if overrides:
         raise ModelError(f"--bundle-set applies to MONAI bundles; model '{spec.name}' has backend '{spec.backend}'",
                          path=spec.source_file)

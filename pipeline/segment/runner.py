@@ -4,12 +4,15 @@ Steps: Volume -> MetaTensor (:mod:`.monai_io`, the only RAS/xyz conversion) -> M
 ``Orientation`` + ``Spacing`` (bilinear) -> intensity steps (MONAI transforms) -> sliding-window
 inference with Gaussian blending -> softmax -> argmax + normalised entropy on the network grid
 -> back onto the input grid (labels nearest, or probabilities trilinear for few classes;
-entropy trilinear), so the label map's geometry equals the input's exactly.
+entropy trilinear; torch ``grid_sample`` slab by slab through the composed index affine),
+so the label map's geometry equals the input's exactly.
 
 Memory. The blended logits on the network grid are C x voxels floats (105 classes on a 3 mm
 body CT: ~1.2 GB). When that exceeds ``inference.max_buffer_mb`` the windows are run in
 order of their slice position and accumulated in a ring buffer one window deep along that
-axis; planes no later window can touch are finalised (softmax, argmax, entropy) and dropped.
+axis; planes no later window can touch are finalised (softmax, argmax, entropy) and dropped
+(``buffer_dtype: float16`` halves the ring). Full-resolution outputs are only the label map
+and the uncertainty map: never C full-resolution channels (unless ``keep_probabilities``).
 Window placement, Gaussian weights and blending are MONAI's own (``dense_patch_slices``,
 ``compute_importance_map``), so both paths give the same numbers. Below the budget the runner
 calls ``monai.inferers.sliding_window_inference`` itself: zero overhead over bare MONAI.
@@ -73,7 +76,8 @@ def preprocess(volume: Volume, pre: Preprocessing):
 
     from .monai_io import volume_to_metatensor
 
-    img = volume_to_metatensor(volume, torch.float32)
+    img = volume_to_metatensor(volume, torch.float32, axcodes=pre.orientation)
+    # a no-op after the conversion above; kept so MONAI itself confirms the orientation
     img = Orientation(axcodes=pre.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
     if pre.spacing:
         img = Spacing(pixdim=pre.spacing, mode="bilinear", padding_mode="border", dtype=np.float32)(img)
@@ -98,40 +102,56 @@ class _Finaliser:
         self.probs = np.zeros((n_channels, *shape_xyz), np.float32) if keep_probs else None
         self.log_c = math.log(max(n_channels, 2))
 
-    def __call__(self, z0: int, logits):
+    def __call__(self, region, logits):
+        """Finalise ``logits`` (C, *region shape) of the network-grid ``region`` (3 slices):
+        argmax, normalised entropy (and probabilities)."""
         import torch
 
-        logits = logits.float()
-        lse = torch.logsumexp(logits, 0)
-        p = torch.exp(logits - lse)
-        z1 = z0 + logits.shape[-1]
-        self.ch[..., z0:z1] = p.argmax(0).cpu().numpy()
-        self.entropy[..., z0:z1] = ((lse - (p * logits).sum(0)) / self.log_c).clamp_(0, 1).cpu().numpy()
+        # 7 passes over C x voxels: copy, max+argmax, subtract, exp, sum, multiply, sum
+        x = logits.float() if logits.dtype != torch.float32 else logits.clone()
+        m, idx = x.max(0)
+        self.ch[region] = idx.cpu().numpy()
+        x.sub_(m)  # l - max: exp cannot overflow
+        e = x.exp()
+        s = e.sum(0)
         if self.probs is not None:
-            self.probs[..., z0:z1] = p.cpu().numpy()
+            self.probs[(slice(None), *region)] = (e / s).cpu().numpy()
+        # H = -sum p log p with p = e / s, log p = (l - max) - log s  =>  H = log s - sum(e (l - max)) / s
+        ent = (s.log() - e.mul_(x).sum(0).div_(s)).div_(self.log_c).clamp_(0, 1)
+        self.entropy[region] = ent.cpu().numpy()
+
+    def planes(self, z0: int, logits):
+        """``emit`` callback of :func:`streamed_sliding_window`: planes z0.. of the grid."""
+        self((slice(None), slice(None), slice(z0, z0 + logits.shape[-1])), logits)
 
 
-def _whole(image, predictor, inf: InferenceDef, device, finalise: _Finaliser, chunk: int = 16):
+def _whole(image, predictor, inf: InferenceDef, device, finalise: _Finaliser, max_chunk_mb: float = 64.0):
     from monai.inferers import sliding_window_inference
 
     logits = sliding_window_inference(image, inf.roi_size, inf.sw_batch_size, predictor, overlap=inf.overlap,
                                       mode=inf.mode, sigma_scale=inf.sigma_scale, padding_mode=inf.padding_mode,
                                       sw_device=device, device=device)
     logits = logits[0]
-    for z0 in range(0, logits.shape[-1], chunk):  # bounded softmax temporaries
-        finalise(z0, logits[..., z0:z0 + chunk])
+    # slabs along x, the outermost spatial axis: contiguous blocks (z slabs would be strided)
+    per_x = logits[:, :1].numel() * 4 / 2**20
+    step = max(1, int(max_chunk_mb // max(per_x, 1e-9)))
+    for x0 in range(0, logits.shape[1], step):
+        finalise((slice(x0, x0 + step), slice(None), slice(None)), logits[:, x0:x0 + step])
     return 0
 
 
-def streamed_sliding_window(image, predictor, inf: InferenceDef, device, emit) -> int:
+def streamed_sliding_window(image, predictor, inf: InferenceDef, device, emit, buffer_dtype=None) -> int:
     """MONAI's sliding-window blending, windows ordered along z, ring buffer one window deep.
 
     ``emit(z0, logits)`` receives finalised planes (C, x, y, dz) in increasing z. Returns the
-    number of windows run.
+    number of windows run. ``buffer_dtype`` float16 halves the ring (logit sums keep ~3
+    significant digits: argmax changes only at near-ties); default float32.
     """
     import torch
     import torch.nn.functional as F
     from monai.data.utils import dense_patch_slices
+
+    buffer_dtype = buffer_dtype or torch.float32
     from monai.inferers.utils import _get_scan_interval, compute_importance_map
 
     x = image[0:1]
@@ -157,18 +177,26 @@ def streamed_sliding_window(image, predictor, inf: InferenceDef, device, emit) -
     buf = cnt = None
     lo = 0
 
-    def flush(upto: int):
+    def flush(upto: int, step: int = 8):
+        """Emit planes [lo, upto) (in slabs of ``step``: bounded temporaries), shift the ring."""
         nonlocal lo
         if upto <= lo:
             return
         d = upto - lo
-        planes = buf[:, crop[0], crop[1], :d] / cnt[crop[0], crop[1], :d]
-        z_from, z_to = max(lo, lo_pad_z), min(upto, lo_pad_z + size0[2])  # drop padded planes
-        if z_to > z_from:
-            emit(z_from - lo_pad_z, planes[..., z_from - lo:z_to - lo])
-        buf[..., :rz - d] = buf[..., d:].clone()
+        for a in range(0, d, step):
+            b = min(a + step, d)
+            z_from, z_to = max(lo + a, lo_pad_z), min(lo + b, lo_pad_z + size0[2])  # drop padded planes
+            if z_to > z_from:
+                ia, ib = z_from - lo, z_to - lo
+                planes = buf[:, crop[0], crop[1], ia:ib].float() / cnt[crop[0], crop[1], ia:ib]  # contiguous copy
+                emit(z_from - lo_pad_z, planes)
+        # move the planes still open to the front; ascending chunks never overwrite unread data
+        n = max(1, min(d, step))
+        for a in range(0, rz - d, n):
+            b = min(a + n, rz - d)
+            buf[..., a:b] = buf[..., a + d:b + d]
+            cnt[..., a:b] = cnt[..., a + d:b + d]
         buf[..., rz - d:] = 0
-        cnt[..., :rz - d] = cnt[..., d:].clone()
         cnt[..., rz - d:] = 0
         lo = upto
 
@@ -181,12 +209,16 @@ def streamed_sliding_window(image, predictor, inf: InferenceDef, device, emit) -
             win = torch.cat([x[(slice(None), slice(None), *s)] for s in batch]).to(device)
             out = predictor(win)
             if buf is None:
-                buf = torch.zeros((out.shape[1], size[0], size[1], rz), dtype=torch.float32, device=device)
+                buf = torch.zeros((out.shape[1], size[0], size[1], rz), dtype=buffer_dtype, device=device)
                 cnt = torch.zeros((size[0], size[1], rz), dtype=torch.float32, device=device)
             for o, s in zip(out, batch):
-                buf[:, s[0], s[1], :] += o.float() * weight
+                # in place, 16 channels at a time: a float16 ring would otherwise get a
+                # window-sized float32 temporary from type promotion
+                for c0 in range(0, o.shape[0], 16):
+                    buf[c0:c0 + 16, s[0], s[1], :].addcmul_(o[c0:c0 + 16].float(), weight)
                 cnt[s[0], s[1], :] += weight
             n_win += len(batch)
+            del out, win, o  # else the last window's output (C x roi floats) lives through the next forward
     flush(lo + rz)
     return n_win
 
@@ -209,46 +241,52 @@ def _index_map(volume: Volume, net_affine_lps: np.ndarray) -> np.ndarray:
     return np.linalg.inv(net_affine_lps) @ volume.affine
 
 
-def _resample(arr_kji: np.ndarray, m: np.ndarray, shape, order: int, dtype) -> np.ndarray:
-    from scipy import ndimage
+def _normalised_map(m: np.ndarray, src_shape) -> np.ndarray:
+    """(3, 4) float64: input (k, j, i, 1) -> grid_sample coordinates (x=i', y=j', z=k') in [-1, 1]."""
+    scale = np.array([2.0 / max(sz - 1, 1) for sz in src_shape])
+    mn = m[:3] * scale[:, None]
+    mn[:, 3] -= 1.0
+    return mn[::-1].copy()  # rows (k', j', i') -> (i', j', k'): grid_sample's (x, y, z)
 
-    out = np.empty(shape, dtype)
-    ndimage.affine_transform(arr_kji, m[:3, :3], offset=m[:3, 3], output_shape=tuple(shape), output=out,
-                             order=order, mode="nearest", prefilter=False)
-    return out
 
+def resample_back(src_kji, m: np.ndarray, shape, mode: str, device=None, slab: int = 8):
+    """Sample a network-grid array (C, k', j', i') at every input voxel, slab by slab.
 
-def _probabilities_back(probs_xyz: np.ndarray, m: np.ndarray, shape, slab: int = 16):
-    """Trilinear probabilities on the input grid, reduced slab by slab: (argmax, entropy, probs)."""
-    from scipy import ndimage
+    ``m`` maps input (k, j, i) to network (k', j', i') indices (any affine). ``mode``:
+    'nearest' or 'bilinear' (trilinear). Yields ``(k0, values (C, n, nj, ni) float32 tensor)``
+    so callers reduce each slab before the next (bounded memory, torch threads). The grid of a
+    slab is one in-plane grid (computed once) plus the slice offset: one add per voxel.
+    """
+    import torch
+    import torch.nn.functional as F
 
-    c = probs_xyz.shape[0]
-    probs_kji = probs_xyz.transpose(0, 3, 2, 1)
-    ch = np.zeros(shape, np.uint8 if c <= 256 else np.int16)
-    ent = np.zeros(shape, np.float32)
-    log_c = math.log(max(c, 2))
+    device = device or torch.device("cpu")
+    src = torch.as_tensor(np.ascontiguousarray(src_kji), dtype=torch.float32, device=device)[None]
+    mn = torch.as_tensor(_normalised_map(m, src.shape[2:]), dtype=torch.float64)
+    j = torch.arange(shape[1], dtype=torch.float64)[:, None]
+    i = torch.arange(shape[2], dtype=torch.float64)[None, :]
+    plane = torch.stack([mn[c, 1] * j + mn[c, 2] * i + mn[c, 3] for c in range(3)], dim=-1)  # (nj, ni, 3)
+    plane = plane.to(torch.float32)
+    step = mn[:, 0].to(torch.float32)  # change of (x, y, z) per input slice
     for k0 in range(0, shape[0], slab):
         n = min(slab, shape[0] - k0)
-        off = m[:3, 3] + m[:3, :3] @ np.array([k0, 0, 0], float)
-        p = np.empty((c, n, *shape[1:]), np.float32)
-        for ci in range(c):
-            ndimage.affine_transform(np.ascontiguousarray(probs_kji[ci]), m[:3, :3], offset=off,
-                                     output_shape=(n, *shape[1:]), output=p[ci], order=1, mode="nearest",
-                                     prefilter=False)
-        ch[k0:k0 + n] = p.argmax(0)
-        np.clip(p, 1e-12, 1.0, out=p)
-        ent[k0:k0 + n] = np.clip(-(p * np.log(p)).sum(0) / log_c, 0, 1)
-    return ch, ent
+        ks = torch.arange(k0, k0 + n, dtype=torch.float32)
+        grid = (plane[None] + ks[:, None, None, None] * step).to(device)[None]  # (1, n, nj, ni, 3)
+        yield k0, F.grid_sample(src, grid, mode=mode, padding_mode="border", align_corners=True)[0]
 
 
-def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool = False) -> NetworkOutput:
-    """Segment ``volume`` with a checkpoint or bundle model (see module doc). ``cfg``: SegmentConfig."""
+def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool = False, network=None) -> NetworkOutput:
+    """Segment ``volume`` with a checkpoint or bundle model (see module doc). ``cfg``: SegmentConfig.
+
+    ``network``: an already built ``torch.nn.Module`` used instead of loading ``spec.weights``
+    (tests, benchmarks, notebooks); its outputs must have ``spec``'s channels.
+    """
     import torch
 
     from .checkpoint import load_network
     from .monai_io import metatensor_affine_lps
 
-    if spec.network is None or not spec.weights:
+    if network is None and (spec.network is None or not spec.weights):
         raise ModelError(f"model '{spec.name}' has no network/weights", path=spec.source_file)
     inf = spec.inference
     device = pick_device(cfg.device)
@@ -258,7 +296,10 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
     notes: list[str] = []
     with torch_threads(threads), torch.inference_mode():
         t0 = time.perf_counter()
-        net, sha, n_params = load_network(spec.network.name, spec.network.args, spec.weights)
+        if network is None:
+            net, sha, n_params = load_network(spec.network.name, spec.network.args, spec.weights)
+        else:
+            net, sha, n_params = network.eval(), "in-memory", sum(p.numel() for p in network.parameters())
         net = net.to(device)
         timings["load"] = time.perf_counter() - t0
 
@@ -269,7 +310,8 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
         timings["preprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        n_ch = int(spec.network.args.get("out_channels") or (max(spec.channel_ids(), default=0) + 1))
+        out_ch = spec.network.args.get("out_channels") if spec.network is not None else None
+        n_ch = int(out_ch or (max(spec.channel_ids(), default=0) + 1))
         shape_xyz = tuple(image.shape[2:])
         resample = inf.resample
         if resample == "auto":
@@ -281,27 +323,46 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
             _whole(image, predictor, inf, device, fin)
             path = "whole"
         else:
-            streamed_sliding_window(image, predictor, inf, device, fin)
-            path = "streamed"
+            dtype = inf.buffer_dtype if inf.buffer_dtype != "auto" else "float16" if n_ch > 32 else "float32"
+            streamed_sliding_window(image, predictor, inf, device, fin.planes, buffer_dtype=getattr(torch, dtype))
+            path = f"streamed ({dtype} ring)"
         del image
         timings["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     m = _index_map(volume, net_affine)
     probabilities = None
-    if resample == "probabilities":
-        ch, ent = _probabilities_back(fin.probs, m, volume.shape)
-        if keep_probabilities:
-            probabilities = np.stack([_resample(np.ascontiguousarray(p.transpose(2, 1, 0)), m, volume.shape, 1,
-                                                np.float32) for p in fin.probs])
-    else:
-        ch = _resample(np.ascontiguousarray(fin.ch.transpose(2, 1, 0)), m, volume.shape, 0, fin.ch.dtype)
-        ent = _resample(np.ascontiguousarray(fin.entropy.transpose(2, 1, 0)), m, volume.shape, 1, np.float32)
-    lut = np.zeros(max(n_ch, 1), np.int32)
-    for c, lid in spec.channel_ids().items():
+    shape = volume.shape
+    ch = np.empty(shape, fin.ch.dtype)
+    ent = np.empty(shape, np.float32)
+    with torch_threads(threads), torch.inference_mode():
+        if resample == "probabilities":
+            # few channels: interpolate the probabilities themselves, then decide per voxel
+            probs = fin.probs.transpose(0, 3, 2, 1)
+            if keep_probabilities:
+                probabilities = np.empty((n_ch, *shape), np.float32)
+            for k0, p in resample_back(probs, m, shape, "bilinear"):
+                n = p.shape[1]
+                ch[k0:k0 + n] = p.argmax(0).numpy()
+                if probabilities is not None:
+                    probabilities[:, k0:k0 + n] = p.numpy()
+                lp = p.clamp(min=1e-12).log_()
+                ent[k0:k0 + n] = p.mul_(lp).sum(0).neg_().div_(fin.log_c).clamp_(0, 1).numpy()
+        else:
+            for k0, v in resample_back(fin.ch.transpose(2, 1, 0)[None], m, shape, "nearest"):
+                ch[k0:k0 + v.shape[1]] = v[0].round_().numpy()
+            for k0, v in resample_back(fin.entropy.transpose(2, 1, 0)[None], m, shape, "bilinear"):
+                ent[k0:k0 + v.shape[1]] = v[0].numpy()
+    ids = spec.channel_ids()
+    lut = np.zeros(max(n_ch, 1), np.uint8 if max(ids.values(), default=0) <= 255 else np.uint16)
+    for c, lid in ids.items():
         if c < n_ch:
             lut[c] = lid
-    labels = lut[ch]
+    if ch.dtype == lut.dtype:
+        labels = np.take(lut, ch, out=ch)  # in place: no second full-size array
+    else:
+        labels = lut[ch]
+        del ch
     timings["resample_back"] = time.perf_counter() - t0
     inputs = {"weights_sha256": sha, "parameters": n_params, "device": str(device), "threads": threads or
               torch.get_num_threads(), "amp": bool(amp and device.type == "cuda"), "inference_path": path,
