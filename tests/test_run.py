@@ -102,7 +102,7 @@ def test_existing_scene_is_replaced_atomically(tmp_path, demo_scene):
     (out / "stale.txt").write_text("old")
     ct, _ = make_phantom(1, **SMALL)
     write_dicom_series(ct, tmp_path / "dcm")
-    run_case(tmp_path / "dcm", out, snapshot=False)
+    run_case(tmp_path / "dcm", out, model="hu_rules", snapshot=False)
     assert (out / "scene.json").exists() and not (out / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dcm", "scene"]
 

@@ -1,0 +1,95 @@
+"""Label tables for training: the shipped model's output labels and the generation labels.
+
+*Target* labels are what a model predicts (channel c -> label id c). *Generation* labels are
+the richer set a SynthSeg-style synthesiser paints intensities into: every target organ plus
+auxiliary structures (stomach, bone, muscle, fat, gas, ...) that must look like *something*
+in a synthetic image but are background for the model. Each source label map (a real label
+file with its own numbering) is translated to generation labels by name; nothing here trusts
+a file's left/right names blindly -- :func:`pipeline.train.synth.check_sidedness` verifies
+them by physical position.
+"""
+from __future__ import annotations
+
+from ..types import Label, LabelTable
+
+#: Output labels of the shipped abdominal model (channel c == id c; 0 = background).
+TARGET_LABELS = LabelTable([
+    Label(1, "liver", (221, 130, 101), "10200004", expected_ml=(600.0, 3500.0)),
+    Label(2, "spleen", (157, 108, 162), "78961009", expected_ml=(40.0, 1200.0)),
+    Label(3, "kidney_left", (185, 102, 83), "18639004", expected_ml=(60.0, 400.0)),
+    Label(4, "kidney_right", (185, 102, 83), "9846003", expected_ml=(60.0, 400.0)),
+    Label(5, "aorta", (224, 97, 76), "15825003", critical=True, expected_ml=(20.0, 400.0)),
+    Label(6, "inferior_vena_cava", (0, 151, 206), "64131007", critical=True, expected_ml=(10.0, 300.0)),
+])
+
+# Generation labels: id -> (name, target id, (low, high) prior HU range of the label mean).
+# The ranges span unenhanced to arterial/portal-venous contrast so the model cannot rely
+# on one protocol; a fraction of samples ignores them entirely (fully random, SynthSeg).
+GEN_LABELS: dict[int, tuple[str, int, tuple[float, float]]] = {
+    1: ("liver", 1, (40, 170)),
+    2: ("spleen", 2, (35, 190)),
+    3: ("kidney_left", 3, (25, 260)),
+    4: ("kidney_right", 4, (25, 260)),
+    5: ("aorta", 5, (30, 400)),
+    6: ("inferior_vena_cava", 6, (25, 230)),
+    7: ("stomach", 0, (-60, 80)),
+    8: ("gallbladder", 0, (-10, 45)),
+    9: ("pancreas", 0, (25, 150)),
+    10: ("esophagus", 0, (10, 80)),
+    11: ("urinary_bladder", 0, (-10, 40)),
+    12: ("bowel", 0, (-90, 110)),
+    13: ("bone", 0, (180, 900)),
+    14: ("muscle", 0, (25, 80)),
+    15: ("heart", 0, (25, 300)),
+    16: ("lung", 0, (-950, -700)),
+    17: ("adrenal_gland", 0, (10, 90)),
+    18: ("other_vessel", 0, (30, 260)),
+    19: ("spinal_cord", 0, (15, 50)),
+    20: ("cyst", 0, (-10, 25)),
+    # Painted by the synthesiser itself where the source map has no label (see synth.py).
+    21: ("soft_tissue", 0, (0, 70)),
+    22: ("subcutaneous_fat", 0, (-140, -70)),
+    23: ("synthetic_bone", 0, (180, 800)),
+    24: ("visceral_fat", 0, (-140, -50)),
+    25: ("gas", 0, (-1000, -500)),
+    26: ("body_wall_muscle", 0, (25, 80)),
+    27: ("table", 0, (0, 500)),
+}
+GEN_BY_NAME = {v[0]: k for k, v in GEN_LABELS.items()}
+#: First generation id painted by the synthesiser (ids below come from source maps).
+FIRST_SYNTHETIC_GEN = 21
+
+# Source label maps -> generation labels, by the source's own names.
+TORSO_NAMES = {  # ../shared/data/real/abdomen_label_map/torso_labels.nii.gz (niivue demo)
+    1: "spleen", 2: "kidney_right", 3: "kidney_left", 4: "gallbladder", 5: "esophagus",
+    6: "liver", 7: "stomach", 8: "aorta", 9: "inferior_vena_cava", 10: "pancreas",
+    11: "urinary_bladder",
+}
+
+
+def totalseg_to_gen(name: str) -> str | None:
+    """TotalSegmentator 'total' class name -> generation label name (None = unlabelled)."""
+    direct = {"spleen", "kidney_left", "kidney_right", "gallbladder", "liver", "stomach",
+              "pancreas", "esophagus", "urinary_bladder", "aorta", "inferior_vena_cava", "heart",
+              "spinal_cord"}
+    if name in direct:
+        return name
+    if name.startswith(("adrenal_gland",)):
+        return "adrenal_gland"
+    if name.startswith("lung"):
+        return "lung"
+    if name.startswith(("kidney_cyst",)):
+        return "cyst"
+    if name in ("small_bowel", "duodenum", "colon"):
+        return "bowel"
+    if name.startswith(("vertebrae", "rib_", "sacrum", "humerus", "scapula", "clavicula",
+                        "femur", "hip", "sternum", "costal_cartilages", "skull")):
+        return "bone"
+    if name.startswith(("autochthon", "iliopsoas", "gluteus")):
+        return "muscle"
+    if name.startswith(("portal_vein", "pulmonary", "brachiocephalic", "subclavian",
+                        "common_carotid", "iliac_", "superior_vena_cava", "atrial_appendage")):
+        return "other_vessel"
+    if name in ("trachea",):
+        return "gas"
+    return None

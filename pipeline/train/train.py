@@ -1,0 +1,435 @@
+"""``surgitwin train CONFIG``: train or fine-tune a MONAI network, checkpoint, resume.
+
+Outputs in ``output_dir``:
+
+- ``last.safetensors`` / ``best.safetensors``: the network's ``state_dict`` (registry format);
+- ``state.pt``: optimiser, iteration, elapsed time, best metric, RNG states (``--resume``);
+- ``model.json``: network, labels, preprocessing -- what :mod:`pipeline.train.export` needs;
+- ``log.csv`` (+ TensorBoard events when ``tensorboard`` is installed), ``config.yaml``.
+
+Checkpoints are written atomically (temp name + rename), so an interrupted run always
+leaves a loadable ``last``. The learning rate follows a poly schedule over
+``max_iterations``, or over ``max_minutes`` of wall-clock when that is set.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from .config import TrainConfig, load_train_config
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_weights(state_dict, path) -> None:
+    """Atomically write a state dict as safetensors (contiguous CPU tensors)."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    _atomic(Path(path), lambda p: save_file(sd, str(p)))
+
+
+def load_weights(path) -> dict:
+    """Read a safetensors file, or a ``torch.save``d state dict with ``weights_only=True``."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelError("weights file not found", path=str(path))
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        return load_file(str(path))
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
+def build_network(network: dict, out_channels: int):
+    """Instantiate ``monai.networks.nets.<name>(**args, out_channels=...)`` (no code from config)."""
+    import monai.networks.nets as nets
+
+    name = network.get("name")
+    cls = getattr(nets, str(name), None)
+    if cls is None or not isinstance(cls, type):
+        raise ConfigError(f"key 'network.name': not a class in monai.networks.nets; found {name!r}")
+    args = dict(network.get("args", {}))
+    args["out_channels"] = out_channels
+    return cls(**args)
+
+
+def normalize(img_hu: np.ndarray, intensity: dict) -> np.ndarray:
+    """Apply the model's intensity step (window or z-score) to a HU array."""
+    kind = intensity.get("kind", "window")
+    if kind == "window":
+        a0, a1 = float(intensity["a_min"]), float(intensity["a_max"])
+        b0, b1 = float(intensity.get("b_min", 0.0)), float(intensity.get("b_max", 1.0))
+        x = (img_hu.astype(np.float32) - a0) / (a1 - a0) * (b1 - b0) + b0
+        return np.clip(x, min(b0, b1), max(b0, b1)) if intensity.get("clip", True) else x
+    if kind in ("zscore", "zscore_nonzero"):
+        m = img_hu != 0 if kind == "zscore_nonzero" else np.ones(img_hu.shape, bool)
+        mu, sd = img_hu[m].mean(), img_hu[m].std() + 1e-8
+        out = img_hu.astype(np.float32).copy()
+        out[m] = (img_hu[m] - mu) / sd
+        return out
+    if kind == "none":
+        return img_hu.astype(np.float32)
+    raise ConfigError(f"key 'intensity.kind': must be window, zscore, zscore_nonzero or none; found {kind!r}")
+
+
+def adapt_state_dict(old: dict, new_net, old_labels: list[str], new_labels: list[str]) -> tuple[dict, list[str]]:
+    """Fine-tuning: copy every tensor whose shape fits; remap output channels by label name.
+
+    Output layers (a dimension equal to the old channel count that must become the new one)
+    get rows for labels present in both tables copied (background -> background), and keep
+    their fresh initialisation for new labels. Returns (state dict, names of re-initialised keys).
+    """
+    import torch
+
+    target = new_net.state_dict()
+    n_old, n_new = len(old_labels) + 1, len(new_labels) + 1
+    old_of_new = {0: 0}
+    for ci, name in enumerate(new_labels, start=1):
+        if name in old_labels:
+            old_of_new[ci] = old_labels.index(name) + 1
+    out, fresh = {}, []
+    for k, t in target.items():
+        o = old.get(k)
+        if o is not None and o.shape == t.shape and (n_old == n_new and old_labels == new_labels or
+                                                        not any(s in (n_old, n_new) for s in t.shape[:2])):
+            out[k] = o.clone()
+            continue
+        if o is not None and o.dim() == t.dim():
+            dims = [d for d in range(min(2, t.dim())) if o.shape[d] == n_old and t.shape[d] == n_new]
+            rest_ok = all(o.shape[d] == t.shape[d] for d in range(t.dim()) if d not in dims)
+            if dims and rest_ok:
+                new_i = torch.tensor(list(old_of_new.keys()))
+                old_i = torch.tensor(list(old_of_new.values()))
+                v = t.clone()
+                if dims == [0]:
+                    v[new_i] = o[old_i]
+                elif dims == [1]:
+                    v[:, new_i] = o[:, old_i]
+                else:  # a class -> class layer (Conv: out, in): new inputs must not disturb old outputs
+                    v[new_i[:, None], new_i[None, :]] = o[old_i[:, None], old_i[None, :]]
+                    unmapped = [c for c in range(n_new) if c not in old_of_new]
+                    if unmapped:
+                        v[new_i[:, None], torch.tensor(unmapped)[None, :]] = 0.0
+                out[k] = v
+                continue
+            if o.shape == t.shape:
+                out[k] = o.clone()
+                continue
+        out[k] = t
+        fresh.append(k)
+    return out, fresh
+
+
+# --- data --------------------------------------------------------------------------------------
+
+def _synth_sources(cfg: TrainConfig):
+    """Generation maps for kind: synth (real label maps, dataset labelsGen/, phantoms)."""
+    from .synth import load_real_generation_maps, phantom_generation_maps
+    from .dataset import load_generation_maps
+
+    sp = float(cfg.data.spacing[0])
+    maps = []
+    if cfg.data.real_dir:
+        maps += load_real_generation_maps(cfg.data.real_dir, sp)
+    if cfg.data.dataset:
+        maps += load_generation_maps(cfg.data.dataset, sp)
+    if cfg.data.phantoms:
+        maps += phantom_generation_maps(cfg.data.phantoms, sp, seed=cfg.seed)
+    if not maps:
+        raise ConfigError("key 'data': kind 'synth' needs real_dir, a dataset with labelsGen/, or phantoms > 0")
+    return maps
+
+
+class _SynthStream:
+    """Iterable of (image, label) tensors drawn by a SynthSampler; one RNG stream per worker."""
+
+    def __init__(self, sampler, intensity, seed, start_iteration):
+        self.sampler, self.intensity = sampler, intensity
+        self.seed, self.start = seed, start_iteration
+
+    def __iter__(self):
+        import torch
+
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info else 0
+        rng = np.random.default_rng([self.seed, self.start, wid])
+        failures = 0
+        while True:
+            try:
+                img, tgt = self.sampler.sample(rng)
+            except Exception as e:  # one bad random draw must not end a long run; repeated ones must
+                failures += 1
+                print(f"synthesis failed ({failures}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                if failures > 20:
+                    raise
+                continue
+            yield (torch.from_numpy(normalize(img, self.intensity)[None]),
+                   torch.from_numpy(tgt[None].astype(np.int64)))
+
+
+def make_data(cfg: TrainConfig, labels: list[str], start_iteration: int):
+    """(infinite batch iterator, list of validation (image (1, ...) float, label (...) int) pairs)."""
+    import torch
+
+    if cfg.data.kind == "synth":
+        from .synth import SynthSampler
+
+        maps = _synth_sources(cfg)
+        sampler = SynthSampler(maps, patch=tuple(cfg.data.patch), weights=cfg.data.source_weights,
+                               spacing=float(cfg.data.spacing[0]), n_targets=len(labels),
+                               rot_deg=tuple(cfg.data.rotate_deg), scale=tuple(cfg.data.scale))
+        vrng = np.random.default_rng([cfg.seed, 987654321])  # never the training streams
+        val = []
+        for v in range(cfg.data.val_cases):
+            img, tgt = sampler.whole_case(v % len(maps), vrng)
+            val.append((normalize(img, cfg.intensity)[None], tgt.astype(np.int64)))
+        stream = _SynthStream(sampler, cfg.intensity, cfg.seed, start_iteration)
+
+        class _It(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                return iter(stream)
+
+        loader = torch.utils.data.DataLoader(_It(), batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                                             persistent_workers=cfg.data.num_workers > 0)
+        return iter(loader), val
+    from .dataset import monai_training_data
+
+    return monai_training_data(cfg, labels, start_iteration)
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+def validate(net, val, n_classes: int, roi, device) -> list[float]:
+    """Mean sliding-window Dice per foreground class over the validation cases (NaN if absent)."""
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    net.eval()
+    scores = [[] for _ in range(n_classes)]
+    with torch.no_grad():
+        for img, tgt in val:
+            x = torch.from_numpy(np.ascontiguousarray(img))[None].to(device)
+            roi_c = [min(r, 16 * math.ceil(s / 16)) for r, s in zip(roi, x.shape[2:])]  # UNet needs multiples of 16
+            pred = sliding_window_inference(x, roi_c, 1, net, overlap=0.25, mode="gaussian").argmax(1)[0].cpu().numpy()
+            for c in range(1, n_classes + 1):
+                t, p = tgt == c, pred == c
+                if t.any():
+                    scores[c - 1].append(2.0 * (t & p).sum() / (t.sum() + p.sum()))
+    net.train()
+    return [float(np.mean(s)) if s else float("nan") for s in scores]
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def _labels_of(cfg: TrainConfig) -> list[str]:
+    if cfg.labels:
+        return list(cfg.labels)
+    if cfg.data.kind == "synth":
+        from .labels import TARGET_LABELS
+        return TARGET_LABELS.names
+    from .dataset import read_dataset_json
+    lab = read_dataset_json(cfg.data.dataset)["labels"]
+    return [n for n, v in sorted(lab.items(), key=lambda kv: int(kv[1])) if int(v) != 0]
+
+
+def _lr_factor(cfg: TrainConfig, it: int, elapsed_s: float) -> float:
+    o = cfg.optim
+    if it < o.warmup_iterations:
+        return (it + 1) / (o.warmup_iterations + 1)
+    frac = it / o.max_iterations
+    if o.max_minutes:
+        frac = max(frac, elapsed_s / (60.0 * o.max_minutes))
+    return max(1.0 - min(frac, 1.0), 0.0) ** o.poly_power + 0.01
+
+
+def _model_json(cfg: TrainConfig, labels: list[str]) -> dict:
+    return {"name": cfg.name, "network": {"name": cfg.network["name"],
+                                          "args": {**cfg.network.get("args", {}), "out_channels": len(labels) + 1}},
+            "labels": labels, "preprocessing": {"orientation": "RAS", "spacing": list(cfg.data.spacing),
+                                                "intensity": cfg.intensity},
+            "roi_size": list(cfg.roi_size), "data_kind": cfg.data.kind}
+
+
+def run_training(config, resume: bool = False, max_iterations: int | None = None,
+                 progress: bool | None = None) -> dict:
+    """Train per ``config`` (a TrainConfig or a YAML path). Returns a summary dict.
+
+    ``resume=True`` continues from ``output_dir/state.pt`` + ``last.safetensors`` (iteration,
+    optimiser, elapsed time and best metric restored). ``max_iterations`` overrides the config
+    (tests, and stopping a run early without editing the file).
+    """
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.utils import set_determinism
+
+    cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
+    if max_iterations is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.optim.max_iterations = int(max_iterations)
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    set_determinism(seed=cfg.seed)
+    labels = _labels_of(cfg)
+    net = build_network(cfg.network, len(labels) + 1)
+    state_file, last_file = out / "state.pt", out / "last.safetensors"
+    it0, elapsed0, best, best_it = 0, 0.0, -1.0, -1
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    if resume:
+        if not (state_file.exists() and last_file.exists()):
+            raise ModelError("--resume: no state.pt + last.safetensors to resume from", path=str(out))
+        net.load_state_dict(load_weights(last_file))
+        st = torch.load(str(state_file), map_location="cpu", weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        it0, elapsed0, best, best_it = int(st["iteration"]), float(st["elapsed_s"]), float(st["best"]), int(st["best_iteration"])
+    elif cfg.finetune:
+        _load_finetune(cfg, net, labels)
+    net.to(device)
+    for g in opt.param_groups:  # optimizer state onto the device after load
+        for p in g["params"]:
+            for v in opt.state.get(p, {}).values():
+                if torch.is_tensor(v):
+                    v.data = v.data.to(device)
+    (out / "model.json").write_text(json.dumps(_model_json(cfg, labels), indent=1))
+    import yaml
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    batches, val = make_data(cfg, labels, it0)
+    # batch dice (nnU-Net's choice) pools each class over the batch: small organs absent from one
+    # patch no longer contribute a noisy 0-or-1 term per sample
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True,
+                         batch=bool(cfg.loss.get("batch_dice", 0.0)),
+                         lambda_dice=cfg.loss.get("lambda_dice", 1.0), lambda_ce=cfg.loss.get("lambda_ce", 1.0))
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    log_path = out / "log.csv"
+    fields = ["iteration", "elapsed_s", "loss", "lr"] + [f"val_dice_{n}" for n in labels] + ["val_mean_dice"]
+    if not log_path.exists() or not resume:
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+    tb = None
+    if cfg.tensorboard:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(str(out / "tb"))
+        except Exception:  # tensorboard not installed: the CSV log is the record
+            tb = None
+    show = sys.stderr.isatty() if progress is None else progress
+    t_start = time.perf_counter() - elapsed0
+    losses, first_losses = [], []
+    it = it0
+    net.train()
+
+    def checkpoint(tag_best: bool):
+        save_weights(net.state_dict(), last_file)
+        if tag_best:
+            save_weights(net.state_dict(), out / "best.safetensors")
+        st = {"iteration": torch.tensor(it), "elapsed_s": torch.tensor(time.perf_counter() - t_start),
+              "best": torch.tensor(best), "best_iteration": torch.tensor(best_it), "optimizer": opt.state_dict()}
+        _atomic(state_file, lambda p: torch.save(st, str(p)))
+
+    while it < cfg.optim.max_iterations:
+        elapsed = time.perf_counter() - t_start
+        if cfg.optim.max_minutes and elapsed > 60.0 * cfg.optim.max_minutes:
+            break
+        lr = cfg.optim.lr * _lr_factor(cfg, it, elapsed)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = next(batches)
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, enabled=amp):
+            loss = loss_fn(net(x), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        it += 1
+        lv = float(loss.detach())
+        losses.append(lv)
+        if len(first_losses) < 5:
+            first_losses.append(lv)
+        row = None
+        if it % cfg.log_every == 0 or it == cfg.optim.max_iterations:
+            row = {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 1),
+                   "loss": round(float(np.mean(losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
+        is_best = False
+        if val and (it % cfg.val_every == 0 or it == cfg.optim.max_iterations):
+            dice = validate(net, val, len(labels), cfg.roi_size, device)
+            mean = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
+            row = row or {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 1),
+                          "loss": round(float(np.mean(losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
+            row.update({f"val_dice_{n}": round(d, 4) for n, d in zip(labels, dice)})
+            row["val_mean_dice"] = round(mean, 4)
+            if mean > best:
+                best, best_it, is_best = mean, it, True
+            if tb:
+                for n, d in zip(labels, dice):
+                    tb.add_scalar(f"val_dice/{n}", d, it)
+        if row:
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([row.get(k, "") for k in fields])
+            if tb:
+                tb.add_scalar("loss", row["loss"], it)
+                tb.add_scalar("lr", lr, it)
+            done = it / cfg.optim.max_iterations
+            if cfg.optim.max_minutes:
+                done = max(done, row["elapsed_s"] / (60.0 * cfg.optim.max_minutes))
+            eta = row["elapsed_s"] * (1 - done) / max(done, 1e-9)
+            bar = "#" * int(20 * min(done, 1.0))
+            msg = f"[{cfg.name}] |{bar:<20}| {100 * min(done, 1):5.1f}% it {it} loss {row['loss']:.4f} " \
+                  f"lr {lr:.2e} {row['elapsed_s']:.0f}s eta {eta / 60:.0f} min" \
+                  + (f" val {row['val_mean_dice']:.3f}" if "val_mean_dice" in row else "")
+            print(("\r" if show else "") + msg, end="" if show else "\n", file=sys.stderr, flush=True)
+        if is_best or it % cfg.checkpoint_every == 0 or it == cfg.optim.max_iterations:
+            checkpoint(is_best)
+    checkpoint(False) if it > it0 else None
+    if not (out / "best.safetensors").exists() and last_file.exists():
+        save_weights(load_weights(last_file), out / "best.safetensors")
+    if show:
+        print(file=sys.stderr)
+    if tb:
+        tb.close()
+    return {"output_dir": str(out), "iterations": it, "start_iteration": it0,
+            "elapsed_s": time.perf_counter() - t_start, "best_val_mean_dice": best, "best_iteration": best_it,
+            "first_losses": first_losses, "last_losses": losses[-5:], "labels": labels}
+
+
+def _load_finetune(cfg: TrainConfig, net, labels: list[str]) -> None:
+    ft = cfg.finetune
+    if ft.model:
+        from ..segment.registry import resolve_model  # registry owned by pipeline.segment
+        spec = resolve_model(ft.model)
+        if spec.backend != "checkpoint" or not spec.weights:
+            raise ConfigError(f"key 'finetune.model': {ft.model!r} is not a checkpoint model")
+        if spec.network and (spec.network.name != cfg.network["name"]):
+            raise ConfigError(f"key 'finetune.model': network {spec.network.name} differs from {cfg.network['name']}")
+        old_labels = [l.name for l in sorted(spec.labels, key=lambda l: l.channel or 0)] if spec.labels else []
+        weights = spec.weights
+    elif ft.weights:
+        weights, old_labels = ft.weights, list(ft.labels or labels)
+    else:
+        raise ConfigError("key 'finetune': give 'model' (registry name) or 'weights'")
+    sd, fresh = adapt_state_dict(load_weights(weights), net, old_labels, labels)
+    net.load_state_dict(sd)
+    if fresh:
+        print(f"fine-tune: {len(fresh)} tensors re-initialised (new label set): {', '.join(fresh[:4])}...",
+              file=sys.stderr)
