@@ -116,14 +116,11 @@ def read_image_file(path) -> Volume:
 
 def write_image_file(vol: Volume, path, array: np.ndarray | None = None, compress: bool = True) -> None:
     """Write NIfTI/NRRD/MHA atomically (temp name, then rename)."""
-    import os
     import SimpleITK as sitk
-    from pathlib import Path
+    from .fileio import atomic_write
 
-    path = Path(path)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    sitk.WriteImage(volume_to_sitk(vol, array), str(tmp), compress)
-    os.replace(tmp, path)
+    img = volume_to_sitk(vol, array)
+    atomic_write(path, lambda p: sitk.WriteImage(img, str(p), compress))
 
 
 # --- resampling ----------------------------------------------------------------------------

@@ -443,11 +443,9 @@ def write_label_nifti(labels: LabelMap, path) -> Path:
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    import os
+    from .fileio import atomic_write_text
 
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def generate_sample(out_dir, seed: int = 0, *, orientation="axial", reverse: bool = False,

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import SurgitwinError
+from ..fileio import fsync_dir as _fsync_dir
 from . import phi
 
 RESULT_FILE = "batch_result.json"
@@ -164,13 +165,6 @@ def survey(input_path: Path, *, selection_config=None, check_selection: bool = F
 
 
 # -- publication -----------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def publish(staging: Path, final: Path) -> None:

@@ -10,12 +10,12 @@ vertices are kept untouched in the buffers. The matrix is also in ``asset.extras
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from ..fileio import atomic_write_bytes
 
 from . import ExportError, MESH_FORMATS
 
@@ -24,17 +24,7 @@ LPS_TO_GLTF = np.array([[0.001, 0, 0, 0], [0, 0, 0.001, 0], [0, -0.001, 0, 0], [
 
 
 def _atomic_write(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write_bytes(path, data)
 
 
 def export_items(scene, structures: Iterable[str] | None = None, include_cuts: bool = False) -> list[tuple[str, object, tuple]]:

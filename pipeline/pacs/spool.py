@@ -29,18 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..batch import phi
+from ..fileio import fsync_dir as _fsync_dir
 from ..batch.inputs import StudyItem
 
 log = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _safe_uid(uid: str, what: str) -> str:

@@ -28,9 +28,7 @@ so save -> load round-trips exactly.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SceneError
+from ..fileio import atomic_write, atomic_write_json
 from ..types import AnatomyMesh, Label, LabelTable, StageRecord
 
 SCHEMA_VERSION = "1.0"
@@ -137,27 +136,8 @@ class Scene:
         return d
 
 
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=_jsonable)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, data)
 
 
 def resolve_scene_path(path) -> Path:
@@ -186,13 +166,10 @@ def save_scene(scene: Scene, folder=None, *, write_meshes: bool = True) -> Path:
         for m in scene.meshes:
             rel = m.qa.get("mesh_path", f"meshes/{m.name}.ply")
             m.qa["mesh_path"] = rel
-            target = folder / rel
             v = np.asarray(m.mesh.vertices)
             if v.dtype != np.float32 and not np.array_equal(v, v.astype(np.float32)):
                 m.mesh.vertices = v.astype(np.float32).astype(np.float64)
-            tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-            m.mesh.export(str(tmp), file_type="ply", encoding="binary")
-            os.replace(tmp, target)
+            atomic_write(folder / rel, lambda p, mesh=m.mesh: mesh.export(str(p), file_type="ply", encoding="binary"))
     scene.root = folder
     write_json_atomic(folder / SCENE_FILE, scene.to_json())
     return folder

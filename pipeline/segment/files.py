@@ -9,21 +9,18 @@ Outputs in ``DIR`` (each written under a temporary name, then renamed)::
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ..types import LabelMap
+from ..fileio import atomic_write_json
 from .api import SegmentationResult, segment
 from .registry import resolve_model
 
 
 def _atomic_json(path: Path, data) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(json.dumps(data, indent=1, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=1)
 
 
 def label_array_for_file(labelmap: LabelMap) -> np.ndarray:

@@ -12,13 +12,13 @@ Layout (nnU-Net v2, ``documentation/dataset_format.md``)::
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import SurgitwinError
+from ..fileio import atomic_write_text
 from ..types import Volume
 
 
@@ -27,9 +27,7 @@ class DatasetError(SurgitwinError):
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def write_case(root, case_id: str, image: Volume, labels: Volume, ending: str = ".nii.gz") -> None:

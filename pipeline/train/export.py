@@ -18,13 +18,11 @@ import numpy as np
 
 from ..config import CONFIG_DIR, ROOT
 from ..errors import ModelError
+from ..fileio import atomic_write_text
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def _label_entries(labels: list[str]) -> list[dict]:

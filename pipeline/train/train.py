@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,15 +23,14 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..fileio import atomic_write
 from .config import TrainConfig, load_train_config
 
 
 # --- small helpers -----------------------------------------------------------------------------
 
 def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    write(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, write)
 
 
 def save_weights(state_dict, path) -> None:

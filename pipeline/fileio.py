@@ -1,0 +1,64 @@
+"""Atomic file writes: write under a temporary name in the same folder, then rename.
+
+One implementation for every stage, so nothing half-written ever carries a final name. The
+temporary name starts with ``.tmp-`` and ends with the final name (writers that choose a
+format by suffix, such as SimpleITK, still see ``.nii.gz``); it is removed if writing fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+
+def atomic_write(path, write: Callable[[Path], Any], *, fsync: bool = False) -> Path:
+    """Call ``write(tmp_path)``, then rename ``tmp_path`` to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_write_bytes(path, data: bytes, *, fsync: bool = False) -> Path:
+    return atomic_write(path, lambda p: p.write_bytes(data), fsync=fsync)
+
+
+def atomic_write_text(path, text: str, *, fsync: bool = False) -> Path:
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"), fsync=fsync)
+
+
+def _jsonable(o):
+    import numpy as np
+
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def atomic_write_json(path, data: Any, *, indent: int = 2, fsync: bool = True) -> Path:
+    return atomic_write_text(path, json.dumps(data, indent=indent, default=_jsonable) + "\n", fsync=fsync)
+
+
+def fsync_dir(path) -> None:
+    """Make a rename/creation inside ``path`` durable (POSIX: fsync the directory)."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
