@@ -131,6 +131,35 @@ def test_synth_augmentation_never_mirrors():
         assert img.shape == w.shape and np.isfinite(img).all()
 
 
+def test_hollow_organs_get_food_and_anterior_gas_liver_gets_vessels():
+    """Stomach contents are mottled with gas on the anterior (non-dependent) side; the liver
+    gets vessel tubes at a vessel's HU; a plain organ stays uniform."""
+    from pipeline.train.labels import GEN_BY_NAME
+    from pipeline.train.synth import _hollow_contents, _liver_vessels
+
+    g = np.zeros((30, 40, 20), np.uint8)  # RAS: axis 1 = anterior
+    g[2:14, 5:35] = GEN_BY_NAME["stomach"]
+    g[16:28, 5:35] = GEN_BY_NAME["liver"]
+    st, lv = g == GEN_BY_NAME["stomach"], g == GEN_BY_NAME["liver"]
+    means = np.full(256, -1000.0, np.float32)
+    means[GEN_BY_NAME["liver"]], means[GEN_BY_NAME["stomach"]] = 90.0, 20.0
+    means[GEN_BY_NAME["other_vessel"]] = means[GEN_BY_NAME["inferior_vena_cava"]] = 250.0
+    rng = np.random.default_rng(3)
+    gas_ant = gas_post = mottled = vessels = 0
+    for _ in range(40):
+        img = means[g].copy()
+        _hollow_contents(img, g, rng)
+        _liver_vessels(img, g, rng, means)
+        gas = st & (img < -500)
+        gas_ant += int(gas[:, 20:].sum())
+        gas_post += int(gas[:, :20].sum())
+        mottled += int(img[st & (img > -500) & (img < 150)].std() > 5)
+        vessels += int((lv & (img > 200)).any())
+        assert np.all(img[lv & (img <= 200)] == 90.0)  # the liver is only ever liver or vessel
+    assert gas_ant > 3 * max(gas_post, 1)
+    assert mottled >= 20 and 12 <= vessels <= 36
+
+
 def test_real_label_maps_synthesise():
     real = real_data()
     from pipeline.train.synth import SynthSampler, load_real_generation_maps

@@ -306,7 +306,7 @@ class IntensityParams:
     blur_sigma: tuple[float, float] = (0.2, 1.0)       # voxels
     p_thick_slices: float = 0.25                        # extra blur along S
     bias_hu: float = 25.0
-    p_truncate_fov: float = 0.3
+    p_truncate_fov: float = 0.4
 
 
 def paint_intensities(gen: np.ndarray, rng: np.random.Generator, p: IntensityParams | None = None) -> np.ndarray:
@@ -330,9 +330,14 @@ def paint_intensities(gen: np.ndarray, rng: np.random.Generator, p: IntensityPar
             means[GEN_BY_NAME[name]] = base + gain * phase + rng.normal(0, 15)
         if rng.random() < 0.8:  # the two kidneys enhance alike
             means[GEN_BY_NAME["kidney_right"]] = means[GEN_BY_NAME["kidney_left"]] + rng.normal(0, 8)
+        if rng.random() < 0.3:  # intrahepatic IVC isodense to liver (portal phase): only shape tells them apart
+            means[GEN_BY_NAME["inferior_vena_cava"]] = means[GEN_BY_NAME["liver"]] + rng.normal(0, 8)
     means[0] = AIR_HU
     means[OUTSIDE_FOV] = AIR_HU
     img = means[gen]
+    if not fully:
+        _hollow_contents(img, gen, rng)
+        _liver_vessels(img, gen, rng, means)
     tex = rng.standard_normal(gen.shape).astype(np.float32)
     tex = ndimage.gaussian_filter(tex, rng.uniform(0.5, 1.2))
     tex /= max(float(tex.std()), 1e-6)
@@ -347,11 +352,50 @@ def paint_intensities(gen: np.ndarray, rng: np.random.Generator, p: IntensityPar
     return img.astype(np.float32)
 
 
+def _hollow_contents(img: np.ndarray, gen: np.ndarray, rng: np.random.Generator) -> None:
+    """Stomach and bowel hold food, fluid and gas, not one uniform tissue (in place).
+
+    Real stomachs are mottled (food at liver-like HU next to fluid), often with gas on the
+    non-dependent, anterior side of a supine patient (+A, axis 1 here), sometimes with positive
+    oral contrast. Without this the network learns "uniform = stomach" and takes a food-filled
+    stomach for liver, and the gastro-oesophageal junction for aorta.
+    """
+    hollow = np.isin(gen, [GEN_BY_NAME["stomach"], GEN_BY_NAME["bowel"]])
+    if not hollow.any():
+        return
+    if rng.random() < 0.7:
+        n = _smooth_noise(gen.shape, rng, coarse=int(rng.integers(2, 6)))
+        img[hollow] += n[hollow] * rng.uniform(10.0, 60.0)
+    if rng.random() < 0.12:
+        n = _smooth_noise(gen.shape, rng, coarse=3)
+        q = np.quantile(n[hollow], rng.uniform(0.3, 0.9))
+        img[hollow & (n > q)] = rng.uniform(150.0, 500.0)
+    if rng.random() < 0.5:
+        ant = (np.arange(gen.shape[1], dtype=np.float32) / max(gen.shape[1] - 1, 1))[None, :, None]
+        n = _smooth_noise(gen.shape, rng, coarse=3) + rng.uniform(1.0, 4.0) * ant
+        q = np.quantile(n[hollow], 1.0 - rng.uniform(0.05, 0.4))
+        img[hollow & (n > q)] = rng.uniform(-1000.0, -600.0)
+
+
+def _liver_vessels(img: np.ndarray, gen: np.ndarray, rng: np.random.Generator, means: np.ndarray) -> None:
+    """Portal and hepatic veins inside the liver (in place): tubes where two smooth random
+    fields are both near zero, painted at a vessel's HU (bright with contrast, dark without)."""
+    liver = gen == GEN_BY_NAME["liver"]
+    if not liver.any() or rng.random() >= 0.6:
+        return
+    c = int(rng.integers(4, 9))
+    n1, n2 = _smooth_noise(gen.shape, rng, coarse=c), _smooth_noise(gen.shape, rng, coarse=c)
+    w = rng.uniform(0.1, 0.3)
+    ves = liver & (np.abs(n1) < w) & (np.abs(n2) < w)
+    src = GEN_BY_NAME["other_vessel"] if rng.random() < 0.6 else GEN_BY_NAME["inferior_vena_cava"]
+    img[ves] = means[src] + rng.normal(0.0, 10.0)
+
+
 def truncate_fov(gen: np.ndarray, rng: np.random.Generator, spacing: float) -> np.ndarray:
     """Randomly cut the patch to a slab along S and/or a reconstruction circle (in place)."""
     if rng.random() < 0.5:
         ns = gen.shape[2]
-        thick = int(rng.uniform(30, 150) / spacing)
+        thick = int(rng.uniform(24, 150) / spacing)
         s0 = int(rng.integers(0, max(ns - thick, 1)))
         gen[:, :, :s0] = OUTSIDE_FOV
         gen[:, :, s0 + thick:] = OUTSIDE_FOV
