@@ -153,6 +153,42 @@ def test_dask_local_cluster_gives_identical_outputs(real_batch, study_tree, tmp_
                 assert x[key] == y[key]
 
 
+def test_dask_tcp_scheduler_address(real_batch, study_tree, tmp_path):
+    """--scheduler tcp://HOST:PORT (a scheduler someone else started, as on a cluster): the batch
+    connects as a client, gets the same statuses and label maps, and leaves the cluster running."""
+    distributed = pytest.importorskip("distributed")
+    out, _ = real_batch
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  host="127.0.0.1", dashboard_address=None) as cluster:
+        addr = cluster.scheduler_address
+        assert addr.startswith("tcp://127.0.0.1:")
+        s = run_batch([str(study_tree / n) for n in ("case_c", "missing_slices")], tmp_path / "tcp",
+                      BatchOptions(scheduler=addr, model="hu_rules", snapshot=False))
+        assert addr in s.executor
+        with distributed.Client(addr, timeout=10) as c:  # still up: the batch only disconnected
+            assert len(c.scheduler_info()["workers"]) == 1
+    a = {r["study"]: r for r in Manifest(out, readonly=True).rows()}
+    b = {r["study"]: r for r in Manifest(tmp_path / "tcp", readonly=True).rows()}
+    assert b["case_c"]["status"] == "done" and b["missing_slices"]["status"] == "failed"
+    assert a["missing_slices"]["reason"] == b["missing_slices"]["reason"]
+    x = _scene_arrays(Path(a["case_c"]["outputs"]["scene"]))
+    y = _scene_arrays(Path(b["case_c"]["outputs"]["scene"]))
+    for key in x:
+        if isinstance(x[key], tuple):
+            for u, v in zip(x[key], y[key]):
+                np.testing.assert_array_equal(u, v, err_msg=key)
+
+
+def test_unreachable_dask_scheduler_is_a_clear_error(tmp_path):
+    pytest.importorskip("distributed")
+    from pipeline.batch.executors import DaskExecutor, make_executor
+
+    with pytest.raises(SurgitwinError, match="cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        DaskExecutor("tcp://127.0.0.1:9", connect_timeout=2.0)
+    with pytest.raises(SurgitwinError, match="must be 'local' or an address"):
+        make_executor(scheduler="127.0.0.1:8786")
+
+
 def test_no_phi_in_logs_or_manifest(real_batch, study_tree):
     out, _ = real_batch
     needles = _patients()
