@@ -137,6 +137,9 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
+        scan_warning = (seg.record.outputs.get("warnings") or {}).get("scan")
+        if scan_warning:
+            scene.extra["scan_warnings"] = scan_warning.split("; ")
         scene.provenance = records
         save_scene(scene, tmp)
         timings["scene"] = time.perf_counter() - t0
@@ -144,6 +147,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         # 5. snapshot (separate process: an EGL failure must not take the case down) -------
         snap = None
         warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
+        warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
         if snapshot:
             t0 = time.perf_counter()
             try:

@@ -75,6 +75,22 @@ def test_checkpoint_end_to_end(tiny, small_ct):
     assert np.array_equal(res_pt.labelmap.array, res.labelmap.array)
 
 
+def test_scan_thinner_than_the_model_expects_is_flagged(tiny, small_ct):
+    """inference.min_extent_mm (R-L, A-P, S-I for RAS): a scan thinner than that still runs but
+    the record, its notes and the warnings name the axis and both lengths."""
+    from pipeline.segment.api import scan_extent_mm
+
+    vol, _ = small_ct  # 24 slices x 10 mm head-foot, 40 rows x 7 mm, 48 columns x 7 mm
+    ext = scan_extent_mm(vol)
+    assert ext == pytest.approx({"L": 336.0, "P": 280.0, "S": 240.0})
+    spec = resolve_model(str(_entry(tiny, inference={"roi_size": [16, 16, 16], "min_extent_mm": [0, 0, 300]})))
+    res = segment(vol, spec)
+    w = res.record.outputs["warnings"]["scan"]
+    assert "240 mm head-foot" in w and "300 mm" in w and w in res.record.notes
+    ok = resolve_model(str(_entry(tiny, inference={"roi_size": [16, 16, 16], "min_extent_mm": [300, 0, 200]})))
+    assert "scan" not in segment(vol, ok).record.outputs["warnings"]
+
+
 def test_pickled_module_is_refused(tiny, small_ct, tmp_path):
     torch.save(build_network("UNet", UNET), str(tiny / "module.pt"))  # a whole pickled object
     spec = resolve_model(str(_entry(tiny, "module.pt")))

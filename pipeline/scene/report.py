@@ -254,7 +254,8 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
     plan = scene.plan
     stale = {r["id"]: stale_inputs(r, hashes) for sec in ("landmarks", "measurements", "cuts", "trajectories")
              for r in plan.get(sec, [])}
-    warnings = [(t["id"], w) for t in plan.get("trajectories", []) for w in t.get("warnings", [])]
+    warnings = [("segmentation", w) for w in (scene.extra or {}).get("scan_warnings", [])]
+    warnings += [(t["id"], w) for t in plan.get("trajectories", []) for w in t.get("warnings", [])]
     warnings += [(c["id"], w) for c in plan.get("cuts", []) for w in c.get("warnings", [])]
     warnings += [(rid, f"computed from an earlier version of {', '.join(s)}: recompute it") for rid, s in stale.items() if s]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,

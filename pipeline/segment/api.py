@@ -128,6 +128,31 @@ def _dtype_for(table: LabelTable):
     return np.uint8 if max(table.ids, default=0) <= 255 else np.uint16
 
 
+
+def scan_extent_mm(volume: Volume) -> dict[str, float]:
+    """Physical extent of the scanned box along the patient axes (mm, voxel edges included)."""
+    nk, nj, ni = volume.shape
+    corners = np.array([[k, j, i, 1.0] for k in (-0.5, nk - 0.5) for j in (-0.5, nj - 0.5) for i in (-0.5, ni - 0.5)])
+    lps = (volume.affine @ corners.T)[:3]
+    ext = lps.max(axis=1) - lps.min(axis=1)
+    return {"L": float(ext[0]), "P": float(ext[1]), "S": float(ext[2])}
+
+
+def field_of_view_warnings(volume: Volume, spec) -> list[str]:
+    """Warnings when the scan is thinner than the model's ``inference.min_extent_mm``."""
+    need = spec.inference.min_extent_mm if spec.backend != "hu_rules" else None
+    if not need:
+        return []
+    ext = scan_extent_mm(volume)
+    names = {"L": "left-right", "P": "front-back", "S": "head-foot"}
+    out = []
+    for code, lim in zip(spec.preprocessing.orientation, need):
+        axis = {"L": "L", "R": "L", "P": "P", "A": "P", "S": "S", "I": "S"}[code]
+        if lim and ext[axis] < lim:
+            out.append(f"scan covers {ext[axis]:.0f} mm {names[axis]}, less than the {lim:g} mm model "
+                       f"{spec.name} was trained for: check every structure by eye")
+    return out
+
 def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentConfig | dict | None = None, *,
             network=None) -> SegmentationResult:
     """Segment ``volume`` with ``model``; the label map lies on exactly ``volume``'s grid.
@@ -212,15 +237,17 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
     timings["qc"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 
+    scan_warnings = field_of_view_warnings(volume, spec)
     record = StageRecord(
         stage="segment",
         software=software_versions("numpy", "scipy", *(("torch", "monai") if spec.backend != "hu_rules" else ())),
         config_hash=config_hash({"model": spec.model_dump(exclude={"notes"}), "cfg": cfg.model_dump()}),
         inputs=inputs,
         outputs={"structures": {n: q["volume_ml"] for n, q in qc.items()},
-                 "warnings": {n: q["warning"] for n, q in qc.items() if q.get("warning")},
+                 "warnings": {**{n: q["warning"] for n, q in qc.items() if q.get("warning")},
+                              **({"scan": "; ".join(scan_warnings)} if scan_warnings else {})},
                  "timings_s": {k: round(v, 3) for k, v in timings.items()}},
         duration_s=round(timings["total"], 3),
-        notes=tuple(notes),
+        notes=tuple(notes + scan_warnings),
     )
     return SegmentationResult(labelmap, unc_vol, qc, record, probabilities, timings)

@@ -111,6 +111,9 @@ class InferenceDef(BaseModel):
     # when the network has at most max_prob_channels outputs (cost grows with the channel count)
     resample: Literal["auto", "probabilities", "labels"] = "auto"
     max_prob_channels: int = Field(4, ge=1)
+    # smallest scan extent (mm along the orientation's axes, e.g. R-L, A-P, S-I for RAS) the model
+    # was trained for: a thinner scan still runs, with a warning in QC, the report and the manifest
+    min_extent_mm: Optional[list[float]] = None
 
 
 class LabelDef(BaseModel):

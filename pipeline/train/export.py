@@ -41,8 +41,11 @@ def _label_entries(labels: list[str]) -> list[dict]:
 
 
 def registry_entry(meta: dict, name: str, weights_rel: str, card_rel: str | None, description: str,
-                   threads: int = 2) -> dict:
-    """The ``configs/models/<name>.yaml`` mapping for a training ``model.json``."""
+                   threads: int = 2, inference: dict | None = None) -> dict:
+    """The ``configs/models/<name>.yaml`` mapping for a training ``model.json``.
+
+    ``inference`` adds or overrides keys of the entry's ``inference`` section (e.g. ``resample``,
+    ``min_extent_mm``)."""
     pre = meta["preprocessing"]
     entry = {
         "name": name,
@@ -54,7 +57,7 @@ def registry_entry(meta: dict, name: str, weights_rel: str, card_rel: str | None
         "preprocessing": {"orientation": pre.get("orientation", "RAS"), "spacing": [float(s) for s in pre["spacing"]],
                           "intensity": pre["intensity"]},
         "inference": {"roi_size": list(meta.get("roi_size", [96, 96, 96])), "overlap": 0.25, "mode": "gaussian",
-                      "sw_batch_size": 1, "threads": threads, "amp": True},
+                      "sw_batch_size": 1, "threads": threads, "amp": True, **(inference or {})},
         "postprocess": {"keep_largest": True, "fill_holes": True, "min_island_ml": 1.0},
         "combine_with": "hu_rules",
     }
@@ -64,7 +67,8 @@ def registry_entry(meta: dict, name: str, weights_rel: str, card_rel: str | None
 
 
 def export_model(train_dir, name: str | None = None, weights: str = "best", models_dir=None, configs_dir=None,
-                 bundle_dir=None, description: str = "", card: str | None = None) -> dict:
+                 bundle_dir=None, description: str = "", card: str | None = None,
+                 inference: dict | None = None) -> dict:
     """Copy weights into ``models/<name>/``, write the registry YAML, optionally a MONAI bundle.
 
     Parameters
@@ -74,6 +78,7 @@ def export_model(train_dir, name: str | None = None, weights: str = "best", mode
     models_dir, configs_dir : default ``<repo>/models`` and ``<repo>/configs/models``
     bundle_dir : if given, also write a MONAI bundle folder there
     card : MODEL_CARD.md text to place next to the weights (kept if None and one exists)
+    inference : extra keys for the registry entry's ``inference`` section
 
     Returns
     -------
@@ -104,7 +109,8 @@ def export_model(train_dir, name: str | None = None, weights: str = "best", mode
     yaml_path = configs_dir / f"{name}.yaml"
     rel = lambda p: os.path.relpath(p, yaml_path.parent)  # noqa: E731
     entry = registry_entry(meta, name, rel(wpath), rel(card_path) if card_path.exists() else None,
-                           description or f"{meta['network']['name']} trained by surgitwin train ({meta.get('data_kind')})")
+                           description or f"{meta['network']['name']} trained by surgitwin train ({meta.get('data_kind')})",
+                           inference=inference)
     _atomic_text(yaml_path, "# written by `surgitwin models export` (pipeline/train/export.py)\n"
                  + yaml.safe_dump(entry, sort_keys=False, default_flow_style=None, width=110))
     out = {"registry": str(yaml_path), "weights": str(wpath), "size_mb": round(wpath.stat().st_size / 2**20, 2)}
