@@ -137,9 +137,8 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
-        scan_warning = (seg.record.outputs.get("warnings") or {}).get("scan")
-        if scan_warning:
-            scene.extra["scan_warnings"] = scan_warning.split("; ")
+        if seg.record.outputs.get("scan_warnings"):
+            scene.extra["scan_warnings"] = list(seg.record.outputs["scan_warnings"])
         scene.provenance = records
         save_scene(scene, tmp)
         timings["scene"] = time.perf_counter() - t0

@@ -85,10 +85,10 @@ def test_scan_thinner_than_the_model_expects_is_flagged(tiny, small_ct):
     assert ext == pytest.approx({"L": 336.0, "P": 280.0, "S": 240.0})
     spec = resolve_model(str(_entry(tiny, inference={"roi_size": [16, 16, 16], "min_extent_mm": [0, 0, 300]})))
     res = segment(vol, spec)
-    w = res.record.outputs["warnings"]["scan"]
+    [w] = res.record.outputs["scan_warnings"]
     assert "240 mm head-foot" in w and "300 mm" in w and w in res.record.notes
     ok = resolve_model(str(_entry(tiny, inference={"roi_size": [16, 16, 16], "min_extent_mm": [300, 0, 200]})))
-    assert "scan" not in segment(vol, ok).record.outputs["warnings"]
+    assert segment(vol, ok).record.outputs["scan_warnings"] == []
 
 
 def test_pickled_module_is_refused(tiny, small_ct, tmp_path):

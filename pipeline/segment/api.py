@@ -128,7 +128,6 @@ def _dtype_for(table: LabelTable):
     return np.uint8 if max(table.ids, default=0) <= 255 else np.uint16
 
 
-
 def scan_extent_mm(volume: Volume) -> dict[str, float]:
     """Physical extent of the scanned box along the patient axes (mm, voxel edges included)."""
     nk, nj, ni = volume.shape
@@ -152,6 +151,7 @@ def field_of_view_warnings(volume: Volume, spec) -> list[str]:
             out.append(f"scan covers {ext[axis]:.0f} mm {names[axis]}, less than the {lim:g} mm model "
                        f"{spec.name} was trained for: check every structure by eye")
     return out
+
 
 def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentConfig | dict | None = None, *,
             network=None) -> SegmentationResult:
@@ -244,8 +244,8 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         config_hash=config_hash({"model": spec.model_dump(exclude={"notes"}), "cfg": cfg.model_dump()}),
         inputs=inputs,
         outputs={"structures": {n: q["volume_ml"] for n, q in qc.items()},
-                 "warnings": {**{n: q["warning"] for n, q in qc.items() if q.get("warning")},
-                              **({"scan": "; ".join(scan_warnings)} if scan_warnings else {})},
+                 "warnings": {n: q["warning"] for n, q in qc.items() if q.get("warning")},
+                 "scan_warnings": scan_warnings,
                  "timings_s": {k: round(v, 3) for k, v in timings.items()}},
         duration_s=round(timings["total"], 3),
         notes=tuple(notes + scan_warnings),
