@@ -242,3 +242,37 @@ def test_pixel_ray_inverts_projection(view):
     # screen x grows towards the view's right: patient left in the anterior view
     if view == "anterior":
         assert project(pose, 1.3, [[50, 0, 0]])[0, 0] > 0.5 > project(pose, 1.3, [[-50, 0, 0]])[0, 0]
+
+
+def test_plan_is_drawn_in_snapshots(sphere_scene, tmp_path):
+    """--plan draws the saved plan as the viewer does: a trajectory where its LPS points are (patient
+    left + superior -> image right + top in the anterior view), a cut structure as its halves;
+    without --plan the same scene renders without them."""
+    import shutil
+
+    from PIL import Image
+
+    from pipeline.cli import main
+    from pipeline.planning import Planner
+
+    scene = tmp_path / "scene"
+    shutil.copytree(sphere_scene, scene)
+    pl = Planner(scene)
+    pl.add_trajectory((75.0, -40.0, 80.0), (40.0, -40.0, 55.0), 2.0)
+    pl.add_cut("right_posterior", {"point": (-45.0, 30.0, 0.0), "normal": (0.0, 0.0, 1.0)})
+    pl.save()
+    pics = {}
+    for flag in ([], ["--plan"]):
+        out = tmp_path / f"snap{len(flag)}.png"
+        assert main(["snapshot", str(scene), "-o", str(out), "--view", "anterior", "--size", "360x240"] + flag) == 0
+        pics[bool(flag)] = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    view = slice(0, 360 - min(240, 360 // 4))
+    diff = np.abs(pics[True] - pics[False]).sum(axis=2)[:, view] > 60
+    ys, xs = np.nonzero(diff)
+    assert len(xs) > 150
+    tool = diff[:, diff.shape[1] // 2:][: diff.shape[0] // 2]  # image right + top = patient left + superior
+    assert tool.sum() > 50
+    # the cut plane (a translucent square through the blue blob, patient right = image left)
+    assert diff[:, : diff.shape[1] // 3].sum() > 50
+    legend = pics[True][:, 360 - min(240, 360 // 4):]
+    assert _colour_mask(legend, BLUE).sum() > 20  # the cut structure stays in the legend

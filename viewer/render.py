@@ -18,6 +18,7 @@ The GUI (:mod:`viewer.app`) builds its geometries with the same :func:`structure
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
 import sys
@@ -258,7 +259,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
                  hide: Iterable[str] = (), show_body: bool = False, legend: bool = True,
                  color_by_uncertainty: bool = False, vfov_deg: float = 30.0,
                  slices: Mapping[str, int] | None = None, window: str = "soft_tissue",
-                 opacity: Mapping[str, float] | None = None) -> Path:
+                 opacity: Mapping[str, float] | None = None, plan: bool = False) -> Path:
     """Render named patient views of a scene side by side into one PNG (in this process).
 
     Parameters
@@ -272,6 +273,9 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
     slices : optional {plane: array index} of CT planes to draw ('axial', 'coronal', 'sagittal')
     window : CT window for the planes (:data:`viewer.slices.WINDOWS`)
     opacity : optional {structure: 0..1}, e.g. {'liver': 0.4} to see a tumour inside it
+    plan : draw the scene's plan as the viewer does (landmarks, measurements, cut planes with
+        the resected part translucent, trajectories as tools); a cut structure is drawn as its
+        remnant and resected halves
 
     Returns
     -------
@@ -287,7 +291,12 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
         raise RenderError(f"snapshot size must be at least 64x64 pixels; found {width}x{height}")
     scene = load_scene(scene_path)
     styles = structure_styles(scene, hide=hide, body_opacity=BODY_OPACITY if show_body else None, opacity=opacity)
-    geoms = scene_geometries(scene, styles, color_by_uncertainty=color_by_uncertainty)
+    plan_geoms = plan_geometries(scene, hide=hide) if plan else []
+    drawn = styles
+    if plan_geoms:  # a cut structure is shown as its two halves, not whole underneath them
+        cut = {r["structure"] for r in scene.plan.get("cuts", []) if r.get("meshes")}
+        drawn = {n: dataclasses.replace(st, visible=False) if n in cut else st for n, st in styles.items()}
+    geoms = scene_geometries(scene, drawn, color_by_uncertainty=color_by_uncertainty) + plan_geoms
     legend_w = min(240, width // 4) if legend else 0
     tile_w = (width - legend_w) // len(views)
     if tile_w < 32:
@@ -303,7 +312,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
         configure_view(sc.view)
         for name, mesh, mat in geoms:
             sc.add_geometry(name, mesh, mat)
-            set_priority(sc, name, name)
+            set_priority(sc, name, name.split(":")[-1] if name.startswith("plan:") else name)
         if slices:
             from .slices import quad_geometry, slice_quad
 
@@ -346,6 +355,33 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
     return out
 
 
+def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
+    """[(name, open3d mesh, material)] for every plan record, drawn as in the viewer; names are
+    ``plan:<record id>:<n>:<structure>`` (the structure sets the draw order). The cut halves of
+    a structure in ``hide`` are left out (a close-up of the tumour must not draw the liver)."""
+    from .drawing import primitive_geometry
+    from .tools import record_primitives
+
+    if not scene.meshes:
+        return []
+    lo = np.min([m.mesh.bounds[0] for m in scene.meshes], axis=0)
+    hi = np.max([m.mesh.bounds[1] for m in scene.meshes], axis=0)
+    scale = max(float(np.linalg.norm(hi - lo)) * 0.006, 0.5)  # marker radius, mm (as the viewer)
+    out = []
+    for sec in ("landmarks", "measurements", "cuts", "trajectories"):
+        for rec in scene.plan.get(sec, []):
+            rgb = (200, 200, 200)
+            if rec.get("kind") == "cut" and rec.get("structure") in scene.structure_names:
+                rgb = scene.mesh(rec["structure"]).label.rgb
+            for n, prim in enumerate(record_primitives(rec, scale)):
+                if prim.kind == "mesh" and rec.get("structure") in set(hide):
+                    continue
+                g = primitive_geometry(prim, scene.root, tuple(c / 255 for c in rgb))
+                if g is not None:
+                    out.append((f"plan:{rec.get('id')}:{n}:{rec.get('structure', '')}", *g))
+    return out
+
+
 # -- subprocess wrapper ------------------------------------------------------------------------
 def parse_size(text: str) -> tuple[int, int]:
     """'1280x720' -> (1280, 720)."""
@@ -384,7 +420,7 @@ def snapshot_subprocess(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEW
                         hide: Iterable[str] = (), show_body: bool = False, legend: bool = True,
                         color_by_uncertainty: bool = False, timeout: float = 180.0,
                         slices: Mapping[str, int] | None = None, window: str = "soft_tissue",
-                        opacity: Mapping[str, float] | None = None) -> Path:
+                        opacity: Mapping[str, float] | None = None, plan: bool = False) -> Path:
     """:func:`render_views` in a child process; a crash or hang raises :class:`RenderError`."""
     for v in views:
         check_view(v)
@@ -400,6 +436,7 @@ def snapshot_subprocess(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEW
     cmd += ["--window", window]
     for name, value in (opacity or {}).items():
         cmd += ["--opacity", f"{name}={float(value)}"]
+    cmd += ["--plan"] * bool(plan)
     cmd += ["--show-body"] * bool(show_body) + ["--no-legend"] * (not legend) + ["--uncertainty"] * bool(color_by_uncertainty)
     env = dict(os.environ)
     if not env.get("DISPLAY"):
@@ -442,11 +479,13 @@ def main(argv=None) -> int:
     ap.add_argument("--slice", action="append", default=[], metavar="PLANE=INDEX")
     ap.add_argument("--window", default="soft_tissue")
     ap.add_argument("--opacity", action="append", default=[], metavar="STRUCTURE=0..1")
+    ap.add_argument("--plan", action="store_true", help="draw the scene's plan")
     a = ap.parse_args(argv)
     try:
         render_views(a.scene, a.output, a.view or DEFAULT_VIEWS, parse_size(a.size), hide=a.hide,
                      show_body=a.show_body, legend=not a.no_legend, color_by_uncertainty=a.uncertainty,
-                     slices=parse_slices(a.slice), window=a.window, opacity=parse_opacity(a.opacity))
+                     slices=parse_slices(a.slice), window=a.window, opacity=parse_opacity(a.opacity),
+                     plan=a.plan)
     except SurgitwinError as e:
         print(f"viewer.render: error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ def register(sub) -> None:
     p.add_argument("--show-body", action="store_true", help="draw the body/skin surface translucent (hidden by default)")
     p.add_argument("--no-legend", action="store_true")
     p.add_argument("--uncertainty", action="store_true", help="colour surfaces by the scene's uncertainty map")
+    p.add_argument("--plan", action="store_true", help="draw the saved plan (landmarks, measurements, cuts, trajectories)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds before the renderer is given up")
     p.set_defaults(func=cmd_snapshot)
 
@@ -41,7 +42,7 @@ def cmd_snapshot(args) -> int:
     views = [check_view(v) for v in (args.view or ["anterior", "left"])]
     out = snapshot_subprocess(args.scene, args.output, views, parse_size(args.size), hide=args.hide,
                               show_body=args.show_body, legend=not args.no_legend,
-                              color_by_uncertainty=args.uncertainty, timeout=args.timeout)
+                              color_by_uncertainty=args.uncertainty, timeout=args.timeout, plan=args.plan)
     print(out)
     return 0
 

@@ -1,7 +1,8 @@
 """Surgical planning report of a scene: one self-contained HTML file (and PDF via Chromium).
 
 Contents, in the order a surgeon reads it: plan warnings first; 3D pictures (anterior /
-left overview and structure close-ups from :mod:`viewer.render`, run in a subprocess) and
+left overview and structure close-ups from :mod:`viewer.render`, run in a subprocess, with the
+plan drawn as in the viewer) and
 patient-aligned slice pictures with outlines and the plan drawn on them; the structure table
 (volumes from voxels and mesh, HU, extents, QC and uncertainty flags); measurements; cuts;
 trajectories with their clearance tables; and the provenance chain from the source series
@@ -180,7 +181,8 @@ def render_3d(scene, workdir: Path, closeups: list[str], timeout: float) -> tupl
         jobs.append((f"Close-up: {n}", f"closeup_{n}.png", tuple(x for x in scene.structure_names if x != n), ("anterior", "left")))
     for caption, fname, hide, views in jobs:
         try:
-            out = snapshot_subprocess(scene.root, workdir / fname, views=views, size=(1200, 520), hide=hide, timeout=timeout)
+            out = snapshot_subprocess(scene.root, workdir / fname, views=views, size=(1200, 520), hide=hide,
+                                      timeout=timeout, plan=True)
             pics.append((caption, Path(out).read_bytes()))
         except (SurgitwinError, OSError) as e:
             notes.append(f"3D pictures unavailable: {str(e).splitlines()[0]}")
