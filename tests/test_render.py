@@ -276,3 +276,17 @@ def test_plan_is_drawn_in_snapshots(sphere_scene, tmp_path):
     assert diff[:, : diff.shape[1] // 3].sum() > 50
     legend = pics[True][:, 360 - min(240, 360 // 4):]
     assert _colour_mask(legend, BLUE).sum() > 20  # the cut structure stays in the legend
+
+
+def test_cli_snapshot_takes_planes_opacity_and_window(sphere_scene, tmp_path):
+    from PIL import Image
+
+    from pipeline.cli import main
+
+    plain, planes = tmp_path / "plain.png", tmp_path / "planes.png"
+    assert main(["snapshot", str(sphere_scene), "-o", str(plain), "--view", "anterior", "--size", "240x240",
+                 "--no-legend"]) == 0
+    assert main(["snapshot", str(sphere_scene), "-o", str(planes), "--view", "anterior", "--size", "240x240",
+                 "--no-legend", "--slice", "coronal=24", "--window", "bone", "--opacity", "left_anterior=0.3"]) == 0
+    a, b = (np.asarray(Image.open(p).convert("RGB")).astype(int) for p in (plain, planes))
+    assert (np.abs(a - b).sum(axis=2) > 60).mean() > 0.2  # the coronal CT plane fills much of the view

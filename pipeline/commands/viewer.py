@@ -22,6 +22,11 @@ def register(sub) -> None:
     p.add_argument("--no-legend", action="store_true")
     p.add_argument("--uncertainty", action="store_true", help="colour surfaces by the scene's uncertainty map")
     p.add_argument("--plan", action="store_true", help="draw the saved plan (landmarks, measurements, cuts, trajectories)")
+    p.add_argument("--opacity", action="append", default=[], metavar="STRUCTURE=0..1",
+                   help="e.g. liver=0.4 to see a tumour inside it (repeatable)")
+    p.add_argument("--slice", action="append", default=[], metavar="PLANE=INDEX",
+                   help="draw a CT plane: axial|coronal|sagittal = array index (repeatable)")
+    p.add_argument("--window", default="soft_tissue", help="CT window of the planes (soft_tissue, bone, lung)")
     p.add_argument("--timeout", type=float, default=180.0, help="seconds before the renderer is given up")
     p.set_defaults(func=cmd_snapshot)
 
@@ -36,13 +41,15 @@ def register(sub) -> None:
 
 
 def cmd_snapshot(args) -> int:
-    from viewer.render import parse_size, snapshot_subprocess
+    from viewer.render import parse_opacity, parse_size, parse_slices, snapshot_subprocess
     from viewer.views import check_view
 
     views = [check_view(v) for v in (args.view or ["anterior", "left"])]
     out = snapshot_subprocess(args.scene, args.output, views, parse_size(args.size), hide=args.hide,
                               show_body=args.show_body, legend=not args.no_legend,
-                              color_by_uncertainty=args.uncertainty, timeout=args.timeout, plan=args.plan)
+                              color_by_uncertainty=args.uncertainty, timeout=args.timeout, plan=args.plan,
+                              slices=parse_slices(args.slice), window=args.window,
+                              opacity=parse_opacity(args.opacity))
     print(out)
     return 0
 
