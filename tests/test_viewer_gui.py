@@ -123,6 +123,10 @@ def session(xvfb, scene_dir, tmp_path_factory):
         {"do": "set_mode", "args": ["landmark"]},
         {"do": "click_xdotool", "args": vessel_front, "kwargs": {"relative": True}},
         {"do": "set_mode", "args": ["navigate"]},
+        {"do": "start_cut", "args": ["organ", [-40.0, 0.0, 0.0]], "kwargs": {"orientation": "sagittal (cut left)"}},
+        {"do": "add_cut_plane", "args": ["axial (cut above)"]},  # '+ plane': a wedge preview
+        {"do": "panel_state"},
+        {"do": "clear_cut"},
         {"do": "start_cut", "args": ["organ", [-40.0, 0.0, 0.0]],
          "kwargs": {"orientation": "sagittal (cut left)", "margin_to": "tumour"}},
         {"do": "move_cut", "kwargs": {"offset_mm": 5.0}},
@@ -238,6 +242,17 @@ def test_panel_shows_the_planning_core_values(session, scene_dir):
     assert traj["target_structure"] == "tumour"
     assert session["panel"]["clearance"].startswith(f"{traj['id']}: structure")
     assert "vessel" in session["panel"]["clearance"]
+
+
+def test_wedge_preview_in_the_gui(session):
+    """'+ plane' fixes the sagittal plane and adds an axial one through the organ's centre: the
+    preview resects the quarter beyond both, and the panel says it is a 2-plane wedge."""
+    i = next(n for n, a in enumerate(session["actions"]) if a["do"] == "add_cut_plane")
+    rec, panel = session["values"][i], session["values"][i + 1]
+    assert len(rec["planes"]) == 2
+    whole = rec["resected_ml"] + rec["remnant_ml"]
+    assert rec["resected_ml"] == pytest.approx(whole / 4, rel=0.06)
+    assert "wedge: 2 planes" in panel["cut"]
 
 
 def test_real_ctrl_click_places_a_landmark(session):

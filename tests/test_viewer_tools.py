@@ -77,6 +77,29 @@ def test_cut_preview_matches_the_analytic_cap_and_margin(session):
     assert np.linalg.norm(n) == pytest.approx(1.0) and np.degrees(np.arccos(n[0])) == pytest.approx(20.0, abs=1e-6)
 
 
+def test_wedge_of_two_planes_takes_the_quarter_beyond_both(session):
+    """'+ plane': the live plane is fixed and a second one starts at the same point; the resected
+    part is what lies beyond both (here x > -40 and z > 0: a quarter of the ball)."""
+    from pipeline.errors import PlanningError
+
+    session.start_cut("organ", [-40.0, 0.0, 0.0], orientation="sagittal (cut left)")
+    whole = session.preview_cut()["resected_ml"] + session.preview_cut()["remnant_ml"]
+    half = session.preview_cut()["resected_ml"]
+    session.add_cut_plane("axial (cut above)")
+    assert len(session.cut.planes()) == 2 and session.cut.offset_mm == 0.0
+    rec = session.preview_cut()
+    assert half == pytest.approx(whole / 2, rel=0.03)
+    assert rec["resected_ml"] == pytest.approx(whole / 4, rel=0.05)
+    mask = session.resected_vertex_mask()
+    v = np.asarray(session.planner.mesh("organ").vertices)
+    assert np.all(v[mask][:, 0] > -40.0) and np.all(v[mask][:, 2] > 0.0)
+    stored = session.commit_cut()
+    assert len(stored["planes"]) == 2 and stored["resected_ml"] == pytest.approx(whole / 4, rel=0.05)
+    with pytest.raises(PlanningError, match="orientation must be one of"):
+        session.add_cut_plane("diagonal")
+    assert len(session.cut.planes()) == 2  # a refused plane changes nothing
+
+
 def test_primitives_and_texts_for_every_record_kind(session):
     from viewer.tools import clearance_lines, record_primitives, record_text
 

@@ -30,7 +30,7 @@ ACTIONS = frozenset({
     "set_view", "reset_view", "set_visible", "set_opacity", "isolate", "set_color_by_uncertainty",
     "show_slices", "set_slice", "set_window", "show_marker", "set_mode", "pick", "click", "add_point",
     "measure_distance", "measure_angle", "add_landmark", "min_distance", "add_trajectory", "remove_record",
-    "start_cut", "move_cut", "commit_cut", "clear_cut", "save_plan", "screenshot", "panel_state", "edge_letters",
+    "start_cut", "move_cut", "add_cut_plane", "commit_cut", "clear_cut", "save_plan", "screenshot", "panel_state", "edge_letters",
     "open_report", "wait", "click_xdotool",
 })
 

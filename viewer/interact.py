@@ -119,6 +119,12 @@ class PlanningMixin:
                 c.margin_to = margin_to or None
         return self._update_cut()
 
+    def add_cut_plane(self, orientation: str | None = None) -> dict:
+        """Fix the live plane and add another through the same point (a wedge resection)."""
+        with self._lock:
+            self.session.add_cut_plane(orientation)
+        return self._update_cut()
+
     def _update_cut(self) -> dict:
         with self._lock:
             rec = self.session.preview_cut()
@@ -135,7 +141,7 @@ class PlanningMixin:
         return rec
 
     def _remove_cut_preview(self):
-        for key in ("cut:preview", "cut:preview_resected", "cut:plane"):
+        for key in ("cut:preview", "cut:preview_resected") + tuple(f"cut:plane:{n}" for n in range(6)):
             if self.widget.scene.has_geometry(key):
                 self.widget.scene.remove_geometry(key)
 
@@ -156,13 +162,19 @@ class PlanningMixin:
                 self.widget.scene.add_geometry(key, to_o3d_mesh(piece), material_for(replace(st, rgb=rgb)))
                 set_priority(self.widget.scene, key, c.structure)
         self.widget.scene.show_geometry(f"struct:{c.structure}", False)
-        pl = rec["planes"][0]
         ext = float(np.linalg.norm(np.ptp(np.asarray(am.mesh.vertices), axis=0)))
-        sq = drawing.square(pl["point"], pl["normal"], ext * 1.1)
-        self.widget.scene.add_geometry("cut:plane", sq, drawing._material((0.9, 0.2, 0.2), 0.3))
+        for n, pl in enumerate(rec["planes"]):  # fixed planes paler, the live one (last) stronger
+            live = n == len(rec["planes"]) - 1
+            sq = drawing.square(pl["point"], pl["normal"], ext * 1.1)
+            self.widget.scene.add_geometry(f"cut:plane:{n}", sq, drawing._material((0.9, 0.2, 0.2) if live else (0.9, 0.6, 0.2),
+                                                                               0.3 if live else 0.2))
         lines = [cut_summary(rec)] + rec.get("warnings", [])
         self.ui["cut_result"].text = "\n".join(_wrap(lines))
         self.ui["cut_offset"].double_value = c.offset_mm
+        for slider, v in zip(self.ui.get("cut_tilts", ()), c.tilt_deg):
+            slider.double_value = v
+        if c.fixed:
+            self.ui["cut_result"].text += f"\nwedge: {len(c.fixed) + 1} planes"
         self._set_status(f"cut preview: remnant {rec['remnant_percent']:.1f}%")
 
     def clear_cut(self):

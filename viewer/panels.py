@@ -226,6 +226,7 @@ def build_panel(app) -> dict:
         t.set_limits(-60.0, 60.0)
         t.set_on_value_changed(lambda v: tilter((tilts[0].double_value, tilts[1].double_value)))
         tilts.append(t)
+    ui["cut_tilts"] = tilts
     orient.set_on_selection_changed(lambda text, idx: app._background(app.move_cut, None, None, text) if app.session.cut else None)
     mt.set_on_selection_changed(lambda text, idx: app._background(lambda: app.move_cut(margin_to=margin_choice()))
                                 if app.session.cut else None)
@@ -235,11 +236,13 @@ def build_panel(app) -> dict:
         row.add_child(w)
         sec.add_child(row)
     row = gui.Horiz(int(0.25 * em))
+    wedge = gui.Button("+ plane")  # fix this plane, add another: a wedge
+    wedge.set_on_clicked(lambda: app._background(app.add_cut_plane) if app.session.cut else None)
     commit = gui.Button("commit cut")
     commit.set_on_clicked(lambda: app._background(app.commit_cut))
     clear = gui.Button("clear")
     clear.set_on_clicked(app.clear_cut)
-    for w in (place, commit, clear):
+    for w in (place, wedge, commit, clear):
         row.add_child(w)
     sec.add_child(row)
     ui["cut_result"] = gui.Label("")

@@ -147,7 +147,9 @@ def record_primitives(rec: dict, scale: float) -> list[Primitive]:
 @dataclass
 class CutState:
     """The live cutting plane: through ``anchor`` + ``offset_mm`` along the normal, the preset
-    normal tilted by ``tilt_deg`` (about the two axes perpendicular to it)."""
+    normal tilted by ``tilt_deg`` (about the two axes perpendicular to it). ``fixed`` holds the
+    planes already set for a wedge: the resected part is the intersection of all half-spaces
+    (see :mod:`pipeline.planning.cut`)."""
 
     structure: str
     anchor: np.ndarray
@@ -155,6 +157,7 @@ class CutState:
     tilt_deg: tuple[float, float] = (0.0, 0.0)
     offset_mm: float = 0.0
     margin_to: str | None = None
+    fixed: list = field(default_factory=list)
 
     def normal(self) -> np.ndarray:
         n = np.asarray(CUT_ORIENTATIONS[self.orientation], dtype=float)
@@ -166,9 +169,13 @@ class CutState:
         v = v * np.cos(t2) + b * np.sin(t2)
         return v / np.linalg.norm(v)
 
-    def planes(self) -> list[dict]:
+    def live_plane(self) -> dict:
         n = self.normal()
-        return [{"point": (np.asarray(self.anchor, dtype=float) + self.offset_mm * n).tolist(), "normal": n.tolist()}]
+        return {"point": (np.asarray(self.anchor, dtype=float) + self.offset_mm * n).tolist(), "normal": n.tolist()}
+
+    def planes(self) -> list[dict]:
+        """The fixed planes, then the live one."""
+        return [dict(p) for p in self.fixed] + [self.live_plane()]
 
 
 @dataclass
@@ -252,6 +259,21 @@ class PlanSession:
         c = self.cut
         self.last_preview = cut_record(self.planner, c.structure, c.planes(), margin_to=c.margin_to, save_meshes=False)
         return self.last_preview
+
+    def add_cut_plane(self, orientation: str | None = None) -> CutState:
+        """Fix the live plane and start another one through the same anchor (a wedge: the
+        resected part is what lies beyond every plane). ``orientation``: preset of the new one."""
+        if self.cut is None:
+            raise PlanningError("no cutting plane: choose a structure and place the plane first")
+        c = self.cut
+        if len(c.fixed) >= 5:
+            raise PlanningError("a cut takes at most 6 planes")
+        if orientation is not None and orientation not in CUT_ORIENTATIONS:
+            raise PlanningError(f"orientation must be one of {list(CUT_ORIENTATIONS)}; found {orientation!r}")
+        c.fixed.append(c.live_plane())
+        c.orientation = orientation or c.orientation
+        c.offset_mm, c.tilt_deg = 0.0, (0.0, 0.0)
+        return c
 
     def resected_vertex_mask(self) -> np.ndarray:
         """(n_vertices,) bool: vertices of the cut structure on the resected side of the live plane."""
