@@ -98,3 +98,57 @@ def test_seg_errors_and_command(scene_with_dicom, tmp_path, capsys):
     assert main(["export", str(sc.root), "--format", "dicom-seg", "--source-dicom", str(dicom),
                  "--structure", "liver", "--out", str(tmp_path / "liver.dcm")]) == 0
     assert (tmp_path / "liver.dcm").stat().st_size > 1000
+
+
+def test_seg_over_an_enhanced_multiframe_source(tmp_path):
+    """One Enhanced CT file (frames stored in shuffled order, geometry only in the functional
+    groups): the SEG references that instance frame by frame, and every SEG pixel, placed with the
+    SEG's own geometry, lands in the structure it names (left kidney on the patient's left)."""
+    import highdicom as hd
+    import pydicom
+
+    from dicom_synth import new_uids, write_enhanced_ct
+
+    path, truth = cached_constructed_scene(tmp_path)
+    sc = load_scene(path)
+    img = sc.load_image()
+    a = img.affine
+    k = np.random.default_rng(0).permutation(img.shape[0])
+    pos = np.round([(a @ [kk, 0, 0, 1])[:3] for kk in k], 6)  # DS values: at most 16 characters
+    iop = np.round(np.r_[a[:3, 2] / np.linalg.norm(a[:3, 2]), a[:3, 1] / np.linalg.norm(a[:3, 1])], 10).tolist()
+    uids = new_uids("enhanced")
+    (tmp_path / "enh").mkdir()
+    f = write_enhanced_ct(tmp_path / "enh" / "ct.dcm", img.array[k].astype(np.int16), pos, iop=iop,
+                          spacing=(round(float(np.linalg.norm(a[:3, 1])), 8), round(float(np.linalg.norm(a[:3, 2])), 8)),
+                          uids=uids)
+    ds = pydicom.dcmread(f)  # patient/study attributes a SEG copies from its source
+    ds.PatientName, ds.PatientBirthDate, ds.PatientSex = "SYNTH^ENHANCED", "19700101", "O"
+    ds.StudyTime, ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "120000", "1", "A1", ""
+    ds.save_as(f)
+    sc.source.update({"series_instance_uid": uids["series"], "dicom_dir": str(f.parent)})
+    save_scene(sc, write_meshes=False)
+    sc = load_scene(path)
+    seg = hd.seg.segread(write_dicom_seg(sc, tmp_path / "seg.dcm", structures=["kidney_left", "liver"]))
+    ref = seg.ReferencedSeriesSequence[0]
+    assert ref.SeriesInstanceUID == uids["series"] and len(ref.ReferencedInstanceSequence) == 1
+    labels = [s.SegmentLabel for s in seg.SegmentSequence]
+    lm = sc.load_labelmap()
+    for name in ("kidney_left", "liver"):
+        number, lid = labels.index(name) + 1, lm.labels.by_name(name).id
+        hits = 0
+        for fi, item in enumerate(seg.PerFrameFunctionalGroupsSequence):
+            if item.SegmentIdentificationSequence[0].ReferencedSegmentNumber != number:
+                continue
+            src = item.DerivationImageSequence[0].SourceImageSequence[0]
+            assert src.ReferencedSOPInstanceUID == ds.SOPInstanceUID and int(src.ReferencedFrameNumber) >= 1
+            r, c = np.nonzero(seg.get_stored_frame(fi + 1))
+            pts = _frame_points(seg, fi, r, c)
+            idx = np.rint(np.c_[pts, np.ones(len(pts))] @ np.linalg.inv(lm.volume.affine).T)[:, :3].astype(int)
+            assert np.all(lm.array[tuple(idx.T)] == lid)
+            if name == "kidney_left":
+                assert np.all(pts[:, 0] > 40)
+            hits += len(pts)
+        assert hits == int(np.count_nonzero(lm.array == lid))
+    tool = require_tool("dciodvfy", "dicom3tools")
+    p = subprocess.run([tool, str(tmp_path / "seg.dcm")], capture_output=True, text=True)
+    assert [l for l in (p.stdout + p.stderr).splitlines() if l.startswith("Error")] == []

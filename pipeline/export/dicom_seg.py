@@ -6,7 +6,9 @@ push (STOW-RS / C-STORE) both call :func:`build_segmentation`.
 The label map is sampled at the centre of every pixel of every source slice (nearest
 neighbour, in patient space), so each SEG frame lines up pixel-for-pixel with its source
 image whatever the slice order, orientation or spacing of the series (including gantry
-tilt and uneven gaps). Only single-frame source series are supported.
+tilt and uneven gaps). The source is either a series of single-frame images or one enhanced
+multi-frame image (Enhanced CT/MR: per-frame positions from the functional groups); then the
+SEG frames reference the source frames.
 """
 from __future__ import annotations
 
@@ -64,33 +66,67 @@ def load_source_series(scene, dicom_dir=None) -> list:
             ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
         except (InvalidDicomError, OSError, ValueError, AttributeError):
             continue
-        if getattr(ds, "SeriesInstanceUID", None) == uid and "ImagePositionPatient" in ds:
+        if getattr(ds, "SeriesInstanceUID", None) == uid and ("ImagePositionPatient" in ds
+                                                              or "PerFrameFunctionalGroupsSequence" in ds):
             out.append(ds)
     if not out:
         where = dicom_dir or (scene.source or {}).get("dicom_dir") or (scene.source or {}).get("input")
         raise ExportError(f"DICOM SEG must reference the source series {uid}; none of its images were found in "
                           f"{where!s} ({len(files)} files looked at). Pass the folder with --source-dicom")
-    if any(int(getattr(ds, "NumberOfFrames", 1) or 1) > 1 for ds in out):
-        raise ExportError(f"DICOM SEG export supports single-frame source series; series {uid} is multi-frame")
+    multi = [ds for ds in out if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1]
+    if multi and len(out) > 1:
+        raise ExportError(f"DICOM SEG: series {uid} mixes {len(multi)} multi-frame image(s) with other images; "
+                          "a SEG references either single-frame images or one multi-frame image")
     return out
 
 
-def slice_pixel_centres(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(origin, row_step, col_step) in LPS mm: pixel (r, c) is at origin + r*row_step + c*col_step."""
-    ipp = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
-    iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-    dr, dc = (float(x) for x in ds.PixelSpacing)  # between rows, between columns
-    return ipp, iop[3:] * dr, iop[:3] * dc
+def _frame_item(ds, f: int, name: str):
+    """Functional-group item ``name`` for frame ``f`` (per-frame first, then shared), or None."""
+    for seq in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        groups = getattr(ds, seq, None)
+        if not groups:
+            continue
+        g = groups[f] if seq.startswith("PerFrame") else groups[0]
+        if name in g and len(g[name].value):
+            return g[name].value[0]
+    return None
+
+
+def frame_pixel_centres(ds) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per frame of ``ds``: (origin, row_step, col_step) in LPS mm; pixel (r, c) of the frame is at
+    origin + r*row_step + c*col_step. One entry for a single-frame image."""
+    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        if n > 1:
+            raise ExportError("DICOM SEG: multi-frame source without per-frame functional groups "
+                              "(no position per frame)", path=getattr(ds, "filename", None) or None)
+        ipp = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+        iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+        dr, dc = (float(x) for x in ds.PixelSpacing)  # between rows, between columns
+        return [(ipp, iop[3:] * dr, iop[:3] * dc)]
+    out = []
+    for f in range(n):
+        pos, ori, meas = (_frame_item(ds, f, k) for k in ("PlanePositionSequence", "PlaneOrientationSequence",
+                                                           "PixelMeasuresSequence"))
+        if pos is None or ori is None or meas is None:
+            raise ExportError(f"DICOM SEG: frame {f + 1} of the multi-frame source has no plane position, "
+                              "orientation or pixel spacing in its functional groups",
+                              path=getattr(ds, "filename", None) or None)
+        ipp = np.asarray(pos.ImagePositionPatient, dtype=np.float64)
+        iop = np.asarray(ori.ImageOrientationPatient, dtype=np.float64)
+        dr, dc = (float(x) for x in meas.PixelSpacing)
+        out.append((ipp, iop[3:] * dr, iop[:3] * dc))
+    return out
 
 
 def labels_on_series(labelmap, datasets: Sequence) -> np.ndarray:
-    """Label ids at every source pixel: (n_slices, rows, cols) in the order of ``datasets``."""
+    """Label ids at every source pixel: (n_frames, rows, cols), frames in the order of ``datasets``
+    (and of the frames within a multi-frame image)."""
     inv = np.linalg.inv(labelmap.volume.affine)
     arr = labelmap.array
     shape = np.array(arr.shape)
     out = []
-    for ds in datasets:
-        o, rs, cs = slice_pixel_centres(ds)
+    for ds, (o, rs, cs) in ((ds, g) for ds in datasets for g in frame_pixel_centres(ds)):
         rows, cols = int(ds.Rows), int(ds.Columns)
         base = inv[:3, :3] @ o + inv[:3, 3]
         idx = base + np.arange(rows)[:, None, None] * (inv[:3, :3] @ rs) + np.arange(cols)[None, :, None] * (inv[:3, :3] @ cs)
