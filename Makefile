@@ -7,7 +7,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PACKAGES := dcm2niix dicom3tools dcmtk orthanc orthanc-dicomweb xvfb xdotool \
+APT_PACKAGES := dcm2niix dicom3tools dcmtk openssl orthanc orthanc-dicomweb xvfb xdotool \
 	chromium libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri imagemagick
 export EGL_PLATFORM ?= surfaceless
 

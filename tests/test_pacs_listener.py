@@ -45,10 +45,10 @@ def _wait_rows(out: Path, n: int, timeout: float, status: str = "done") -> list[
 class _InProcessListener:
     """listen() in a thread with a fake case function; stop() waits for it to finish."""
 
-    def __init__(self, out: Path, idle: float, **batch):
+    def __init__(self, out: Path, idle: float, tls: dict | None = None, **batch):
         self.port = ph.free_port()
         self.ready, self.stop_ev = threading.Event(), threading.Event()
-        opts = ListenerOptions(port=self.port, allowed_calling_aets=["STORESCU"], series_idle_s=idle)
+        opts = ListenerOptions(port=self.port, allowed_calling_aets=["STORESCU"], series_idle_s=idle, **(tls or {}))
         bopts = BatchOptions(workers=0, case_fn=DIGEST, **batch)
         self.result = {}
         self.thread = threading.Thread(target=lambda: self.result.update(
@@ -184,3 +184,54 @@ def test_four_concurrent_senders_2000_instances_none_lost_none_duplicated(tmp_pa
             (got,) = [p for p in stored if p.name == f"{bh.tiny_sop_uid(f'conc{s}', i)}.dcm"]
             assert pydicom.dcmread(got).PixelData == sent.PixelData
     print(f"\n4 x 500 instances over 4 concurrent associations: {elapsed:.1f} s, {2000 / elapsed:.0f} instances/s")
+
+
+def _openssl(*args, cwd):
+    from tests.conftest import require_tool
+
+    subprocess.run([require_tool("openssl", "openssl"), *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _pki(d: Path) -> dict:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, all signed by the CA."""
+    d.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+             "-subj", "/CN=surgitwin test CA", cwd=d)
+    for who, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "extendedKeyUsage=clientAuth")):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{who}.key", "-out", f"{who}.csr",
+                 "-subj", f"/CN={who}", cwd=d)
+        (d / f"{who}.ext").write_text(ext + "\n")
+        _openssl("x509", "-req", "-in", f"{who}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", f"{who}.crt", "-days", "2", "-extfile", f"{who}.ext", cwd=d)
+    return {k: str(d / k) for k in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
+
+
+def test_tls_listener_takes_only_tls_senders_with_a_ca_signed_certificate(tmp_path):
+    """--tls-cert/--tls-key/--tls-ca: dcmtk storescu over TLS with a client certificate is stored;
+    the same sender over plain TCP, and over TLS without a certificate, are refused."""
+    pki = _pki(tmp_path / "pki")
+    src = tmp_path / "series"
+    bh.write_tiny_series(src, 3, tag="tls", patient_n=1)
+    out = tmp_path / "listen"
+    tls = {"tls_cert": pki["server.crt"], "tls_key": pki["server.key"], "tls_ca": pki["ca.crt"]}
+    with _InProcessListener(out, idle=3600, tls=tls) as lst:
+        plain = ph.storescu(lst.port, [src], timeout=60)
+        anon = ph.storescu(lst.port, [src], timeout=60, extra=("+tla", "+cf", pki["ca.crt"]))
+        assert plain.returncode != 0 and anon.returncode != 0
+        assert not list((out / "spool").rglob("*.dcm"))
+        ok = ph.storescu(lst.port, [src], timeout=60,
+                         extra=("+tls", pki["client.key"], pki["client.crt"], "+cf", pki["ca.crt"]))
+        assert ok.returncode == 0, ok.stdout.decode()[-800:] + ok.stderr.decode()[-800:]
+    assert len(list((out / "spool" / "incoming").rglob("*.dcm"))) == 3
+
+
+def test_tls_settings_errors_name_the_file(tmp_path):
+    from pipeline.errors import SurgitwinError
+    from pipeline.pacs.listener import server_tls_context
+
+    assert server_tls_context(ListenerOptions()) is None
+    with pytest.raises(SurgitwinError, match="both a certificate and its key"):
+        server_tls_context(ListenerOptions(tls_cert=str(tmp_path / "c.pem")))
+    (tmp_path / "c.pem").write_text("not a certificate")
+    with pytest.raises(SurgitwinError, match=r"c\.pem.*cannot load the TLS certificate"):
+        server_tls_context(ListenerOptions(tls_cert=str(tmp_path / "c.pem"), tls_key=str(tmp_path / "c.pem")))

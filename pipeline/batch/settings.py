@@ -31,6 +31,9 @@ class PacsConfig(BaseModel):
     series_idle_s: float = Field(10.0, gt=0, description="a series is complete after this long without a new instance")
     workers: int = Field(1, ge=0, description="processes that run completed series")
     max_associations: int = Field(16, ge=1)
+    tls_cert: Optional[str] = Field(None, description="listener: PEM certificate (chain); with tls_key, DICOM over TLS only")
+    tls_key: Optional[str] = Field(None, description="listener: PEM private key of tls_cert")
+    tls_ca: Optional[str] = Field(None, description="listener: PEM CA bundle; senders must present a certificate it signed")
     dicomweb_url: Optional[str] = Field(None, description="default DICOMweb root for pull/push")
     dicomweb_timeout_s: float = Field(60.0, gt=0)
 

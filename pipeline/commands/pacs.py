@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--allow", action="append", default=[], metavar="AET",
                    help="calling AE title allowed to send (repeatable; adds to pacs.allowed_calling_aets)")
     p.add_argument("--idle", type=float, metavar="S", help="seconds without a new instance before a series is complete")
+    p.add_argument("--tls-cert", metavar="PEM", help="certificate: accept DICOM over TLS only (default pacs.tls_cert)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (default pacs.tls_key)")
+    p.add_argument("--tls-ca", metavar="PEM", help="CA bundle: senders must present a certificate it signed (default pacs.tls_ca)")
     _batch_args(p)
     p.set_defaults(func=cmd_listen)
 
@@ -87,7 +90,8 @@ def cmd_listen(args) -> int:
     opts = ListenerOptions(
         ae_title=args.ae_title or pcfg.ae_title, port=pcfg.port if args.port is None else args.port,
         bind=args.bind or pcfg.bind, allowed_calling_aets=sorted(set(pcfg.allowed_calling_aets) | set(args.allow)),
-        series_idle_s=args.idle or pcfg.series_idle_s, max_associations=pcfg.max_associations)
+        series_idle_s=args.idle or pcfg.series_idle_s, max_associations=pcfg.max_associations,
+        tls_cert=args.tls_cert or pcfg.tls_cert, tls_key=args.tls_key or pcfg.tls_key, tls_ca=args.tls_ca or pcfg.tls_ca)
     summary = listen(args.out, opts, _batch_options(args, bcfg, pcfg.workers), reporter=make_reporter(args.progress))
     print(summary.text())
     return 0

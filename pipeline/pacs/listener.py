@@ -8,6 +8,10 @@
 * Each instance is spooled durably before the success status goes back
   (:mod:`pipeline.pacs.spool`); a disk failure answers 0xA700 (out of resources), a dataset
   without usable UIDs 0xC000 (cannot understand), so the sender keeps its copy.
+* With ``tls_cert``/``tls_key`` it accepts DICOM over TLS only (TLS 1.2 or newer, as DICOM
+  PS3.15's BCP 195 profiles ask); with ``tls_ca`` as well, a sender must also present a
+  certificate signed by that CA (mutual TLS). Unreadable certificate files stop the start-up
+  with the file named.
 * A series with no new instance for ``series_idle_s`` is complete and runs through
   :func:`pipeline.batch.runner.run_batch` (same executors, same manifest ``DIR/manifest.sqlite``,
   scenes in ``DIR/cases/``). A restarted listener finishes what the previous one left:
@@ -38,6 +42,35 @@ class ListenerOptions:
     allowed_calling_aets: list[str] = field(default_factory=list)
     series_idle_s: float = 10.0
     max_associations: int = 16
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+
+
+def server_tls_context(opts: ListenerOptions):
+    """ssl.SSLContext for the listener, or None without a certificate (see module doc)."""
+    import ssl
+
+    if not (opts.tls_cert or opts.tls_key or opts.tls_ca):
+        return None
+    if not (opts.tls_cert and opts.tls_key):
+        raise SurgitwinError("DICOM TLS needs both a certificate and its key (pacs.tls_cert / pacs.tls_key, "
+                             "--tls-cert / --tls-key)")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(opts.tls_cert, opts.tls_key)
+    except (OSError, ssl.SSLError) as e:
+        raise SurgitwinError(f"cannot load the TLS certificate/key ({e})", path=opts.tls_cert) from None
+    if opts.tls_ca:
+        try:
+            ctx.load_verify_locations(cafile=opts.tls_ca)
+        except (OSError, ssl.SSLError) as e:
+            raise SurgitwinError(f"cannot load the TLS CA bundle ({e})", path=opts.tls_ca) from None
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 class StoreSCP:
@@ -95,13 +128,17 @@ class StoreSCP:
     def start(self) -> int:
         ae = self._ae()
         handlers = [(self._evt.EVT_C_STORE, self.handle_store), (self._evt.EVT_REJECTED, self._rejected)]
+        tls = server_tls_context(self.opts)
         try:
-            self.server = ae.start_server((self.opts.bind, int(self.opts.port)), block=False, evt_handlers=handlers)
+            self.server = ae.start_server((self.opts.bind, int(self.opts.port)), block=False, evt_handlers=handlers,
+                                          ssl_context=tls)
         except OSError as e:
             raise SurgitwinError(f"cannot listen on {self.opts.bind}:{self.opts.port}: {e.strerror or e}") from None
         port = self.server.server_address[1]
-        log.info("listening as %s on %s:%d (allowed callers: %s; series complete after %.1f s idle)",
-                 self.opts.ae_title, self.opts.bind, port, ", ".join(self.opts.allowed_calling_aets), self.opts.series_idle_s)
+        log.info("listening as %s on %s:%d%s (allowed callers: %s; series complete after %.1f s idle)",
+                 self.opts.ae_title, self.opts.bind, port,
+                 "" if tls is None else (" over TLS, client certificates required" if self.opts.tls_ca else " over TLS"),
+                 ", ".join(self.opts.allowed_calling_aets), self.opts.series_idle_s)
         return port
 
     def stop(self) -> None:
