@@ -145,3 +145,26 @@ def test_report_and_seg_on_the_sample_scan(tmp_path):
     seg = hd.seg.segread(write_dicom_seg(pl.scene, tmp_path / "seg.dcm", structures=["liver", "liver_tumor"]))
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pl.scene.source["series_instance_uid"]
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver", "liver_tumor"]
+
+
+def test_demo_command_writes_scene_report_and_truth_table(tmp_path, capsys):
+    """`surgitwin demo` (what `make demo` runs): scene, meshes, picture, and a report whose
+    ground-truth table holds the same numbers the command printed."""
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--model", "hu_rules"]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "scene.json").exists() and list((out / "meshes").glob("*.ply"))
+    assert _image_ok(out / "snapshots" / "overview.png")
+    html = (out / "report" / "report.html").read_text()
+    assert "Against the ground truth" in html
+    m = re.search(r"^lungs\s+(\d\.\d{3})\s+(\d+\.\d)\s+(\d+\.\d)", printed, re.M)
+    assert m and float(m.group(1)) > 0.99
+    assert re.search(rf"<td>lungs</td><td class=\"n\">{m.group(1)}</td><td class=\"n\">{m.group(2)}</td>", html)
+
+
+def _image_ok(path) -> bool:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.load()
+        return im.size[0] > 100

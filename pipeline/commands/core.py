@@ -32,6 +32,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run the pipeline on the shipped sample scan and check it against its ground truth")
     p.add_argument("--out", default="out/demo")
     p.add_argument("--model", help="model to use (default from configs/pipeline.yaml)")
+    p.add_argument("--no-report", action="store_true", help="skip the HTML report (OUT/report.html)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("phantom", help="write a synthetic CT phantom DICOM series with its ground-truth labels")
@@ -123,6 +124,16 @@ def cmd_demo(args) -> int:
         print(f"{'structure':<22}{'dice':>7}{'truth ml':>10}{'found ml':>10}{'centroid err mm':>17}")
         for r in rows:
             print(f"{r['name']:<22}{r['dice']:>7.3f}{r['truth_ml']:>10.1f}{r['found_ml']:>10.1f}{r['centroid_error_mm']:>17.2f}")
+        from pipeline.scene import load_scene, save_scene
+
+        scene = load_scene(args.out, load_meshes=False)  # the report shows the comparison too
+        scene.extra["truth_comparison"] = {"truth": str(truth.relative_to(SAMPLE.parent.parent)), "rows": rows}
+        save_scene(scene, write_meshes=False)
+    if not args.no_report:
+        from pipeline.scene.report import build_report
+
+        res = build_report(args.out)
+        print(f"\nreport: {res.html}")
     return 0
 
 
