@@ -223,3 +223,28 @@ def test_cli_dataset_validate_exit_codes(shapes_dataset, tmp_path, capsys):
     assert "OK" in capsys.readouterr().out
     assert main(["dataset", "validate", str(tmp_path)]) == 1
     assert "dataset.json not found" in capsys.readouterr().out
+
+
+def test_card_renders_stages_and_before_after_from_measurements(trained, tmp_path):
+    """MODEL_CARD.md is written from logs and evaluation results: one line per training stage, a
+    before/after Dice table, the bar verdict per structure; inference extras reach the registry."""
+    from pipeline.segment.registry import load_model_file
+    from pipeline.train.card import render_card
+    from pipeline.train.export import export_model
+
+    out, _ = trained
+
+    def ev(d):
+        return {"mean": {n: {"dice": d, "hd95_mm": 2.0, "surface_dice": 0.5, "n": 1} for n in ("liver", "spleen")},
+                "dataset": "Dataset9_X", "cases": {"c": {}}, "surface_tolerance_mm": 2.0}
+
+    card = render_card(out, ev(0.81), ev(0.91), {"512x512x300": "9 s"}, ["a note"], earlier_stages=[out],
+                       name="tiny_card", previous={"name": "stage1", "synth": ev(0.7), "real": ev(0.8)})
+    assert card.startswith("# tiny_card:")
+    assert card.count("- Stage ") == 2 and "## Training config, stage 2" in card
+    assert "| liver | 0.700 | 0.810 | 0.800 | 0.910 |" in card
+    assert "liver: above the bar (0.910 vs 0.90)" in card and "kidney_left: not measurable here" in card
+    res = export_model(out, name="tiny_card", models_dir=tmp_path / "m", configs_dir=tmp_path / "c", card=card,
+                       inference={"resample": "probabilities", "min_extent_mm": [0.0, 0.0, 24.0]})
+    spec = load_model_file(res["registry"])
+    assert spec.inference.resample == "probabilities" and spec.inference.min_extent_mm == [0.0, 0.0, 24.0]

@@ -35,7 +35,8 @@ def training_summary(train_dir) -> dict:
 
 
 def render_card(train_dir, synth_eval: dict | None, real_eval: dict | None, timing: dict | None = None,
-                notes: list[str] | None = None, earlier_stages: list | None = None, name: str | None = None) -> str:
+                notes: list[str] | None = None, earlier_stages: list | None = None, name: str | None = None,
+                previous: dict | None = None) -> str:
     """Markdown model card. ``synth_eval``/``real_eval`` are :func:`pipeline.train.evaluate` results.
 
     ``earlier_stages``: training folders whose weights this run started from (oldest first); each
@@ -110,6 +111,19 @@ def render_card(train_dir, synth_eval: dict | None, real_eval: dict | None, timi
             verdict.append(f"{name}: not measurable here (bar {bar:.2f})" if d is None else
                            f"{name}: {'above' if d > bar else 'below'} the bar ({d:.3f} vs {bar:.2f})")
         out += ["**Against the bar** (different image, so indicative only): " + "; ".join(verdict) + ".", ""]
+    if previous and (previous.get("synth") or previous.get("real")):
+        out += [f"## Change from the previous stage (`{previous['name']}`, its best checkpoint)", "",
+                "Both through the same segment stage, on the same images.", "",
+                "| structure | held-out synthetic Dice, before | after | real CT Dice, before | after |",
+                "|---|---|---|---|---|"]
+        names = list((synth_eval or previous.get("synth") or real_eval or previous.get("real"))["mean"])
+        for n in names:
+            cells = []
+            for before, after in ((previous.get("synth"), synth_eval), (previous.get("real"), real_eval)):
+                for r in (before, after):
+                    cells.append(_fmt(((r or {}).get("mean") or {}).get(n, {}).get("dice")))
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out.append("")
     if timing:
         out += ["## Run time", ""] + [f"- {k}: {v}" for k, v in timing.items()] + [""]
     if notes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from ..config import ROOT
@@ -53,6 +54,27 @@ NOTES = [
 ]
 
 
+def evaluate_previous_stage(stage_dir: Path, heldout, ref: Path, out_dir: Path) -> dict:
+    """The earlier stage's best weights through the same segment stage (a temporary registry
+    entry), on the same held-out synthetic cases and real CT: the card's before/after table."""
+    import tempfile
+
+    from .evaluate import evaluate, evaluate_reference_image, write_json
+    from .export import export_model
+
+    with tempfile.TemporaryDirectory(prefix="surgitwin-prev-") as td:
+        r = export_model(stage_dir, name="previous_stage", weights="best", models_dir=Path(td) / "models",
+                         configs_dir=Path(td) / "configs", inference=INFERENCE)
+        out = {"name": stage_dir.name, "synth": None, "real": None}
+        if heldout and Path(heldout).exists():
+            out["synth"] = evaluate(r["registry"], heldout)
+        if ref.exists():
+            out["real"] = evaluate_reference_image(r["registry"], ref / "series", ref / "labels_reference.nii.gz",
+                                                   ref / "class_map_total.json")
+    write_json(out, out_dir / "eval_previous_stage.json")
+    return out
+
+
 def build(train_dir, real_dir, heldout, weights: str = "best", out_dir=None, time_it: bool = True,
           earlier: list | None = None, notes: list[str] | None = None) -> dict:
     from .card import render_card
@@ -75,13 +97,18 @@ def build(train_dir, real_dir, heldout, weights: str = "best", out_dir=None, tim
     if (time_it or (out_dir / "timing.json").exists()) and ref.exists():
         # the run time does not depend on the weights: a measurement from an earlier export is reused
         if time_it:
+            load = os.getloadavg()[0]
             b = benchmark_inference(NAME, ref / "series", 300, threads=2)
+            b["load_average_before"] = round(load, 2)
             write_json(b, out_dir / "timing.json")
         b = json.loads((out_dir / "timing.json").read_text())
-        timing = {"512x512x300 CT (real series tiled), 2 threads, shared CPU":
+        load = b.get("load_average_before")
+        timing = {"512x512x300 CT (real series tiled), 2 threads on 2 cores"
+                  + (f", 1-min load average {load} before the run" if load is not None else ", shared CPU"):
                   f"{b['wall_s']} s wall, {b['cpu_s']} s CPU (stages: {b['timings']})"}
+    previous = evaluate_previous_stage(Path(earlier[-1]), heldout, ref, out_dir) if earlier else None
     notes = NOTES if notes is None else notes
-    card = render_card(train_dir, synth, real, timing, notes, earlier_stages=earlier, name=NAME)
+    card = render_card(train_dir, synth, real, timing, notes, earlier_stages=earlier, name=NAME, previous=previous)
     export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, card=card, inference=INFERENCE)
     (out_dir / "MODEL_CARD.md").write_text(card)
     return {"synth": synth and synth["mean"], "real": real and real["mean"], "timing": timing}
