@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,3 +73,12 @@ def software_versions(*names: str) -> dict:
         except metadata.PackageNotFoundError:
             out[n] = "not installed"
     return out
+
+
+def cap_threads(n: int | None) -> int | None:
+    """``n`` limited by ``SURGITWIN_MAX_THREADS`` (set by batch workers so that concurrent studies
+    share the cores instead of each taking all of them); with no ``n``, the cap itself."""
+    cap = os.environ.get("SURGITWIN_MAX_THREADS", "")
+    if not cap.isdigit() or int(cap) < 1:
+        return n
+    return min(int(n), int(cap)) if n else int(cap)

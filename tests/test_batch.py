@@ -273,3 +273,19 @@ def test_keys_are_phi_redacted(tmp_path):
     assert len(items) == 1
     assert name.split("^")[0].lower() not in items[0].key.lower() and pid.lower() not in items[0].key.lower()
     assert phi.redact(f"error in {name} ({pid}, born {dob})").count(phi.REDACTED) == 3
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_concurrent_studies_share_the_cores(tmp_path, workers):
+    """Each of N process-pool workers gets cores // N threads for torch/VTK (SURGITWIN_MAX_THREADS),
+    so 2 studies on 2 cores do not run 2 x 2 threads; in-process runs keep the configured threads."""
+    import os
+
+    for n in range(2):
+        bh.write_tiny_series(tmp_path / "in" / f"s{n}", 2, tag=f"thr{n}", patient_n=n)
+    out = tmp_path / "out"
+    run_batch([str(tmp_path / "in")], out, BatchOptions(workers=workers, case_fn="pipeline.batch.testing:digest_case"))
+    rows = Manifest(out, readonly=True).rows()
+    assert [r["status"] for r in rows] == ["done", "done"]
+    seen = {json.loads((Path(r["outputs"]["scene"]) / "digest.json").read_text())["max_threads"] for r in rows}
+    assert seen == ({None} if workers == 0 else {str(max(1, (os.cpu_count() or 1) // 2))})

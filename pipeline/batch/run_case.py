@@ -235,10 +235,13 @@ def execute(task: dict) -> dict:
     """Run one study (see module doc). Never raises; returns the manifest update.
 
     ``task`` keys: key, input, cases_dir, logs_dir, work_dir, case_fn, case_kwargs,
-    fingerprint, deid (None or {salt, allow_burned_in, return_map}), timeout_s.
+    fingerprint, deid (None or {salt, allow_burned_in, return_map}), timeout_s, threads (None or
+    the most threads the study may use: exported as SURGITWIN_MAX_THREADS for the segment stage).
     """
     key = task["key"]
     started = time.time()
+    if task.get("threads"):  # the coordinator's share of the cores for this study (torch, BLAS)
+        os.environ["SURGITWIN_MAX_THREADS"] = str(int(task["threads"]))
     worker = f"{socket.gethostname()}:{os.getpid()}"
     cases_dir, logs_dir = Path(task["cases_dir"]), Path(task["logs_dir"])
     logs_dir.mkdir(parents=True, exist_ok=True)

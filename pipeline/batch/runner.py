@@ -149,6 +149,18 @@ def _clean_leftovers(out: Path) -> int:
     return n
 
 
+def study_threads(executor) -> int | None:
+    """Compute threads one study may use so that concurrent studies do not oversubscribe the
+    cores: the machine's cores shared by the process pool's slots; 1 on Dask (one single-threaded
+    process per study, as the cluster is set up); None (no cap) when studies run in this process."""
+    name = getattr(executor, "name", "")
+    if name == "dask":
+        return 1
+    if name == "processes":
+        return max(1, (os.cpu_count() or 1) // max(1, executor.slots))
+    return None
+
+
 class _Coordinator:
     def __init__(self, out: Path, opts: BatchOptions, manifest: Manifest, reporter, run_id: int):
         self.out, self.opts, self.m, self.rep, self.run_id = out, opts, manifest, reporter, run_id
@@ -176,7 +188,7 @@ class _Coordinator:
             "key": item.key, "input": item.input, "cases_dir": str(self.out / "cases"),
             "logs_dir": str(self.out / "logs"), "work_dir": str(self.out / "work"),
             "case_fn": self.opts.case_fn, "case_kwargs": kw, "timeout_s": self.opts.timeout_s,
-            "fingerprint": _fingerprint(item.input, self.opts),
+            "fingerprint": _fingerprint(item.input, self.opts), "threads": getattr(self, "threads", None),
             "deid": None if not self.opts.deidentify else {
                 "salt": self.deid_salt, "allow_burned_in": self.opts.allow_burned_in,
                 "return_map": bool(self.opts.deid_map)},
@@ -347,6 +359,7 @@ def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *
             run_id = m.start_run(argv=opts.argv, executor=executor.describe(), workers=executor.slots,
                                  software=_software())
             coord = _Coordinator(out, opts, m, rep, run_id)
+            coord.threads = study_threads(executor)
             for it in items:
                 coord.add_item(it)
             if opts.resume:

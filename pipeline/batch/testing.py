@@ -52,7 +52,9 @@ def digest_case(input_path, out_dir, *, delay: float = 0.0, counter_dir=None, cp
     if delay:
         time.sleep(float(delay))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "digest.json").write_text(json.dumps({"sha256": h.hexdigest(), "x": x}, sort_keys=True))
+    (out / "digest.json").write_text(json.dumps({"sha256": h.hexdigest(), "x": x,
+                                                 "max_threads": os.environ.get("SURGITWIN_MAX_THREADS")},
+                                                sort_keys=True))
     if counter_dir is not None:
         Path(counter_dir).mkdir(parents=True, exist_ok=True)
         fd = os.open(Path(counter_dir) / f"{Path(out_dir).name.split('.staging')[0].lstrip('.')}.count",

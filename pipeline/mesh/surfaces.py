@@ -41,8 +41,10 @@ def _surface_index_space(mask: np.ndarray, cfg: MeshConfig) -> tuple[np.ndarray,
     from vtkmodules.vtkCommonCore import vtkSMPTools
     from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D, vtkWindowedSincPolyDataFilter, vtkTriangleFilter
 
+    from ..config import cap_threads
+
     vtkSMPTools.SetBackend("STDThread")
-    vtkSMPTools.Initialize(cfg.threads)
+    vtkSMPTools.Initialize(cap_threads(cfg.threads) or 1)
     fe = vtkFlyingEdges3D()
     fe.SetInputData(_vtk_image(mask))
     fe.SetValue(0, 0.5)

@@ -291,7 +291,9 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
     inf = spec.inference
     device = pick_device(cfg.device)
     amp = inf.amp if cfg.amp is None else cfg.amp
-    threads = cfg.threads or inf.threads
+    from ..config import cap_threads
+
+    threads = cap_threads(cfg.threads or inf.threads)
     timings: dict[str, float] = {}
     notes: list[str] = []
     with torch_threads(threads), torch.inference_mode():
