@@ -6,6 +6,8 @@ Two workloads, each run with ``--workers 1`` then ``--workers 2`` into fresh bat
   scene, no snapshot) on synthetic phantom CT studies (default 8 studies of 64x128x128);
 - ``cpu``: a pure-Python CPU-bound stand-in (:func:`pipeline.batch.testing.digest_case`
   with a fixed loop), which shows what the executor itself can scale to;
+- ``model`` (with ``--model NAME``): the same pipeline with a network model, e.g. the shipped
+  ``abdomen_unet_3mm`` (torch threads capped at cores // workers per study);
 - ``sleep``: 1 s of waiting per study and no CPU: the dispatch overhead alone (should be ~2.0
   even on a busy machine, since it needs no free core).
 
@@ -70,6 +72,7 @@ def main() -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128))
     ap.add_argument("--cpu-iterations", type=int, default=6_000_000)
     ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--model", help="also run the pipeline with this segmentation model (e.g. abdomen_unet_3mm)")
     args = ap.parse_args()
     print(f"cores: {os.cpu_count()}, load average before: {os.getloadavg()[0]:.2f}")
     results = {}
@@ -83,6 +86,8 @@ def main() -> int:
                               "case_kwargs": {"cpu_iterations": args.cpu_iterations}})]
         if not args.skip_pipeline:
             workloads.append(("pipeline", {"model": "hu_rules", "snapshot": False}))
+            if args.model:
+                workloads.append(("model", {"model": args.model, "snapshot": False}))
         for name, opts in workloads:
             r1 = run(inputs, tmp / f"{name}-w1", 1, **opts)
             r2 = run(inputs, tmp / f"{name}-w2", 2, **opts)
