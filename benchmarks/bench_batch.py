@@ -1,6 +1,6 @@
 """Batch throughput with 1 and 2 process-pool workers on the same studies, ratio in one run.
 
-Two workloads, each run with ``--workers 1`` then ``--workers 2`` into fresh batch folders:
+Workloads, each run with ``--workers 1`` then ``--workers 2`` into fresh batch folders:
 
 - ``pipeline``: the real single-case pipeline (ingest -> HU-rule segmentation -> meshes ->
   scene, no snapshot) on synthetic phantom CT studies (default 8 studies of 64x128x128);
