@@ -254,6 +254,18 @@ def test_combine_with_hu_rules(tiny, small_ct, tmp_path):
     assert np.isin(kept, [0, 1, 7]).mean() > 0.95
     # HU rules fill the rest of the body
     assert (res.labelmap.array[truth["body"] & ~organ] > 0).mean() > 0.95
+    # the HU rules' threshold uncertainty only counts where the HU rules decided: the model's
+    # structures keep the model's own uncertainty
+    own = alone.uncertainty.array
+    checked = 0
+    for name in ("organ_a", "organ_b"):
+        if name in res.qc and name in alone.qc:
+            m = res.labelmap.mask(name) & alone.labelmap.mask(name)
+            np.testing.assert_array_equal(res.uncertainty.array[m], own[m])
+            checked += int(m.sum())
+    assert checked > 100
+    hu_only = res.labelmap.array >= 201
+    assert (res.uncertainty.array[hu_only] >= own[hu_only]).all()
     # an id collision is an error, not a silent merge
     clash = resolve_model(str(_entry(tmp_path, combine_with="hu_rules",
                                      labels=[{"id": 201, "name": "organ_a"}, {"id": 7, "name": "organ_b"}])))
@@ -287,3 +299,26 @@ def test_finaliser_argmax_entropy_probabilities():
     np.testing.assert_allclose(fin.probs, p.numpy(), rtol=1e-5, atol=1e-6)
     h = (-(p * p.log()).sum(0) / np.log(5)).numpy()
     np.testing.assert_allclose(fin.entropy, h, atol=1e-5)
+
+
+def test_hu_threshold_uncertainty_stays_off_model_structures(tmp_path):
+    """A structure the model labels at 200 HU (a contrast vessel: exactly the HU bone threshold)
+    keeps the model's low uncertainty after combining with the HU rules; the threshold's
+    uncertainty counts only where the HU rules decide."""
+    from segment_synth import lps_grid
+
+    vol, _ = _blob_volume()
+    x, y, z = lps_grid(vol.shape, vol.affine)
+    body = x ** 2 + y ** 2 + (z - 20.0) ** 2 <= 70.0 ** 2
+    ball = (x - 35.0) ** 2 + (y + 5.0) ** 2 + (z - 20.0) ** 2 <= 18.0 ** 2
+    arr = np.where(ball, 200, np.where(body, -50, -1000)).astype(np.int16)
+    vol = Volume(arr, vol.affine, None, {"modality": "CT"})
+    from pipeline.segment.hu_rules import HURulesConfig, hu_uncertainty
+
+    assert hu_uncertainty(arr, HURulesConfig())[ball].min() > 0.99  # right on the bone threshold
+    spec = _threshold_spec(tmp_path)
+    res = segment(vol, spec, {"combine_with": "hu_rules", "postprocess": {"enabled": False}}, network=Threshold())
+    alone = segment(vol, spec, {"combine_with": "none", "postprocess": {"enabled": False}}, network=Threshold())
+    assert res.qc["ball"]["uncertainty"] == alone.qc["ball"]["uncertainty"]
+    inner = ball & res.labelmap.mask("ball")
+    assert res.uncertainty.array[inner].mean() < 0.15

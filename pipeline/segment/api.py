@@ -220,10 +220,14 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         hcfg = _hu_config(None, cfg)
         codes, info = hu_rules_arrays(volume, hcfg)
         labels = labels.astype(_dtype_for(table), copy=False)
+        # HU-rule uncertainty (closeness to a threshold) only where the HU rules decide: a contrast
+        # aorta at 180 HU is near the bone threshold, but the model, not the threshold, labelled it
+        by_hu = labels == 0 if unc is not None else None
         _paint_hu(labels, codes, table)
         del codes
         if unc is not None:
-            np.maximum(unc, hu_uncertainty(volume.array, hcfg), out=unc)
+            np.maximum(unc, hu_uncertainty(volume.array, hcfg), out=unc, where=by_hu)
+            del by_hu
         inputs["hu_rules"] = info
         kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)
         labels, hu_report = postprocess_labels(labels, kept_hu, pcfg, volume.voxel_volume_ml)
