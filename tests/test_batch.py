@@ -275,17 +275,22 @@ def test_keys_are_phi_redacted(tmp_path):
     assert phi.redact(f"error in {name} ({pid}, born {dob})").count(phi.REDACTED) == 3
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_concurrent_studies_share_the_cores(tmp_path, workers):
+@pytest.mark.parametrize("workers,scheduler", [(0, None), (2, None), (2, "local")])
+def test_concurrent_studies_share_the_cores(tmp_path, workers, scheduler):
     """Each of N process-pool workers gets cores // N threads for torch/VTK (SURGITWIN_MAX_THREADS),
-    so 2 studies on 2 cores do not run 2 x 2 threads; in-process runs keep the configured threads."""
+    so 2 studies on 2 cores do not run 2 x 2 threads; Dask workers get 1; in-process runs keep
+    the configured threads."""
     import os
 
+    if scheduler:
+        pytest.importorskip("distributed")
     for n in range(2):
         bh.write_tiny_series(tmp_path / "in" / f"s{n}", 2, tag=f"thr{n}", patient_n=n)
     out = tmp_path / "out"
-    run_batch([str(tmp_path / "in")], out, BatchOptions(workers=workers, case_fn="pipeline.batch.testing:digest_case"))
+    run_batch([str(tmp_path / "in")], out, BatchOptions(workers=workers, scheduler=scheduler,
+                                                        case_fn="pipeline.batch.testing:digest_case"))
     rows = Manifest(out, readonly=True).rows()
     assert [r["status"] for r in rows] == ["done", "done"]
     seen = {json.loads((Path(r["outputs"]["scene"]) / "digest.json").read_text())["max_threads"] for r in rows}
-    assert seen == ({None} if workers == 0 else {str(max(1, (os.cpu_count() or 1) // 2))})
+    want = None if workers == 0 else "1" if scheduler else str(max(1, (os.cpu_count() or 1) // 2))
+    assert seen == {want}
