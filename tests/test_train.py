@@ -104,6 +104,9 @@ def test_resume_continues_where_it_stopped(shapes_dataset, tmp_path):
     assert again["start_iteration"] == 5 and again["iterations"] == 10
     its = [int(r.split(",")[0]) for r in (tmp_path / "log.csv").read_text().splitlines()[1:]]
     assert its == [5, 10]
+    # --reset-best: the validation cases changed, so the next validation is the new best
+    third = run_training(cfg, resume=True, max_iterations=12, progress=False, reset_best=True)
+    assert third["best_iteration"] == 12
 
 
 def test_synth_kind_trains_from_generation_maps(tmp_path):

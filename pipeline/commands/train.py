@@ -40,6 +40,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="train or fine-tune a MONAI network from a YAML config (configs/train/)")
     p.add_argument("config")
     p.add_argument("--resume", action="store_true", help="continue from output_dir/state.pt + last.safetensors")
+    p.add_argument("--reset-best", action="store_true",
+                   help="with --resume: forget the best validation score (the validation cases changed)")
     p.add_argument("--max-iterations", type=int, help="override optim.max_iterations")
     p.add_argument("--output-dir", help="override output_dir")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
@@ -133,7 +135,7 @@ def cmd_train(args) -> int:
         cfg.output_dir = str(Path(args.output_dir).resolve())
     if args.device:
         cfg.device = args.device
-    res = run_training(cfg, resume=args.resume, max_iterations=args.max_iterations)
+    res = run_training(cfg, resume=args.resume, max_iterations=args.max_iterations, reset_best=args.reset_best)
     print(json.dumps({k: res[k] for k in ("output_dir", "iterations", "elapsed_s", "best_val_mean_dice",
                                           "best_iteration")}, indent=1))
     return 0

@@ -265,12 +265,14 @@ def _model_json(cfg: TrainConfig, labels: list[str]) -> dict:
 
 
 def run_training(config, resume: bool = False, max_iterations: int | None = None,
-                 progress: bool | None = None) -> dict:
+                 progress: bool | None = None, reset_best: bool = False) -> dict:
     """Train per ``config`` (a TrainConfig or a YAML path). Returns a summary dict.
 
     ``resume=True`` continues from ``output_dir/state.pt`` + ``last.safetensors`` (iteration,
-    optimiser, elapsed time and best metric restored). ``max_iterations`` overrides the config
-    (tests, and stopping a run early without editing the file).
+    optimiser, elapsed time and best metric restored). ``reset_best`` (with ``resume``) forgets
+    the best validation score so far: use it when the validation cases changed (e.g. the
+    synthesiser did), since scores on different cases do not compare. ``max_iterations``
+    overrides the config (tests, and stopping a run early without editing the file).
     """
     import torch
     from monai.losses import DiceCELoss
@@ -298,6 +300,8 @@ def run_training(config, resume: bool = False, max_iterations: int | None = None
         st = torch.load(str(state_file), map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
         it0, elapsed0, best, best_it = int(st["iteration"]), float(st["elapsed_s"]), float(st["best"]), int(st["best_iteration"])
+        if reset_best:
+            best, best_it = -1.0, -1
     elif cfg.finetune:
         _load_finetune(cfg, net, labels)
     net.to(device)
