@@ -46,9 +46,10 @@ NOTES = [
     "of stage 2 (mottled stomach/bowel with anterior gas, liver vessels, isodense IVC, thinner slabs) "
     "answer those findings, so the real-CT numbers below are no longer a blind test: they guided what "
     "to synthesise (never the weights or the checkpoint choice). Stage 2 was resumed twice in its "
-    "first 6 minutes to take these changes; its best-checkpoint tracking was reset at iteration 575 "
-    "(by editing state.pt; `surgitwin train --resume --reset-best` does this now), since the validation "
-    "cases had been drawn with the changed synthesiser.",
+    "first 6 minutes to take these changes (validation cases are drawn again on each start, so scores "
+    "before iteration 400 are on other cases). Its best-checkpoint tracking was also reset by hand at "
+    "iteration 575 (`surgitwin train --resume --reset-best` does this now); that changed nothing, as the "
+    "next validation (0.814) beat the best so far (0.809) anyway.",
     "Scans thinner than 24 mm head-foot (the synthesiser's thinnest slab) run with a warning in QC, "
     "the manifest and the report: on a 3-slice (4 mm) real CT the liver is mostly missed.",
     "Coarse 3 mm output: thin structures (IVC, aorta near bifurcation) lose detail; post-processing "
