@@ -116,6 +116,11 @@ def session(xvfb, scene_dir, tmp_path_factory):
         {"do": "set_window", "args": ["bone"]},
         {"do": "show_slices", "args": [False]},
         {"do": "pick", "args": organ_front, "kwargs": {"relative": True}},
+        {"do": "show_slices", "args": [True]},  # CT planes catch picks: from above, the axial one
+        {"do": "set_view", "args": ["superior"]},
+        {"do": "pick", "args": [0.56, 0.45], "kwargs": {"relative": True}},  # between the two organs
+        {"do": "show_slices", "args": [False]},
+        {"do": "set_view", "args": ["anterior"]},
         {"do": "set_mode", "args": ["distance"]},
         {"do": "click", "args": organ_front, "kwargs": {"relative": True}},
         {"do": "click", "args": vessel_front, "kwargs": {"relative": True}},
@@ -253,6 +258,19 @@ def test_wedge_preview_in_the_gui(session):
     whole = rec["resected_ml"] + rec["remnant_ml"]
     assert rec["resected_ml"] == pytest.approx(whole / 4, rel=0.06)
     assert "wedge: 2 planes" in panel["cut"]
+
+
+def test_pick_on_a_ct_plane(session, scene_dir):
+    """With the CT planes on, a pick where only the axial plane is lands on that plane (z of
+    slice 21), with no structure, so a landmark there stays where it was clicked."""
+    from pipeline.scene import load_scene
+    from viewer.slices import slice_quad
+
+    picks = [v for a, v in zip(session["actions"], session["values"]) if a["do"] == "pick"]
+    hit = next(p for p in picks if p and p.get("on", "").startswith("ct:"))
+    assert hit["on"] == "ct:axial" and hit["structure"] is None
+    z = float(np.mean(slice_quad(load_scene(scene_dir).load_image(), "axial", 21).corners[:, 2]))
+    assert hit["point"][2] == pytest.approx(z, abs=0.05)
 
 
 def test_real_ctrl_click_places_a_landmark(session):

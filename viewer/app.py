@@ -87,6 +87,7 @@ class ViewerApp(PlanningMixin, CaptureMixin):
         self._redraw_until = time.monotonic() + 3.0
         self.view_name = view
         self.slice_state = {"visible": False, "window": "soft_tissue", "index": {}}
+        self._slice_corners: dict[str, np.ndarray] = {}  # CT planes on screen: they catch picks too
         self._image = None
         self.status = ""
         t1 = time.perf_counter()
@@ -388,13 +389,17 @@ class ViewerApp(PlanningMixin, CaptureMixin):
         for p in PLANES:
             if self.widget.scene.has_geometry(f"slice:{p}"):
                 self.widget.scene.remove_geometry(f"slice:{p}")
+        self._slice_corners = {}
+        self._ray_scene = None
         if self.slice_state["visible"]:
             vol = self._volume()
             idx = {**default_indices(vol), **self.slice_state["index"]}
             self.slice_state["index"] = idx
             for p in PLANES:
-                mesh, mat = quad_geometry(slice_quad(vol, p, idx[p], self.slice_state["window"]))
+                quad = slice_quad(vol, p, idx[p], self.slice_state["window"])
+                mesh, mat = quad_geometry(quad)
                 self.widget.scene.add_geometry(f"slice:{p}", mesh, mat)
+                self._slice_corners[p] = np.asarray(quad.corners, dtype=np.float32)
         ui = self.ui
         ui["slices_on"].checked = self.slice_state["visible"]
         for p, sl in ui["slice_sliders"].items():
@@ -422,13 +427,21 @@ class ViewerApp(PlanningMixin, CaptureMixin):
                 if path.exists():
                     tm = o3d.t.geometry.TriangleMesh.from_legacy(o3d.io.read_triangle_mesh(str(path)))
                     ids[rs.add_triangles(tm)] = rec["structure"]
+        for plane, c in self._slice_corners.items():  # the CT planes are opaque: they catch picks
+            tm = o3d.t.geometry.TriangleMesh()
+            tm.vertex.positions = o3d.core.Tensor(c, dtype=o3d.core.Dtype.Float32)
+            tm.triangle.indices = o3d.core.Tensor(np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32))
+            ids[rs.add_triangles(tm)] = f"ct:{plane}"
         self._ray_scene = (rs, ids)
         return self._ray_scene
 
     def pick(self, x: float, y: float, relative: bool = False) -> dict | None:
-        """Surface point under widget pixel (x, y) (origin top-left): {structure, point} or None.
+        """Point under widget pixel (x, y) (origin top-left): {structure, on, point} or None.
 
-        ``relative``: x, y are fractions (0..1) of the 3-D view's width and height.
+        The nearest of the visible surfaces and the CT planes on screen: ``on`` names what was
+        hit (a structure, or ``ct:axial`` etc.); ``structure`` is None on a CT plane, so a
+        landmark placed there stays where it was clicked. ``relative``: x, y are fractions (0..1)
+        of the 3-D view's width and height.
         """
         import open3d as o3d
 
@@ -447,7 +460,8 @@ class ViewerApp(PlanningMixin, CaptureMixin):
         if not np.isfinite(t):
             return None
         point = origin + t * direction
-        return {"structure": ids.get(int(hit["geometry_ids"].numpy()[0])), "point": point.tolist()}
+        on = ids.get(int(hit["geometry_ids"].numpy()[0]))
+        return {"structure": None if (on or "").startswith("ct:") else on, "on": on, "point": point.tolist()}
 
     def click(self, x: float, y: float, relative: bool = False) -> dict | None:
         """Pick at (x, y) and feed the point to the current tool; returns the new record if any."""
