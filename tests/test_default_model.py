@@ -67,8 +67,8 @@ def test_sample_scan_organs_and_sides(sample_result):
     the patient's left): a mirrored model or pipeline swaps the kidneys and fails here."""
     vol, res, truth, names = sample_result
     lm = res.labelmap
-    floor = {"liver": 0.85, "spleen": 0.6, "kidney_left": 0.4, "kidney_right": 0.4, "aorta": 0.8,
-             "inferior_vena_cava": 0.7}
+    floor = {"liver": 0.9, "spleen": 0.85, "kidney_left": 0.6, "kidney_right": 0.7, "aorta": 0.9,
+             "inferior_vena_cava": 0.85}  # measured 0.932 0.921 0.715 0.811 0.951 0.928
     x = {}
     for organ in ORGANS:
         p, t = lm.mask(organ), _truth_mask(truth, names, organ)
@@ -90,7 +90,8 @@ def test_real_ct_is_segmented_where_the_reference_is():
 
     r = evaluate_reference_image(NAME, ref / "series", ref / "labels_reference.nii.gz", ref / "class_map_total.json")
     m = r["cases"]["series"]
-    for organ, floor in {"liver": 0.85, "spleen": 0.85, "aorta": 0.6, "inferior_vena_cava": 0.45}.items():
+    # measured 0.959 0.940 0.845 0.774; the issue's bar (another CT) 0.90 0.90 0.78 0.41
+    for organ, floor in {"liver": 0.93, "spleen": 0.91, "aorta": 0.8, "inferior_vena_cava": 0.7}.items():
         assert m[organ]["dice"] >= floor, f"{organ} Dice {m[organ]['dice']:.3f}"
 
 
