@@ -322,3 +322,20 @@ def test_hu_threshold_uncertainty_stays_off_model_structures(tmp_path):
     assert res.qc["ball"]["uncertainty"] == alone.qc["ball"]["uncertainty"]
     inner = ball & res.labelmap.mask("ball")
     assert res.uncertainty.array[inner].mean() < 0.15
+
+
+def test_boundary_only_probability_resampling_is_exact(tiny, tmp_path):
+    """Interpolating the probabilities only where the 3x3x3 network neighbourhood mixes labels
+    gives exactly the labels of interpolating them everywhere (oblique, anisotropic grid)."""
+    from pipeline.segment.api import segment_config
+    from pipeline.segment.runner import run_network
+
+    vol, _ = _blob_volume()
+    spec = resolve_model(str(_entry(tiny, inference={"roi_size": [16, 16, 16], "resample": "probabilities"})))
+    cfg = segment_config({})
+    full = run_network(vol, spec, cfg, keep_probabilities=True)
+    band = run_network(vol, spec, cfg, keep_probabilities=False)
+    assert len(np.unique(full.labels)) >= 2  # a random network still gives boundaries to test
+    np.testing.assert_array_equal(band.labels, full.labels)
+    assert np.abs(band.uncertainty - full.uncertainty).mean() < 0.02
+    assert any("probabilities interpolated at" in n for n in band.notes)
