@@ -39,8 +39,8 @@ NOTES = [
     "iteration 200 after a visual comparison of a synthetic slab with the real CT slice, a synthesis "
     "crash fixed at 240, batch Dice and fewer fully random intensities at 375). The real CT was scored "
     "twice during stage 1 (iterations ~200 and ~1000) to check the pipeline end to end.",
-    "Stage 2, for the record: started from the stage-1 weights on an idle machine (about 0.8 s per "
-    "iteration instead of ~2 s). Before it, the stage-1 model's errors on the real CT were looked at "
+    "Stage 2, for the record: started from the stage-1 weights on a mostly idle machine (0.95 s per "
+    "iteration on average, tests and other work sharing it at times, instead of ~2 s). Before it, the stage-1 model's errors on the real CT were looked at "
     "slice by slice: liver and aorta leaked into a food-filled stomach (24,000 and 5,400 voxels) and "
     "the IVC was twice its reference area where it is isodense to the liver. The synthesiser changes "
     "of stage 2 (mottled stomach/bowel with anterior gas, liver vessels, isodense IVC, thinner slabs) "
@@ -49,7 +49,10 @@ NOTES = [
     "first 6 minutes to take these changes (validation cases are drawn again on each start, so scores "
     "before iteration 400 are on other cases). Its best-checkpoint tracking was also reset by hand at "
     "iteration 575 (`surgitwin train --resume --reset-best` does this now); that changed nothing, as the "
-    "next validation (0.814) beat the best so far (0.809) anyway.",
+    "next validation (0.814) beat the best so far (0.809) anyway. During stage 2 the real CT was also "
+    "scored twice to follow progress (the best checkpoint at iteration 800: liver 0.875, aorta 0.895, "
+    "IVC 0.523; the last one at ~2000: liver 0.951, IVC 0.708); the rule for the shipped checkpoint "
+    "(best on the synthetic validation cases) was set before and not changed.",
     "Scans thinner than 24 mm head-foot (the synthesiser's thinnest slab) run with a warning in QC, "
     "the manifest and the report: on a 3-slice (4 mm) real CT the liver is mostly missed.",
     "Coarse 3 mm output: thin structures (IVC, aorta near bifurcation) lose detail; post-processing "
