@@ -165,6 +165,7 @@ class _Coordinator:
     def __init__(self, out: Path, opts: BatchOptions, manifest: Manifest, reporter, run_id: int):
         self.out, self.opts, self.m, self.rep, self.run_id = out, opts, manifest, reporter, run_id
         self.this_run = {"done": 0, "failed": 0, "skipped": 0}
+        self.threads: int | None = None  # per-study thread cap, set once the executor is known
         self.deid_salt = None
         self.deid = None
         if opts.deidentify:
@@ -188,7 +189,7 @@ class _Coordinator:
             "key": item.key, "input": item.input, "cases_dir": str(self.out / "cases"),
             "logs_dir": str(self.out / "logs"), "work_dir": str(self.out / "work"),
             "case_fn": self.opts.case_fn, "case_kwargs": kw, "timeout_s": self.opts.timeout_s,
-            "fingerprint": _fingerprint(item.input, self.opts), "threads": getattr(self, "threads", None),
+            "fingerprint": _fingerprint(item.input, self.opts), "threads": self.threads,
             "deid": None if not self.opts.deidentify else {
                 "salt": self.deid_salt, "allow_burned_in": self.opts.allow_burned_in,
                 "return_map": bool(self.opts.deid_map)},
