@@ -25,6 +25,7 @@ from .capture import CaptureMixin
 from .interact import PlanningMixin
 from .render import (BODY_OPACITY, RenderError, configure_view, material_for, set_priority, structure_styles, sun_direction,
                      to_o3d_mesh)
+from .tools import marker_scale
 from .views import check_view, direction_letter, fit_camera, pixel_ray
 
 VFOV = 30.0
@@ -109,7 +110,7 @@ class ViewerApp(PlanningMixin, CaptureMixin):
         self._verts = np.concatenate([np.asarray(m.mesh.vertices) for m in self.scene.meshes if m.mesh is not None]) \
             if self.scene.meshes else np.zeros((1, 3))
         lo, hi = self._verts.min(0), self._verts.max(0)
-        self.scale = max(float(np.linalg.norm(hi - lo)) * 0.006, 0.5)  # marker radius, mm
+        self.scale = marker_scale(self._verts)  # marker radius, mm
         self._add_marker(lo, hi)
 
         from .panels import build_panel

@@ -360,13 +360,11 @@ def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
     ``plan:<record id>:<n>:<structure>`` (the structure sets the draw order). The cut halves of
     a structure in ``hide`` are left out (a close-up of the tumour must not draw the liver)."""
     from .drawing import primitive_geometry
-    from .tools import record_primitives
+    from .tools import marker_scale, record_primitives
 
     if not scene.meshes:
         return []
-    lo = np.min([m.mesh.bounds[0] for m in scene.meshes], axis=0)
-    hi = np.max([m.mesh.bounds[1] for m in scene.meshes], axis=0)
-    scale = max(float(np.linalg.norm(hi - lo)) * 0.006, 0.5)  # marker radius, mm (as the viewer)
+    scale = marker_scale(np.concatenate([m.mesh.bounds for m in scene.meshes if m.mesh is not None]))
     out = []
     for sec in ("landmarks", "measurements", "cuts", "trajectories"):
         for rec in scene.plan.get(sec, []):

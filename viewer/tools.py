@@ -105,6 +105,12 @@ def clearance_lines(rec: dict, rows: int = 8) -> list[str]:
     return out
 
 
+def marker_scale(vertices: np.ndarray) -> float:
+    """Radius (mm) of plan markers for a scene spanning ``vertices``: 0.6 % of its diagonal."""
+    v = np.asarray(vertices, dtype=float).reshape(-1, 3)
+    return max(float(np.linalg.norm(v.max(0) - v.min(0))) * 0.006, 0.5) if len(v) else 0.5
+
+
 def record_primitives(rec: dict, scale: float) -> list[Primitive]:
     """What to draw for a plan record; ``scale`` is the marker radius in mm."""
     kind = rec.get("kind")

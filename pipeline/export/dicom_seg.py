@@ -80,42 +80,22 @@ def load_source_series(scene, dicom_dir=None) -> list:
     return out
 
 
-def _frame_item(ds, f: int, name: str):
-    """Functional-group item ``name`` for frame ``f`` (per-frame first, then shared), or None."""
-    for seq in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
-        groups = getattr(ds, seq, None)
-        if not groups:
-            continue
-        g = groups[f] if seq.startswith("PerFrame") else groups[0]
-        if name in g and len(g[name].value):
-            return g[name].value[0]
-    return None
-
-
 def frame_pixel_centres(ds) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per frame of ``ds``: (origin, row_step, col_step) in LPS mm; pixel (r, c) of the frame is at
-    origin + r*row_step + c*col_step. One entry for a single-frame image."""
-    n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if "PerFrameFunctionalGroupsSequence" not in ds:
-        if n > 1:
-            raise ExportError("DICOM SEG: multi-frame source without per-frame functional groups "
-                              "(no position per frame)", path=getattr(ds, "filename", None) or None)
-        ipp = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
-        iop = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
-        dr, dc = (float(x) for x in ds.PixelSpacing)  # between rows, between columns
-        return [(ipp, iop[3:] * dr, iop[:3] * dc)]
+    origin + r*row_step + c*col_step. One entry for a single-frame image. Geometry as the reader
+    takes it (:func:`pipeline.ingest._common.frame_geometry`: functional groups of enhanced
+    objects, per-frame before shared; top-level tags otherwise)."""
+    from ..ingest._common import frame_geometry, n_frames
+
     out = []
-    for f in range(n):
-        pos, ori, meas = (_frame_item(ds, f, k) for k in ("PlanePositionSequence", "PlaneOrientationSequence",
-                                                           "PixelMeasuresSequence"))
-        if pos is None or ori is None or meas is None:
-            raise ExportError(f"DICOM SEG: frame {f + 1} of the multi-frame source has no plane position, "
-                              "orientation or pixel spacing in its functional groups",
-                              path=getattr(ds, "filename", None) or None)
-        ipp = np.asarray(pos.ImagePositionPatient, dtype=np.float64)
-        iop = np.asarray(ori.ImageOrientationPatient, dtype=np.float64)
-        dr, dc = (float(x) for x in meas.PixelSpacing)
-        out.append((ipp, iop[3:] * dr, iop[:3] * dc))
+    for f in range(n_frames(ds)):
+        g = frame_geometry(ds, f)
+        if g["ipp"] is None or g["iop"] is None or g["pixel_spacing"] is None:
+            raise ExportError(f"DICOM SEG: frame {f + 1} of the source has no image position, orientation or "
+                              "pixel spacing", path=getattr(ds, "filename", None) or None)
+        iop = np.asarray(g["iop"], dtype=np.float64)
+        dr, dc = (float(x) for x in g["pixel_spacing"])  # between rows, between columns
+        out.append((np.asarray(g["ipp"], dtype=np.float64), iop[3:] * dr, iop[:3] * dc))
     return out
 
 
