@@ -113,7 +113,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
 
         # 3. mesh --------------------------------------------------------------------------
         t0 = time.perf_counter()
-        mcfg = MeshConfig(**(cfg.get("mesh") or {}))
+        mcfg = MeshConfig.from_dict(cfg.get("mesh"))
         meshes = labelmap_to_meshes(labelmap, mcfg)
         for m in meshes:
             if m.name in seg.qc:
