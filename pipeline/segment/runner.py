@@ -322,6 +322,86 @@ def probability_argmax_back(fin, m: np.ndarray, shape, ch: np.ndarray, ent: np.n
     return recomputed / max(int(np.prod(shape)), 1)
 
 
+SEPARABLE = True  # tests switch it off to compare with the per-voxel sampling grid
+
+
+def axis_aligned(m: np.ndarray, tol: float = 1e-6) -> list[tuple[int, float, float]] | None:
+    """For a map input (k, j, i) -> network (k', j', i') that scales and permutes axes only:
+    per input axis ``a``, (network axis, scale, offset); None for an oblique map."""
+    a3 = np.asarray(m[:3, :3], dtype=np.float64)
+    big = np.abs(a3) > tol * max(np.abs(a3).max(), 1e-12)
+    if not (np.all(big.sum(0) == 1) and np.all(big.sum(1) == 1)):
+        return None
+    out = []
+    for a in range(3):
+        r = int(np.flatnonzero(big[:, a])[0])
+        out.append((r, float(a3[r, a]), float(m[r, 3])))
+    return out
+
+
+def _axis_samples(scale: float, offset: float, n_in: int, n_net: int):
+    """Per input index along one axis: nearest network index, floor index and weight (border-clamped)."""
+    c = np.clip(scale * np.arange(n_in) + offset, 0.0, n_net - 1.0)
+    nearest = np.rint(c).astype(np.intp)
+    f = np.clip(np.floor(c).astype(np.intp), 0, max(n_net - 2, 0))
+    w = (c - f).astype(np.float32) if n_net > 1 else np.zeros(n_in, np.float32)
+    return c, nearest, f, w
+
+
+def _lerp_axis(a: np.ndarray, axis: int, f: np.ndarray, w: np.ndarray) -> np.ndarray:
+    lo = a.take(f, axis)
+    hi = a.take(np.minimum(f + 1, a.shape[axis] - 1), axis)
+    shape = [1, 1, 1]
+    shape[axis] = len(w)
+    return lo + (hi - lo) * w.reshape(shape)
+
+
+def separable_argmax_back(fin, m: np.ndarray, shape, ch: np.ndarray, ent: np.ndarray, slab: int = 16):
+    """:func:`probability_argmax_back` for an axis-aligned map (the common case: the network grid
+    is the input grid rescaled), with per-axis lookups instead of a sampling grid per voxel: the
+    same labels (nearest network voxel where its 3x3x3 neighbourhood agrees, the argmax of the
+    trilinear probabilities elsewhere) and the same entropy. Returns the fraction recomputed, or
+    None when ``m`` is oblique."""
+    import torch
+    import torch.nn.functional as F
+    from scipy import ndimage
+
+    axes = axis_aligned(m)
+    if axes is None:
+        return None
+    order = [r for r, _, _ in axes]  # network axis (in k', j', i' order) feeding each input axis
+    coarse = np.ascontiguousarray(fin.ch.transpose(2, 1, 0))  # (k', j', i')
+    mixed = (ndimage.maximum_filter(coarse, 3) != ndimage.minimum_filter(coarse, 3)).transpose(order)
+    lab_c = coarse.transpose(order)
+    ent_c = np.ascontiguousarray(fin.entropy.transpose(2, 1, 0)).transpose(order)
+    probs = torch.as_tensor(np.ascontiguousarray(fin.probs.transpose(0, 3, 2, 1).transpose(0, *[1 + r for r in order])))[None]
+    net_shape = lab_c.shape
+    samples = [_axis_samples(s, o, shape[a], net_shape[a]) for a, (_, s, o) in enumerate(axes)]
+    norm = [torch.as_tensor(2.0 * c / max(n - 1, 1) - 1.0, dtype=torch.float32) for (c, *_), n in zip(samples, net_shape)]
+    (_, n0, f0, w0), (_, n1, f1, w1), (_, n2, f2, w2) = samples
+    recomputed = 0
+    for k0 in range(0, shape[0], slab):
+        k1 = min(k0 + slab, shape[0])
+        ks = n0[k0:k1]
+        lab = lab_c.take(ks, 0).take(n1, 1).take(n2, 2)
+        band = mixed.take(ks, 0).take(n1, 1).take(n2, 2)
+        e = _lerp_axis(_lerp_axis(_lerp_axis(ent_c, 0, f0[k0:k1], w0[k0:k1]), 1, f1, w1), 2, f2, w2)
+        flat = np.flatnonzero(band)
+        if len(flat):
+            kk, rest = np.divmod(flat, shape[1] * shape[2])
+            jj, ii = np.divmod(rest, shape[2])
+            pts = torch.stack([norm[2][ii], norm[1][jj], norm[0][kk + k0]], dim=-1).reshape(1, 1, 1, -1, 3)
+            p = F.grid_sample(probs, pts, mode="bilinear", padding_mode="border", align_corners=True)[0, :, 0, 0]
+            p = p.t().contiguous()  # (n, C): reductions over the last axis are the fast ones
+            lab.reshape(-1)[flat] = p.argmax(1).numpy().astype(lab.dtype)
+            lp = p.clamp(min=1e-12).log_()
+            e.reshape(-1)[flat] = p.mul_(lp).sum(1).neg_().div_(fin.log_c).clamp_(0, 1).numpy()
+            recomputed += len(flat)
+        ch[k0:k1] = lab
+        ent[k0:k1] = e
+    return recomputed / max(int(np.prod(shape)), 1)
+
+
 def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool = False, network=None) -> NetworkOutput:
     """Segment ``volume`` with a checkpoint or bundle model (see module doc). ``cfg``: SegmentConfig.
 
@@ -387,7 +467,9 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
     with torch_threads(threads), torch.inference_mode():
         if resample == "probabilities" and not keep_probabilities:
             # few channels: the argmax of the interpolated probabilities, in full only near boundaries
-            frac = probability_argmax_back(fin, m, shape, ch, ent)
+            frac = separable_argmax_back(fin, m, shape, ch, ent) if SEPARABLE else None
+            if frac is None:  # an oblique map: a sampling grid per voxel
+                frac = probability_argmax_back(fin, m, shape, ch, ent)
             notes.append(f"probabilities interpolated at {100 * frac:.1f} % of the voxels (label boundaries); "
                          "elsewhere the nearest network voxel's label is the exact answer")
         elif resample == "probabilities":
