@@ -62,3 +62,31 @@ def fsync_dir(path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def gzip_parallel(src, dst, *, level: int = 1, chunk_mb: int = 8, threads: int | None = None) -> None:
+    """Compress ``src`` into ``dst`` as concatenated gzip members made on several threads.
+
+    A multi-member gzip file is one valid gzip stream (RFC 1952 s2.2): zlib's gzread (ITK,
+    SimpleITK), Python's gzip (nibabel) and gunzip all read it as the concatenated data. zlib
+    releases the GIL, so 2 threads compress a 157 MB CT in about half the time of one.
+    """
+    import zlib
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .config import cap_threads
+
+    n = max(1, cap_threads(threads or os.cpu_count() or 1) or 1)
+    size = chunk_mb * 2**20
+
+    def member(data: bytes) -> bytes:
+        c = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip header and CRC
+        return c.compress(data) + c.flush()
+
+    with open(src, "rb") as fin, open(dst, "wb") as fout, ThreadPoolExecutor(n) as pool:
+        while True:
+            batch = [b for b in (fin.read(size) for _ in range(2 * n)) if b]
+            if not batch:
+                break
+            for out in pool.map(member, batch):
+                fout.write(out)

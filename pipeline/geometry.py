@@ -4,6 +4,8 @@ See :mod:`pipeline.types` for the axis convention (``array[k, j, i]``, affine ->
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .errors import GeometryError
@@ -120,7 +122,48 @@ def write_image_file(vol: Volume, path, array: np.ndarray | None = None, compres
     from .fileio import atomic_write
 
     img = volume_to_sitk(vol, array)
-    atomic_write(path, lambda p: sitk.WriteImage(img, str(p), compress))
+    if compress and str(path).endswith(".nii.gz"):
+        atomic_write(path, lambda p: _write_nifti_gz(img, p))
+    else:
+        atomic_write(path, lambda p: sitk.WriteImage(img, str(p), compress))
+
+
+def _write_nifti_gz(img, path, slope: float | None = None) -> None:
+    """SimpleITK writes the NIfTI uncompressed (its geometry conventions, 0.1 s), then the file
+    is gzipped on several threads at level 1 (SimpleITK's own gzip: one thread, level 6).
+    ``slope``: the header's scl_slope (readers return stored value x slope as floats)."""
+    import SimpleITK as sitk
+
+    from .fileio import gzip_parallel
+
+    raw = Path(path).with_name(Path(path).name[:-3] + ".raw.nii")
+    try:
+        sitk.WriteImage(img, str(raw), False)
+        if slope is not None:
+            with open(raw, "r+b") as f:  # NIfTI-1: scl_slope, scl_inter are float32 at bytes 112, 116
+                f.seek(112)
+                f.write(np.array([slope, 0.0], "<f4").tobytes())
+        gzip_parallel(raw, path)
+    finally:
+        raw.unlink(missing_ok=True)
+
+
+UNIT_STEPS = 255  # a 0..1 map on disk: uint8 with scl_slope 1/255 (steps of 0.004)
+
+
+def write_unit_map(vol: Volume, path, values: np.ndarray | None = None) -> None:
+    """Write a 0..1 map (uncertainty) as uint8 NIfTI with scl_slope 1/255: a quarter of float32's
+    size; SimpleITK, nibabel and Slicer read it back as floats 0..1 (quantised to 1/255)."""
+    from .fileio import atomic_write
+
+    v = vol.array if values is None else values
+    q = np.empty(v.shape, np.uint8)
+    for k0 in range(0, v.shape[0], 32):  # by slabs: no float32 copy of the whole map
+        q[k0:k0 + 32] = np.rint(np.clip(v[k0:k0 + 32], 0, 1).astype(np.float32) * UNIT_STEPS)
+    if not str(path).endswith(".nii.gz"):
+        raise GeometryError(f"{path}: a 0..1 map is written as .nii.gz (uint8 with scl_slope)", path=path)
+    img = volume_to_sitk(vol, q)
+    atomic_write(path, lambda p: _write_nifti_gz(img, p, slope=1.0 / UNIT_STEPS))
 
 
 # --- resampling ----------------------------------------------------------------------------

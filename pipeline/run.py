@@ -6,6 +6,7 @@ only when every stage succeeded, so a folder named ``out`` is always complete.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -17,6 +18,7 @@ import numpy as np
 
 from .config import config_hash, load_pipeline_config, software_versions
 from .errors import SurgitwinError
+from .resources import StagePeaks
 from .types import StageRecord
 
 Progress = Callable[[str, str], None]  # (stage, message)
@@ -32,12 +34,14 @@ class CaseResult:
     structures: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     snapshot: Path | None = None
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
             "status": self.status, "scene_path": str(self.scene_path), "case_id": self.case_id,
             "timings": self.timings, "source": self.source, "structures": self.structures,
             "warnings": self.warnings, "snapshot": None if self.snapshot is None else str(self.snapshot),
+            "peak_rss_mb": self.peak_rss_mb,
         }
 
 
@@ -51,6 +55,27 @@ def _case_id(source: dict, input_path: Path) -> str:
     return f"{stem}-{uid[-8:]}" if uid else stem
 
 
+def _children_peak_mb() -> float:
+    """Largest peak RSS of the child processes waited for so far (the snapshot renderer), MiB."""
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0, 1)
+
+
+def _write_images(folder: Path, volume, labelmap, uncertainty) -> str | None:
+    """image, labels (uint8/uint16) and uncertainty (0..1 as uint8 x 1/255) NIfTI files; returns
+    the uncertainty's file name."""
+    from .geometry import write_image_file, write_unit_map
+
+    write_image_file(volume, folder / "image.nii.gz")
+    write_image_file(labelmap.volume, folder / "labels.nii.gz",
+                     labelmap.array.astype(np.uint16 if labelmap.array.max() > 255 else np.uint8, copy=False))
+    if uncertainty is None:
+        return None
+    write_unit_map(uncertainty, folder / "uncertainty.nii.gz")
+    return "uncertainty.nii.gz"
+
+
 def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
              snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
              case_id: str | None = None) -> CaseResult:
@@ -62,7 +87,6 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
     from .ingest import read_input
     from .mesh import MeshConfig, labelmap_to_meshes
     from .scene import Scene, save_scene
-    from .geometry import write_image_file
 
     progress = progress or _quiet
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
@@ -71,6 +95,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
     model = model or (cfg.get("segment") or {}).get("model", "hu_rules")
     timings: dict[str, float] = {}
     records: list[StageRecord] = []
+    peaks = StagePeaks()
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -80,7 +105,8 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         # 1. ingest ------------------------------------------------------------------------
         t0 = time.perf_counter()
         progress("ingest", f"reading {input_path}")
-        volume = read_input(input_path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
+        with peaks.stage("ingest"):
+            volume = read_input(input_path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
         timings["ingest"] = time.perf_counter() - t0
         src = dict(volume.source)
         records.append(StageRecord(
@@ -88,7 +114,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             inputs={k: src.get(k) for k in ("study_instance_uid", "series_instance_uid", "input", "n_files") if k in src},
             outputs={"shape": list(volume.shape), "spacing_mm": [round(float(s), 4) for s in volume.spacing],
                      "affine_lps": np.round(volume.affine, 6).tolist()},
-            duration_s=round(timings["ingest"], 3), notes=tuple(src.get("notes", ())),
+            duration_s=round(timings["ingest"], 3), notes=tuple(src.get("notes", ())), peak_rss_mb=peaks.mb["ingest"],
         ))
         progress("ingest", f"{volume.shape} voxels, spacing {np.round(volume.spacing, 3).tolist()} mm")
 
@@ -99,22 +125,21 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         spec = resolve_model(model, overrides=bundle_overrides, trust=trust_bundle)
         progress("segment", f"model {spec.name} ({spec.backend})")
         seg_cfg = {k: v for k, v in (cfg.get("segment") or {}).items() if k != "model"}
-        seg = segment(volume, spec, seg_cfg)
+        with peaks.stage("segment"):
+            seg = segment(volume, spec, seg_cfg)
         timings["segment"] = time.perf_counter() - t0
-        records.append(seg.record)
+        records.append(dataclasses.replace(seg.record, peak_rss_mb=peaks.mb["segment"]))
         labelmap = seg.labelmap
-        write_image_file(volume, tmp / "image.nii.gz")
-        write_image_file(labelmap.volume, tmp / "labels.nii.gz",
-                         labelmap.array.astype(np.uint16 if labelmap.array.max() > 255 else np.uint8))
-        unc_rel = None
-        if seg.uncertainty is not None:
-            write_image_file(seg.uncertainty, tmp / "uncertainty.nii.gz", seg.uncertainty.array.astype(np.float32))
-            unc_rel = "uncertainty.nii.gz"
+        t0 = time.perf_counter()
+        with peaks.stage("write"):
+            unc_rel = _write_images(tmp, volume, labelmap, seg.uncertainty)
+        timings["write"] = time.perf_counter() - t0
 
         # 3. mesh --------------------------------------------------------------------------
         t0 = time.perf_counter()
         mcfg = MeshConfig.from_dict(cfg.get("mesh"))
-        meshes = labelmap_to_meshes(labelmap, mcfg)
+        with peaks.stage("mesh"):
+            meshes = labelmap_to_meshes(labelmap, mcfg)
         for m in meshes:
             if m.name in seg.qc:
                 m.qa["qc"] = seg.qc[m.name]
@@ -124,7 +149,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             inputs={"labelmap": "labels.nii.gz"},
             outputs={m.name: {"faces": m.qa["n_faces"], "volume_ml": m.qa["volume_ml"],
                               "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"]} for m in meshes},
-            duration_s=round(timings["mesh"], 3),
+            duration_s=round(timings["mesh"], 3), peak_rss_mb=peaks.mb["mesh"],
         ))
         progress("mesh", f"{len(meshes)} structures meshed")
 
@@ -140,7 +165,8 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         if seg.record.outputs.get("scan_warnings"):
             scene.extra["scan_warnings"] = list(seg.record.outputs["scan_warnings"])
         scene.provenance = records
-        save_scene(scene, tmp)
+        with peaks.stage("scene"):
+            save_scene(scene, tmp)
         timings["scene"] = time.perf_counter() - t0
 
         # 5. snapshot (separate process: an EGL failure must not take the case down) -------
@@ -160,6 +186,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             except (SurgitwinError, ImportError) as e:
                 warnings.append(f"snapshot not rendered: {e}")
             timings["snapshot"] = time.perf_counter() - t0
+            peaks.mb["snapshot_process"] = _children_peak_mb()
 
         # 6. publish atomically ------------------------------------------------------------
         if out_dir.exists():
@@ -176,4 +203,4 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
                    "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"],
                    "deviation_percent": m.qa["deviation_percent"]} for m in meshes]
     return CaseResult("done", out_dir, scene.case_id, {k: round(v, 3) for k, v in timings.items()},
-                      source, structures, warnings, snap)
+                      source, structures, warnings, snap, peaks.mb)

@@ -269,6 +269,7 @@ class StageRecord:
     duration_s: float = 0.0
     notes: tuple[str, ...] = ()
     started_at: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    peak_rss_mb: float | None = None  # the process's peak resident memory during the stage (Linux: exact)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

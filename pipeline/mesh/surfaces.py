@@ -24,6 +24,7 @@ patterns from the configuration), scaled down together when their sum would exce
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass, field, fields
 from typing import Mapping
 
@@ -330,13 +331,17 @@ def _repair(verts: np.ndarray, faces: np.ndarray, rounds: int = 4):
     return _compact(verts, faces) if len(faces) and is_closed_manifold(faces) else None
 
 
+_DECIMATOR = threading.Lock()  # fast_simplification keeps its mesh in C++ globals: one call at a time
+
+
 def _decimate(verts, faces, target: int):
     """Quadric decimation to ``target`` faces, closed (repaired where pinched); None if it can't be."""
     import fast_simplification
 
     for agg in (7, 3):
-        v2, f2 = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
-                                              target_reduction=1.0 - 0.98 * target / len(faces), agg=agg)
+        with _DECIMATOR:
+            v2, f2 = fast_simplification.simplify(verts.astype(np.float32), faces.astype(np.int32),
+                                                  target_reduction=1.0 - 0.98 * target / len(faces), agg=agg)
         fixed = _repair(v2.astype(np.float64), f2.astype(np.int64))
         if fixed is not None and len(fixed[1]) <= target:
             return fixed
@@ -374,7 +379,7 @@ def _surface_at(crop: np.ndarray, fac, spacing: np.ndarray, voxel_vol: float, cf
     ``voxel_vol`` is the volume the iso-level search aims at."""
     occ, origin = _block_occupancy(crop, fac)
     scale = np.array(fac, dtype=np.float64) * spacing
-    iso = 0.5 if fac == (1, 1, 1) else _matched_iso(occ, scale, voxel_vol, cfg)
+    iso = _matched_iso(occ, scale, voxel_vol, cfg)
     verts, faces = _iso_surface(occ, cfg, iso)
     if len(faces) == 0:
         return None
@@ -419,11 +424,13 @@ def crop_surface(crop: np.ndarray, spacing, cfg: MeshConfig, budget: int, voxels
         info = {"block_factor": list(fac), "iso_level": round(iso, 4), "volume_error_percent": round(dev, 3)}
         if best is None or abs(dev) < abs(best[2]["volume_error_percent"]):
             best = (verts, faces, info)
-        if abs(dev) <= cfg.max_volume_error_percent or fac == (1, 1, 1):
+        if abs(dev) <= cfg.max_volume_error_percent:
             break
-        if tried.count(fac) == 1 and fac != (1, 1, 1):
+        if tried.count(fac) == 1:
             aim = aim / (1.0 + dev / 100.0)  # same grid, iso-level corrected by what smoothing/decimation changed
             continue
+        if fac == (1, 1, 1):
+            break
         finer = float(np.min(np.array(fac) * spacing)) / 1.5
         if est * (float(spacing.min()) / finer) ** 2 > 8 * budget:
             break  # a finer grid would cost far more than the budget: keep the best so far
@@ -508,9 +515,9 @@ def scene_budgets(names: list[str], cfg: MeshConfig) -> dict[str, int]:
 def labelmap_to_meshes(labelmap: LabelMap, cfg: MeshConfig = MeshConfig(), names=None) -> list[AnatomyMesh]:
     """One AnatomyMesh per structure present in the label map (LPS mm, outward normals).
 
-    Structures are meshed concurrently on ``cfg.threads`` threads (largest first; the decimator
-    and numpy release the GIL), each from its own crop, so the cost follows the structures' sizes,
-    not the label map's.
+    Structures are meshed concurrently on ``cfg.threads`` threads (largest first; VTK and numpy
+    release the GIL; the decimator, whose state is global, runs one call at a time), each from
+    its own crop, so the cost follows the structures' sizes, not the label map's.
     """
     from concurrent.futures import ThreadPoolExecutor
 

@@ -55,7 +55,8 @@ class SegmentationResult:
     Attributes
     ----------
     labelmap : LabelMap on exactly the input volume's grid (``geometry_equal``)
-    uncertainty : float32 Volume 0..1 (normalised entropy) on the same grid, or None
+    uncertainty : Volume 0..1 (normalised entropy) on the same grid, or None: float16 from a network
+        (half the memory of a full-resolution float32 map; 1e-3 precision), float32 from the HU rules
     qc : structure name -> QC entry (see :mod:`pipeline.segment.qc`)
     record : StageRecord of the stage (model, weights hash, timings, notes)
     probabilities : (C, nk, nj, ni) float32 softmax on the input grid, only when
@@ -226,7 +227,9 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         _paint_hu(labels, codes, table)
         del codes
         if unc is not None:
-            np.maximum(unc, hu_uncertainty(volume.array, hcfg), out=unc, where=by_hu)
+            for k0 in range(0, labels.shape[0], 32):  # by slabs: no second full-size float array
+                s = slice(k0, k0 + 32)
+                np.maximum(unc[s], hu_uncertainty(volume.array[s], hcfg), out=unc[s], where=by_hu[s])
             del by_hu
         inputs["hu_rules"] = info
         kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)
@@ -235,7 +238,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         timings["hu_rules"] = time.perf_counter() - t1
 
     labelmap = LabelMap(volume.with_array(labels, kind="labelmap", model=spec.name), table)
-    unc_vol = volume.with_array(unc.astype(np.float32, copy=False), kind="uncertainty") if unc is not None else None
+    unc_vol = volume.with_array(unc, kind="uncertainty") if unc is not None else None  # float16 or float32
     t0 = time.perf_counter()
     qc = structure_qc(labelmap, volume, unc_vol, cfg.qc, extra={k: {"postprocess": v} for k, v in pp_report.items()})
     timings["qc"] = time.perf_counter() - t0

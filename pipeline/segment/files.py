@@ -4,7 +4,7 @@
 Outputs in ``DIR`` (each written under a temporary name, then renamed)::
 
     labels.nii.gz        label map on exactly the input's grid (uint8, or uint16 above 255)
-    uncertainty.nii.gz   voxel-wise normalised entropy 0..1 (float32), same grid
+    uncertainty.nii.gz   voxel-wise normalised entropy 0..1 (uint8 x scl_slope 1/255), same grid
     qc.json              {model, labels: [table], qc: {structure: {...}}, provenance: StageRecord}
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ def label_array_for_file(labelmap: LabelMap) -> np.ndarray:
 
 def write_segmentation(result: SegmentationResult, out_dir) -> dict[str, Path]:
     """Write labels.nii.gz, uncertainty.nii.gz (if any) and qc.json into ``out_dir``."""
-    from ..geometry import write_image_file
+    from ..geometry import write_image_file, write_unit_map
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def write_segmentation(result: SegmentationResult, out_dir) -> dict[str, Path]:
     write_image_file(result.labelmap.volume, paths["labels"], label_array_for_file(result.labelmap))
     if result.uncertainty is not None:
         paths["uncertainty"] = out / "uncertainty.nii.gz"
-        write_image_file(result.uncertainty, paths["uncertainty"], result.uncertainty.array.astype(np.float32))
+        write_unit_map(result.uncertainty, paths["uncertainty"])
     _atomic_json(paths["qc"], {"model": result.record.inputs.get("model"),
                                "labels": result.labelmap.labels.to_list(), "qc": result.qc,
                                "provenance": result.record.to_dict()})

@@ -65,7 +65,9 @@ def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.
     lab, n = ndimage.label(mask, structure=_FULL)
     if n <= 1:
         return mask.copy(), n, n
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes = np.zeros(n + 1, np.int64)
+    for k0 in range(0, lab.shape[0], 16):  # by slabs: bincount would copy the whole map to int64
+        sizes += np.bincount(lab[k0:k0 + 16].ravel(), minlength=n + 1)
     sizes[0] = 0
     order = np.argsort(sizes)[::-1]  # component ids by decreasing size, background last
     keep = np.zeros(n + 1, bool)

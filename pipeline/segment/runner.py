@@ -463,7 +463,7 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
     probabilities = None
     shape = volume.shape
     ch = np.empty(shape, fin.ch.dtype)
-    ent = np.empty(shape, np.float32)
+    ent = np.empty(shape, np.float16)  # 0..1 entropy: float16 (1e-3) halves the largest array of the stage
     with torch_threads(threads), torch.inference_mode():
         if resample == "probabilities" and not keep_probabilities:
             # few channels: the argmax of the interpolated probabilities, in full only near boundaries
