@@ -137,7 +137,9 @@ def cmd_train(args) -> int:
         cfg.device = args.device
     res = run_training(cfg, resume=args.resume, max_iterations=args.max_iterations, reset_best=args.reset_best)
     print(json.dumps({k: res[k] for k in ("output_dir", "iterations", "elapsed_s", "best_val_mean_dice",
-                                          "best_iteration")}, indent=1))
+                                          "best_iteration", "interrupted", "validation")}, indent=1))
+    if res["interrupted"]:  # the shell's convention: 128 + signal number
+        return 143 if res["interrupted"] == "SIGTERM" else 130
     return 0
 
 

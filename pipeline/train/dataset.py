@@ -312,17 +312,53 @@ def split_cases(root, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
     return [cases[i] for i in order[n_val:]], val
 
 
+def _plain(t):
+    """A MONAI MetaTensor (or array) as a plain torch tensor."""
+    import torch
+
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(np.asarray(t))
+
+
+class CaseBatches:
+    """Batches for iterations start, start+1, ...: batch ``it`` is a function of (seed, it) only.
+
+    Cases are picked and augmented with a generator seeded by the iteration number, so a run
+    resumed at iteration N draws exactly the batches an uninterrupted run would have drawn
+    (with any number of loader workers: worker w makes batches start+w, start+w+W, ...).
+    """
+
+    def __init__(self, cached, aug, cases_per_batch: int, seed: int, start: int):
+        self.cached, self.aug = cached, aug
+        self.cases_per_batch, self.seed, self.start = cases_per_batch, seed, start
+
+    def batch(self, it: int):
+        import copy
+
+        import torch
+
+        rng = np.random.default_rng([self.seed, it, 1])
+        xs, ys = [], []
+        for i in rng.integers(len(self.cached), size=self.cases_per_batch):
+            self.aug.set_random_state(seed=int(rng.integers(2**31 - 1)))
+            out = self.aug(copy.deepcopy(self.cached[int(i)]))
+            for d in (out if isinstance(out, list) else [out]):
+                xs.append(_plain(d["image"]).float())
+                ys.append(_plain(d["label"]).long())
+        return torch.stack(xs), torch.stack(ys)
+
+
 def monai_training_data(cfg, labels: list[str], start_iteration: int):
-    """(infinite batch iterator, validation pairs) from an nnU-Net dataset with MONAI transforms.
+    """(infinite batch iterator, validation pairs, validation case ids) from an nnU-Net dataset.
 
     Cases are loaded, oriented to RAS, resampled to ``data.spacing`` and windowed once, then
     cached (``CacheDataset``, as many as ``data.cache_memory_gb`` allows); random crops balanced
-    over labels (``RandCropByLabelClassesd``) and augmentation run every iteration. There is no
-    flip: mirroring would swap left and right organs.
+    over labels (``RandCropByLabelClassesd``) and augmentation run every iteration, seeded by the
+    iteration number (:class:`CaseBatches`). There is no flip: mirroring would swap left and
+    right organs.
     """
     import torch
     from monai import transforms as T
-    from monai.data import CacheDataset, DataLoader
+    from monai.data import CacheDataset
 
     root = cfg.data.dataset
     train_cases, val_cases = split_cases(root, cfg.data.val_cases, cfg.seed)
@@ -335,9 +371,10 @@ def monai_training_data(cfg, labels: list[str], start_iteration: int):
         if n in ds_labels:
             lut[ds_labels[n]] = ci
     it = cfg.intensity
-    norm = (T.ScaleIntensityRanged("image", it["a_min"], it["a_max"], it.get("b_min", 0.0), it.get("b_max", 1.0),
-                                   clip=bool(it.get("clip", True)))
-            if it.get("kind", "window") == "window" else T.NormalizeIntensityd("image", nonzero=it.get("kind") == "zscore_nonzero"))
+    norm = (T.ScaleIntensityRanged("image", it.a_min, it.a_max, it.b_min, it.b_max, clip=bool(it.clip))
+            if it.kind == "window" else
+            T.NormalizeIntensityd("image", nonzero=it.kind == "zscore_nonzero") if it.kind != "none" else
+            T.Identityd("image"))
     relabel = T.Lambdad("label", lambda x: x.new_tensor(lut[np.asarray(x).astype(np.int64)]))
     det = [T.LoadImaged(["image", "label"], image_only=True), T.EnsureChannelFirstd(["image", "label"]),
            T.Orientationd(["image", "label"], axcodes="RAS"),
@@ -361,24 +398,15 @@ def monai_training_data(cfg, labels: list[str], start_iteration: int):
     items = [{"image": c["images"][0], "label": c["label"]} for c in train_cases]
     per_case = _estimate_case_bytes(items[0], cfg.data.spacing)
     cache_num = int(max(0, min(len(items), cfg.data.cache_memory_gb * 2**30 // max(per_case, 1))))
-    pipeline = T.Compose(det + aug)
-    pipeline.set_random_state(seed=cfg.seed + start_iteration)  # a resumed run draws fresh crops
-    ds = CacheDataset(items, pipeline, cache_num=cache_num, num_workers=0, progress=False)
-    g = torch.Generator().manual_seed(cfg.seed + start_iteration)
-    loader = DataLoader(ds, batch_size=max(1, cfg.data.batch_size // cfg.data.samples_per_case), shuffle=True,
-                        num_workers=cfg.data.num_workers, generator=g)
-
-    def forever():
-        while True:
-            for b in loader:
-                yield b["image"], b["label"]
-
+    cached = CacheDataset(items, T.Compose(det), cache_num=cache_num, num_workers=0, progress=False)
+    batches = CaseBatches(cached, T.Compose(aug), max(1, cfg.data.batch_size // cfg.data.samples_per_case),
+                          cfg.seed, start_iteration)
     val = []
     vt = T.Compose(det)
     for c in val_cases:
         v = vt({"image": c["images"][0], "label": c["label"]})
         val.append((np.asarray(v["image"]), np.asarray(v["label"])[0]))
-    return forever(), val
+    return batches, val, [c["id"] for c in val_cases]
 
 
 def _estimate_case_bytes(item: dict, spacing) -> int:
