@@ -148,6 +148,9 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
         return rep
     if labels.get("background") != 0:
         rep.errors.append(f"dataset.json: labels must contain 'background': 0; found {labels.get('background')!r}")
+    if sorted(ids) != list(range(len(ids))):
+        rep.errors.append(f"dataset.json: label values must be consecutive integers 0..{len(ids) - 1} (nnU-Net v2 "
+                          f"refuses gaps); found {sorted(ids)}")
     cases = list_cases(root)
     rep.cases = len(cases)
     if not cases:
@@ -155,9 +158,7 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
     if int(d["numTraining"]) != len(cases):
         rep.errors.append(f"dataset.json: numTraining must equal the number of cases in labelsTr ({len(cases)}); "
                           f"found {d['numTraining']}")
-    img_ids = {p.name[: -len(d['file_ending'])].rsplit("_", 1)[0] for p in (root / "imagesTr").glob(f"*{d['file_ending']}")}
-    for orphan in sorted(img_ids - {c["id"] for c in cases}):
-        rep.errors.append(f"imagesTr/{orphan}_0000{d['file_ending']}: image without a label file in labelsTr/")
+    rep.errors += _image_file_errors(root, d, {c["id"] for c in cases})
     counts = {int(i): 0 for i in ids}
     for c in cases:
         try:
@@ -180,7 +181,9 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
                 counts[v] += k
         for img_path in c["images"]:
             if not Path(img_path).exists():
-                rep.errors.append(f"{img_path}: image missing for label {Path(c['label']).name}")
+                ch = int(Path(img_path).name[len(c["id"]) + 1:][:4])
+                rep.errors.append(f"{img_path}: missing; channel {ch} ({d['channel_names'].get(str(ch), '?')!r}) of "
+                                  f"case '{c['id']}' (labelsTr/{Path(c['label']).name}) must be this file")
                 continue
             r = sitk.ImageFileReader()
             r.SetFileName(img_path)
@@ -202,6 +205,26 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
         if int(v) != 0 and counts.get(int(v), 0) == 0 and cases:
             rep.warnings.append(f"label '{name}' ({v}) is declared but appears in no case")
     return rep
+
+
+def _image_file_errors(root: Path, d: dict, case_ids: set) -> list[str]:
+    """Every file in imagesTr/ must be ``<case>_<CCCC><ending>`` for a case with a label and a
+    declared channel; errors name the file as it is on disk."""
+    import re
+
+    ending, n_ch = d["file_ending"], len(d["channel_names"])
+    errors = []
+    for p in sorted((root / "imagesTr").glob(f"*{ending}")):
+        m = re.match(r"^(.+)_(\d{4})$", p.name[: -len(ending)])
+        if not m:
+            errors.append(f"{p}: image file names must be <case>_<4-digit channel>{ending} (e.g. "
+                          f"case_001_0000{ending}); found no channel suffix")
+        elif m.group(1) not in case_ids:
+            errors.append(f"{p}: image without a label file (labelsTr/{m.group(1)}{ending} missing)")
+        elif int(m.group(2)) >= n_ch:
+            errors.append(f"{p}: channel {int(m.group(2))} is not declared in dataset.json channel_names "
+                          f"({n_ch} channel(s): {d['channel_names']})")
+    return errors
 
 
 def check_dataset(root) -> ValidationReport:
@@ -226,7 +249,7 @@ def read_label_source(path, image: Volume) -> tuple[np.ndarray, dict[str, int]]:
 
     Returns (labels (nk, nj, ni) uint16, name -> value in that array). For a SEG the names are
     the segment labels (lower_snake_case); for a label file they come from a ``labels.json``
-    next to it (``{"1": "liver"}``) or default to ``label_<value>``.
+    next to it (``{"1": "liver"}`` or a label table list ``[{"id": 1, "name": "liver"}]``) or default to ``label_<value>``.
     """
     from ..geometry import read_image_file, resample_like
 
@@ -253,8 +276,13 @@ def read_label_source(path, image: Volume) -> tuple[np.ndarray, dict[str, int]]:
         vol = read_image_file(path)
         side = path.parent / "labels.json"
         if side.exists():
-            raw = json.loads(side.read_text())
-            names = {_snake(v): int(k) for k, v in raw.items()}
+            from .labels import parse_label_names
+
+            try:
+                raw = json.loads(side.read_text())
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"labels.json is not valid JSON: {e}", path=str(side)) from None
+            names = {_snake(v): k for k, v in parse_label_names(raw, side).items()}
         else:
             names = {f"label_{int(v)}": int(v) for v in np.unique(vol.array) if v != 0}
     if (image.frame_of_reference_uid and vol.frame_of_reference_uid

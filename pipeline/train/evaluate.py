@@ -234,17 +234,13 @@ def read_reference(labels_file, names_file=None) -> tuple[Volume, dict[int, str]
     nf = Path(names_file) if names_file else labels_file.with_name("labels.json")
     if not nf.exists():
         raise ModelError("reference label names not found (give a JSON id -> name table)", path=str(nf))
-    raw = json.loads(nf.read_text())
-    if isinstance(raw, dict) and "labels" in raw and isinstance(raw["labels"], dict):
-        names = {int(v): k for k, v in raw["labels"].items() if int(v) != 0}
-    elif isinstance(raw, list):
-        names = {int(d["id"]): d["name"] for d in raw}
-    else:
-        if raw and all(isinstance(v, dict) for v in raw.values()):
-            # TotalSegmentator class maps: {"total": {...}, "total_mr": {...}}; CT task first
-            raw = raw.get("total") or next(iter(raw.values()))
-        names = {int(k): v for k, v in raw.items()}
-    return vol, names
+    from .labels import parse_label_names
+
+    try:
+        raw = json.loads(nf.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"label names file is not valid JSON: {e}", path=str(nf)) from None
+    return vol, parse_label_names(raw, nf)
 
 
 def evaluate_reference_image(model, image_path, labels_file, names_file=None, surface_tol_mm: float = 2.0) -> dict:

@@ -10,6 +10,7 @@ them by physical position.
 """
 from __future__ import annotations
 
+from ..errors import SurgitwinError
 from ..types import Label, LabelTable
 
 #: Output labels of the shipped abdominal model (channel c == id c; 0 = background).
@@ -93,3 +94,35 @@ def totalseg_to_gen(name: str) -> str | None:
     if name in ("trachea",):
         return "gas"
     return None
+
+
+def parse_label_names(raw, path=None) -> dict[int, str]:
+    """An id -> name table from any form the project writes or reads.
+
+    - ``{"1": "liver", ...}`` (id -> name);
+    - ``[{"id": 1, "name": "liver", ...}, ...]`` (a label table, e.g. a phantom's labels.json);
+    - ``{"labels": {"background": 0, "liver": 1}}`` (an nnU-Net dataset.json) or
+      ``{"labels": [{"id": .., "name": ..}]}``;
+    - TotalSegmentator's ``{"total": {"1": "spleen", ...}, ...}`` (the CT task first).
+    """
+    def bad(why):
+        return SurgitwinError(f"label names: {why} (accepted: {{\"1\": \"liver\"}}, [{{\"id\": 1, \"name\": "
+                              f"\"liver\"}}], a dataset.json with 'labels', or TotalSegmentator's {{\"total\": ...}})",
+                              path=None if path is None else str(path), rule="label-names")
+
+    try:
+        if isinstance(raw, dict) and "labels" in raw:
+            raw = raw["labels"]
+            if isinstance(raw, dict):
+                return {int(v): str(k) for k, v in raw.items() if int(v) != 0}
+        if isinstance(raw, list):
+            if not all(isinstance(d, dict) and "id" in d and "name" in d for d in raw):
+                raise bad("a list must hold {id, name} entries")
+            return {int(d["id"]): str(d["name"]) for d in raw if int(d["id"]) != 0}
+        if isinstance(raw, dict):
+            if raw and all(isinstance(v, dict) for v in raw.values()):
+                raw = raw.get("total") or next(iter(raw.values()))
+            return {int(k): str(v) for k, v in raw.items() if int(k) != 0}
+    except (TypeError, ValueError) as e:
+        raise bad(f"ids must be integers ({e})") from None
+    raise bad(f"found a {type(raw).__name__}")
