@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--real-dir", help="folder with abdomen_label_map/ and ct_thorax_abdomen_dicom_j2k/ (../shared/data/real)")
     p.add_argument("--labels", action="append", default=[], metavar="LABELS.nii.gz[:NAMES.json]",
                    help="extra real label map (+ id->name JSON, TotalSegmentator or {id: name}); repeatable")
+    p.add_argument("--ignore-unknown", action="store_true",
+                   help="label names the synthesiser does not know become background (default: an error)")
     p.add_argument("--phantoms", type=int, default=0, help="randomised phantoms to add as label sources")
     p.add_argument("--cases", type=int, default=10, help="synthetic images to write")
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic mm")
@@ -95,7 +97,7 @@ def cmd_synth(args) -> int:
         maps += load_real_generation_maps(args.real_dir, args.spacing)
     for spec in args.labels:
         path, _, names = spec.partition(":")
-        maps.append(load_label_map_file(path, names or None, args.spacing))
+        maps.append(load_label_map_file(path, names or None, args.spacing, ignore_unknown=args.ignore_unknown))
     if args.phantoms:
         maps += phantom_generation_maps(args.phantoms, args.spacing, seed=args.seed)
     if not maps:
