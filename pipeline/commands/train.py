@@ -51,8 +51,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="per-class Dice, HD95 and surface Dice of a model on a labelled dataset")
     p.add_argument("dataset", help="nnU-Net dataset folder, or an image/DICOM folder with --reference")
-    p.add_argument("--model", required=True, help="registry name, model YAML, or training output folder")
-    p.add_argument("--compare", help="a second model, shown side by side")
+    p.add_argument("--model", required=True,
+                   help="registry name, model YAML, MONAI bundle folder or training output folder (as segment --model)")
+    p.add_argument("--compare", help="a second model, shown side by side; differing settings (resample, "
+                   "min_extent_mm, spacing, post-processing, ...) are listed above the table")
+    p.add_argument("--same-settings", action="store_true",
+                   help="with --compare: refuse (exit 1) when the two models run with different settings")
     p.add_argument("--reference", help="reference label file when DATASET is a single image or DICOM folder")
     p.add_argument("--reference-names", help="JSON id->name table for --reference (default labels.json beside it)")
     p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance, mm")
@@ -83,7 +87,11 @@ def _register_models_export(sub) -> None:
     q.add_argument("--weights", choices=["best", "last"], default="best")
     q.add_argument("--bundle", metavar="DIR", help="also write a MONAI bundle folder here")
     q.add_argument("--description", default="")
-    q.add_argument("--card", help="MODEL_CARD.md to copy next to the weights")
+    q.add_argument("--card", help="MODEL_CARD.md to copy next to the weights (and into the bundle as docs/README.md)")
+    q.add_argument("--inference-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change an inference setting recorded by training, e.g. resample=labels; repeatable")
+    q.add_argument("--force", action="store_true",
+                   help="replace a registered model of the same name (weights, YAML, card, bundle)")
     q.set_defaults(func=cmd_models_export)
 
 
@@ -146,6 +154,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from pipeline.errors import SurgitwinError
     from pipeline.train.evaluate import evaluate, evaluate_reference_image, format_table, write_json
 
     def one(model):
@@ -153,7 +162,19 @@ def cmd_evaluate(args) -> int:
             return evaluate_reference_image(model, args.dataset, args.reference, args.reference_names, args.tolerance)
         return evaluate(model, args.dataset, args.tolerance)
 
+    from pipeline.train.evaluate import settings_differences
+
     results = [one(args.model)] + ([one(args.compare)] if args.compare else [])
+    if args.compare:
+        diff = settings_differences(results[0]["settings"], results[1]["settings"])
+        if diff and args.same_settings:
+            raise SurgitwinError(f"--same-settings: the two models run with different settings: {'; '.join(diff)}",
+                                 rule="compare-settings")
+        for r in results:
+            r["settings_differences"] = diff
+        print("settings: identical" if not diff else
+              f"settings differ ({args.model} vs {args.compare}), so not only the weights are compared:\n  "
+              + "\n  ".join(diff))
     print(format_table(results))
     if args.json_out:
         write_json(results if args.compare else results[0], args.json_out)
@@ -164,8 +185,11 @@ def cmd_evaluate(args) -> int:
 def cmd_models_export(args) -> int:
     from pipeline.train.export import export_model
 
+    from pipeline.segment.bundle import parse_overrides
+
     card = Path(args.card).read_text() if args.card else None
     out = export_model(args.train_dir, name=args.name, weights=args.weights, bundle_dir=args.bundle,
-                       description=args.description, card=card)
+                       description=args.description, card=card, force=args.force,
+                       inference=parse_overrides(args.inference_set) or None)
     print(json.dumps(out, indent=1))
     return 0

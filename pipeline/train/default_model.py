@@ -1,10 +1,10 @@
 """Rebuild the shipped default model's registry entry and card from a finished training run.
 
-    surgitwin train configs/train/abdomen_unet_3mm.yaml            # stage 1
+    surgitwin train configs/train/abdomen_unet_3mm_stage1.yaml     # stage 1
     surgitwin train configs/train/abdomen_unet_3mm_stage2.yaml     # stage 2, from stage 1's weights
     surgitwin synth out/Dataset501_SynthHeldout --real-dir ../shared/data/real --cases 6 --seed 777
     python -m pipeline.train.default_model out/train/abdomen_unet_3mm_stage2 \
-        --earlier out/train/abdomen_unet_3mm --real-dir ../shared/data/real
+        --earlier out/train/abdomen_unet_3mm_stage1 --real-dir ../shared/data/real
 
 exports the weights (``models/abdomen_unet_3mm/``, ``configs/models/abdomen_unet_3mm.yaml``),
 evaluates them through the pipeline's own segment stage on the held-out synthetic dataset and
@@ -89,7 +89,7 @@ def build(train_dir, real_dir, heldout, weights: str = "best", out_dir=None, tim
 
     out_dir = Path(out_dir or ROOT / "out" / "default_model")
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, inference=INFERENCE)
+    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, inference=INFERENCE, force=True)
     synth = evaluate(NAME, heldout) if heldout and Path(heldout).exists() else None
     if synth:
         write_json(synth, out_dir / "eval_synth_heldout.json")
@@ -115,7 +115,8 @@ def build(train_dir, real_dir, heldout, weights: str = "best", out_dir=None, tim
     previous = evaluate_previous_stage(Path(earlier[-1]), heldout, ref, out_dir) if earlier else None
     notes = NOTES if notes is None else notes
     card = render_card(train_dir, synth, real, timing, notes, earlier_stages=earlier, name=NAME, previous=previous)
-    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, card=card, inference=INFERENCE)
+    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, card=card, inference=INFERENCE,
+                 force=True)
     (out_dir / "MODEL_CARD.md").write_text(card)
     return {"synth": synth and synth["mean"], "real": real and real["mean"], "timing": timing}
 
