@@ -242,3 +242,20 @@ def test_finetune_reports_transfer_and_best_can_stay_the_starting_model(shapes, 
     from pipeline.train.train import adapt_state_dict, build_network
     sd, _ = adapt_state_dict(start, build_network(TINY_NET, 3), ["liver", "spleen"], ["spleen", "liver"])
     assert _same(_weights(tmp_path / "ft" / "best.safetensors"), sd)
+
+
+class _Counter:
+    start = 3
+
+    def batch(self, it):
+        import torch
+
+        return torch.tensor([it])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_come_in_iteration_order_for_any_worker_count(workers):
+    from pipeline.train.train import batch_iterator
+
+    it = batch_iterator(_Counter(), workers)
+    assert [int(next(it)) for _ in range(7)] == [3, 4, 5, 6, 7, 8, 9]

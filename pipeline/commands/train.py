@@ -93,6 +93,19 @@ def _register_models_export(sub) -> None:
     q.add_argument("--force", action="store_true",
                    help="replace a registered model of the same name (weights, YAML, card, bundle)")
     q.set_defaults(func=cmd_models_export)
+    q = msub.add_parser("card-tables" if name == "export" else "models-card-tables",
+                        help="measure and print every table of a model card (held-out synthetic set made by this "
+                             "code, real CT); --write puts them into the model's MODEL_CARD.md")
+    q.add_argument("model", help="registry name, model YAML, MONAI bundle or training folder (as segment --model)")
+    q.add_argument("--real-dir", default="../shared/data/real",
+                   help="folder with abdomen_label_map/ and ct_thorax_abdomen_dicom_j2k/ (../shared/data/real)")
+    q.add_argument("--previous", help="an earlier model: adds the before/after table")
+    q.add_argument("--cases", type=int, default=6, help="held-out synthetic cases (the card's: 6)")
+    q.add_argument("--seed", type=int, default=777, help="held-out synthesis seed (the card's: 777)")
+    q.add_argument("--work-dir", default="out/card", help="where the held-out set is made (cached per code version)")
+    q.add_argument("--json", dest="json_out", help="also write the measurements as JSON here")
+    q.add_argument("--write", action="store_true", help="replace the tables in the model's card (its `card:` file)")
+    q.set_defaults(func=cmd_models_card_tables)
 
 
 def cmd_synth(args) -> int:
@@ -192,4 +205,26 @@ def cmd_models_export(args) -> int:
                        description=args.description, card=card, force=args.force,
                        inference=parse_overrides(args.inference_set) or None)
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_models_card_tables(args) -> int:
+    from pipeline.errors import SurgitwinError
+    from pipeline.segment.registry import resolve_model
+    from pipeline.train.card import card_tables, replace_tables
+    from pipeline.train.evaluate import write_json
+
+    if not Path(args.real_dir).exists():
+        raise SurgitwinError("the card's measurements need the real label maps and CT", path=args.real_dir)
+    spec = resolve_model(args.model)
+    if args.write and not (spec.card and Path(spec.card).exists()):
+        raise SurgitwinError(f"--write: model '{spec.name}' has no card file", path=spec.source_file)
+    text, results = card_tables(args.model, args.real_dir, args.work_dir, args.cases, args.seed, args.previous)
+    print(text)
+    if args.json_out:
+        write_json(results, args.json_out)
+    if args.write:
+        card = Path(spec.card)
+        card.write_text(replace_tables(card.read_text(), text))
+        print(f"wrote the tables into {card}", file=sys.stderr)
     return 0
