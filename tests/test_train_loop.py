@@ -259,3 +259,15 @@ def test_batches_come_in_iteration_order_for_any_worker_count(workers):
 
     it = batch_iterator(_Counter(), workers)
     assert [int(next(it)) for _ in range(7)] == [3, 4, 5, 6, 7, 8, 9]
+
+
+def test_shipped_training_configs_validate():
+    from pathlib import Path
+
+    from pipeline.train.config import load_train_config
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "train").glob("*.yaml"))
+    assert files
+    for f in files:
+        cfg = load_train_config(f)
+        assert cfg.name and cfg.intensity.kind == "window"
