@@ -20,7 +20,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("segment", help="segment one image: writes labels.nii.gz, uncertainty.nii.gz, qc.json")
     p.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MHA image")
-    p.add_argument("--model", default="hu_rules", help="registry name, model YAML or MONAI bundle folder")
+    p.add_argument("--model", default="hu_rules",
+                   help="registry name, model YAML, MONAI bundle folder or `surgitwin train` output folder")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--config", help="pipeline YAML (its 'segment' section; default configs/pipeline.yaml)")
     p.add_argument("--bundle-set", action="append", default=[], metavar="KEY=VALUE",

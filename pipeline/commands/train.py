@@ -16,6 +16,8 @@ def register(sub) -> None:
     p.add_argument("--real-dir", help="folder with abdomen_label_map/ and ct_thorax_abdomen_dicom_j2k/ (../shared/data/real)")
     p.add_argument("--labels", action="append", default=[], metavar="LABELS.nii.gz[:NAMES.json]",
                    help="extra real label map (+ id->name JSON, TotalSegmentator or {id: name}); repeatable")
+    p.add_argument("--ignore-unknown", action="store_true",
+                   help="label names the synthesiser does not know become background (default: an error)")
     p.add_argument("--phantoms", type=int, default=0, help="randomised phantoms to add as label sources")
     p.add_argument("--cases", type=int, default=10, help="synthetic images to write")
     p.add_argument("--spacing", type=float, default=3.0, help="isotropic mm")
@@ -49,8 +51,12 @@ def register(sub) -> None:
 
     p = sub.add_parser("evaluate", help="per-class Dice, HD95 and surface Dice of a model on a labelled dataset")
     p.add_argument("dataset", help="nnU-Net dataset folder, or an image/DICOM folder with --reference")
-    p.add_argument("--model", required=True, help="registry name, model YAML, or training output folder")
-    p.add_argument("--compare", help="a second model, shown side by side")
+    p.add_argument("--model", required=True,
+                   help="registry name, model YAML, MONAI bundle folder or training output folder (as segment --model)")
+    p.add_argument("--compare", help="a second model, shown side by side; differing settings (resample, "
+                   "min_extent_mm, spacing, post-processing, ...) are listed above the table")
+    p.add_argument("--same-settings", action="store_true",
+                   help="with --compare: refuse (exit 1) when the two models run with different settings")
     p.add_argument("--reference", help="reference label file when DATASET is a single image or DICOM folder")
     p.add_argument("--reference-names", help="JSON id->name table for --reference (default labels.json beside it)")
     p.add_argument("--tolerance", type=float, default=2.0, help="surface Dice tolerance, mm")
@@ -81,8 +87,25 @@ def _register_models_export(sub) -> None:
     q.add_argument("--weights", choices=["best", "last"], default="best")
     q.add_argument("--bundle", metavar="DIR", help="also write a MONAI bundle folder here")
     q.add_argument("--description", default="")
-    q.add_argument("--card", help="MODEL_CARD.md to copy next to the weights")
+    q.add_argument("--card", help="MODEL_CARD.md to copy next to the weights (and into the bundle as docs/README.md)")
+    q.add_argument("--inference-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="change an inference setting recorded by training, e.g. resample=labels; repeatable")
+    q.add_argument("--force", action="store_true",
+                   help="replace a registered model of the same name (weights, YAML, card, bundle)")
     q.set_defaults(func=cmd_models_export)
+    q = msub.add_parser("card-tables" if name == "export" else "models-card-tables",
+                        help="measure and print every table of a model card (held-out synthetic set made by this "
+                             "code, real CT); --write puts them into the model's MODEL_CARD.md")
+    q.add_argument("model", help="registry name, model YAML, MONAI bundle or training folder (as segment --model)")
+    q.add_argument("--real-dir", default="../shared/data/real",
+                   help="folder with abdomen_label_map/ and ct_thorax_abdomen_dicom_j2k/ (../shared/data/real)")
+    q.add_argument("--previous", help="an earlier model: adds the before/after table")
+    q.add_argument("--cases", type=int, default=6, help="held-out synthetic cases (the card's: 6)")
+    q.add_argument("--seed", type=int, default=777, help="held-out synthesis seed (the card's: 777)")
+    q.add_argument("--work-dir", default="out/card", help="where the held-out set is made (cached per code version)")
+    q.add_argument("--json", dest="json_out", help="also write the measurements as JSON here")
+    q.add_argument("--write", action="store_true", help="replace the tables in the model's card (its `card:` file)")
+    q.set_defaults(func=cmd_models_card_tables)
 
 
 def cmd_synth(args) -> int:
@@ -95,7 +118,7 @@ def cmd_synth(args) -> int:
         maps += load_real_generation_maps(args.real_dir, args.spacing)
     for spec in args.labels:
         path, _, names = spec.partition(":")
-        maps.append(load_label_map_file(path, names or None, args.spacing))
+        maps.append(load_label_map_file(path, names or None, args.spacing, ignore_unknown=args.ignore_unknown))
     if args.phantoms:
         maps += phantom_generation_maps(args.phantoms, args.spacing, seed=args.seed)
     if not maps:
@@ -137,11 +160,14 @@ def cmd_train(args) -> int:
         cfg.device = args.device
     res = run_training(cfg, resume=args.resume, max_iterations=args.max_iterations, reset_best=args.reset_best)
     print(json.dumps({k: res[k] for k in ("output_dir", "iterations", "elapsed_s", "best_val_mean_dice",
-                                          "best_iteration")}, indent=1))
+                                          "best_iteration", "interrupted", "validation")}, indent=1))
+    if res["interrupted"]:  # the shell's convention: 128 + signal number
+        return 143 if res["interrupted"] == "SIGTERM" else 130
     return 0
 
 
 def cmd_evaluate(args) -> int:
+    from pipeline.errors import SurgitwinError
     from pipeline.train.evaluate import evaluate, evaluate_reference_image, format_table, write_json
 
     def one(model):
@@ -149,7 +175,19 @@ def cmd_evaluate(args) -> int:
             return evaluate_reference_image(model, args.dataset, args.reference, args.reference_names, args.tolerance)
         return evaluate(model, args.dataset, args.tolerance)
 
+    from pipeline.train.evaluate import settings_differences
+
     results = [one(args.model)] + ([one(args.compare)] if args.compare else [])
+    if args.compare:
+        diff = settings_differences(results[0]["settings"], results[1]["settings"])
+        if diff and args.same_settings:
+            raise SurgitwinError(f"--same-settings: the two models run with different settings: {'; '.join(diff)}",
+                                 rule="compare-settings")
+        for r in results:
+            r["settings_differences"] = diff
+        print("settings: identical" if not diff else
+              f"settings differ ({args.model} vs {args.compare}), so not only the weights are compared:\n  "
+              + "\n  ".join(diff))
     print(format_table(results))
     if args.json_out:
         write_json(results if args.compare else results[0], args.json_out)
@@ -160,8 +198,33 @@ def cmd_evaluate(args) -> int:
 def cmd_models_export(args) -> int:
     from pipeline.train.export import export_model
 
+    from pipeline.segment.bundle import parse_overrides
+
     card = Path(args.card).read_text() if args.card else None
     out = export_model(args.train_dir, name=args.name, weights=args.weights, bundle_dir=args.bundle,
-                       description=args.description, card=card)
+                       description=args.description, card=card, force=args.force,
+                       inference=parse_overrides(args.inference_set) or None)
     print(json.dumps(out, indent=1))
+    return 0
+
+
+def cmd_models_card_tables(args) -> int:
+    from pipeline.errors import SurgitwinError
+    from pipeline.segment.registry import resolve_model
+    from pipeline.train.card import card_tables, replace_tables
+    from pipeline.train.evaluate import write_json
+
+    if not Path(args.real_dir).exists():
+        raise SurgitwinError("the card's measurements need the real label maps and CT", path=args.real_dir)
+    spec = resolve_model(args.model)
+    if args.write and not (spec.card and Path(spec.card).exists()):
+        raise SurgitwinError(f"--write: model '{spec.name}' has no card file", path=spec.source_file)
+    text, results = card_tables(args.model, args.real_dir, args.work_dir, args.cases, args.seed, args.previous)
+    print(text)
+    if args.json_out:
+        write_json(results, args.json_out)
+    if args.write:
+        card = Path(spec.card)
+        card.write_text(replace_tables(card.read_text(), text))
+        print(f"wrote the tables into {card}", file=sys.stderr)
     return 0

@@ -233,7 +233,10 @@ def _preprocessing(cfg: BundleConfig) -> tuple[dict, list[str]]:
 
 
 def _inference(cfg: BundleConfig) -> dict:
-    out: dict[str, Any] = {}
+    # settings MONAI has no place for, written by `surgitwin models export`; the bundle's own
+    # inferer and postprocessing (read below) win where both say something
+    extra = cfg.meta.get("surgitwin_inference")
+    out: dict[str, Any] = dict(extra) if isinstance(extra, dict) else {}
     node = _node_id(cfg, "inferer")
     if node:
         for key in ("roi_size", "overlap", "mode", "sw_batch_size", "padding_mode", "sigma_scale"):

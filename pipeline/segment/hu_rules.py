@@ -22,7 +22,12 @@ Rules (defaults in :class:`HURulesConfig`):
 * **airway**: an elongated, midline component of pure air (< ``airway_hu``) with a small
   cross-section that reaches the top of the scan or touches a lung; if it leaks into emphysema
   (> ``airway_max_ml``) a stricter threshold is tried. Removed from the lungs.
-* **bone**: HU > ``bone_hu`` inside the body, marrow cavities (holes in axial slices) added.
+* **bone**: HU > ``bone_hu`` inside the body, plus the marrow each bone encloses: per bone
+  component (3-D), the regions it alone surrounds -- holes in 3-D or in any axial, coronal or
+  sagittal slice, so a vertebral body whose shell is open at the basivertebral foramen in
+  axial slices is still filled from the sagittal ones -- up to ``max_marrow_ml`` each (a rib
+  cage ring around the mediastinum is not marrow; lungs and airway never are). Inside the
+  cortex band, cancellous voxels above ``marrow_hu`` count as bone too.
 
 The full-resolution decision is one table lookup per voxel: bit flags from the block grid
 (body interior/band, lung interior/band, airway band, marrow) plus the voxel's HU class
@@ -65,6 +70,8 @@ class HURulesConfig(BaseModel):
     airway_max_area_cm2: float = 8.0
     airway_max_offset_mm: float = 35.0
     uncertainty_hu: float = 20.0
+    marrow_hu: float = 100.0        # cancellous bone next to the cortex: above this (muscle is below)
+    max_marrow_ml: float = 250.0    # an enclosed region larger than this is not one bone's marrow
 
     @field_validator("structures")
     @classmethod
@@ -272,9 +279,12 @@ def hu_rules_arrays(volume: Volume, cfg: HURulesConfig | None = None) -> tuple[n
     lungs_lr &= ~ndimage.binary_dilation(airway_lr)
     lungs_lr = fill_holes_slicewise(lungs_lr, axis)
 
-    # bone marrow: holes of the (block-level) bone in axial slices ---------------------------
+    # bone marrow: what each bone component alone encloses (3-D and slice-wise in 3 planes) --------
     bone_lr = _block_any(hu > cfg.bone_hu, f) & ndimage.binary_dilation(body_lr)
-    marrow_lr = fill_holes_slicewise(bone_lr, axis) & ~bone_lr
+    keep_out = ndimage.binary_dilation(lungs_lr | airway_lr)
+    marrow_lr = enclosed_marrow(bone_lr, keep_out, vox_ml_lr, cfg.max_marrow_ml)
+    cortex_band = bone_lr & ndimage.binary_dilation(marrow_lr)  # blocks holding cortex and marrow
+    info["marrow_ml"] = round(float(marrow_lr.sum() * vox_ml_lr), 1)
 
     # back to full resolution: one gather of bit flags, then one table lookup per voxel -------
     flags = (ndimage.binary_erosion(body_lr, border_value=1).astype(np.uint8)
@@ -282,21 +292,27 @@ def hu_rules_arrays(volume: Volume, cfg: HURulesConfig | None = None) -> tuple[n
              | (ndimage.binary_erosion(lungs_lr, border_value=1).astype(np.uint8) << 2)
              | (ndimage.binary_dilation(lungs_lr).astype(np.uint8) << 3)
              | (ndimage.binary_dilation(airway_lr).astype(np.uint8) << 4)
-             | (marrow_lr.astype(np.uint8) << 5))
+             | (marrow_lr.astype(np.uint8) << 5)
+             | (cortex_band.astype(np.uint8) << 6))
     info["airway_found"] = airway_thr is not None
     codes = _upsample(flags, f, shape).astype(np.uint16)
-    codes += _hu_class(hu, cfg, airway_thr)  # HU class * 64 + flags
+    codes += _hu_class(hu, cfg, airway_thr)  # HU class * 128 + flags
     return _decision_table(cfg, airway_thr is not None)[codes], info
 
 
 # HU classes of the per-voxel decision (ordered by HU):
-# 0: < airway threshold, 1: < lung_hu, 2: <= body_hu, 3: <= bone_hu, 4: > bone_hu
+# 0: < airway threshold, 1: < lung_hu, 2: <= body_hu, 3: <= marrow_hu, 4: <= bone_hu, 5: > bone_hu
+N_FLAGS = 128
+
+
 def _hu_class_table(cfg: HURulesConfig, airway_thr) -> np.ndarray:
-    """uint16 table over all int16 values (index = int16 bits XOR 0x8000): HU class * 64."""
+    """uint16 table over all int16 values (index = int16 bits XOR 0x8000): HU class * N_FLAGS."""
     hu = np.arange(-32768, 32768, dtype=np.float64)
     thr_air = cfg.lung_hu if airway_thr is None else airway_thr
-    cls = (hu >= thr_air).astype(np.uint16) + (hu >= cfg.lung_hu) + (hu > cfg.body_hu) + (hu > cfg.bone_hu)
-    return (cls * 64).astype(np.uint16)
+    marrow = min(cfg.marrow_hu, cfg.bone_hu)
+    cls = ((hu >= thr_air).astype(np.uint16) + (hu >= cfg.lung_hu) + (hu > cfg.body_hu) + (hu > marrow)
+           + (hu > cfg.bone_hu))
+    return (cls * N_FLAGS).astype(np.uint16)
 
 
 def _int16_index(hu: np.ndarray) -> np.ndarray:
@@ -313,26 +329,59 @@ def _hu_class(hu: np.ndarray, cfg: HURulesConfig, airway_thr) -> np.ndarray:
 
 
 def _decision_table(cfg: HURulesConfig, airway_found: bool) -> np.ndarray:
-    """uint8 structure code (0 none, 1 body, 2 bone, 3 lungs, 4 airway) for every HU class * 64 + flags.
+    """uint8 structure code (0 none, 1 body, 2 bone, 3 lungs, 4 airway) for every HU class * N_FLAGS + flags.
 
     flags bits: 0 body interior, 1 body band, 2 lung interior, 3 lung band, 4 airway band,
-    5 marrow (all from the block grid).
+    5 marrow, 6 cortex next to marrow (all from the block grid).
     """
     want = set(cfg.structures)
-    table = np.zeros(5 * 64, np.uint8)
-    for cls in range(5):
-        for fl in range(64):
-            b = [(fl >> i) & 1 == 1 for i in range(6)]
+    table = np.zeros(6 * N_FLAGS, np.uint8)
+    for cls in range(6):
+        for fl in range(N_FLAGS):
+            b = [(fl >> i) & 1 == 1 for i in range(7)]
             body = b[0] or (b[1] and cls >= 3)
             airway = airway_found and b[4] and cls == 0 and body
             lungs = (b[2] or (b[3] and cls <= 1)) and body and not (airway and "airway" in want)
-            bone = (cls == 4 or (b[5] and cls >= 3)) and body and not lungs and not airway
+            bone = ((cls == 5 or (b[5] and cls >= 3) or (b[6] and cls >= 4))
+                    and body and not lungs and not airway)
             code = 0
             for c, on, name in ((1, body, "body"), (2, bone, "bone"), (3, lungs, "lungs"), (4, airway, "airway")):
                 if on and name in want:
                     code = c
-            table[cls * 64 + fl] = code
+            table[cls * N_FLAGS + fl] = code
     return table
+
+
+def enclosed_marrow(bone: np.ndarray, keep_out: np.ndarray, vox_ml: float, max_ml: float) -> np.ndarray:
+    """Regions enclosed by a single bone component: the marrow to add to the bone mask.
+
+    A candidate is a hole of ``bone`` in 3-D or in any slice of the three array planes; it is
+    kept when every bone voxel around it belongs to one 3-D component (ribs, sternum and spine
+    together enclose the mediastinum in an axial slice: not marrow), it is at most ``max_ml``
+    and touches nothing of ``keep_out`` (lungs, airway).
+    """
+    from scipy import ndimage
+
+    if not bone.any():
+        return np.zeros_like(bone)
+    filled = ndimage.binary_fill_holes(bone)
+    for ax in range(3):
+        filled |= fill_holes_slicewise(bone, ax)
+    holes = filled & ~bone
+    hlab, nh = ndimage.label(holes)
+    if nh == 0:
+        return holes
+    comp, nc = ndimage.label(bone, structure=np.ones((3, 3, 3), bool))
+    ring = ndimage.binary_dilation(holes, structure=np.ones((3, 3, 3), bool)) & bone
+    # the hole each ring voxel borders (a ring voxel next to two holes takes the larger label)
+    near = ndimage.grey_dilation(hlab, size=(3, 3, 3))
+    idx = np.arange(1, nh + 1)
+    lo = ndimage.minimum(comp, near * ring, idx)
+    hi = ndimage.maximum(comp, near * ring, idx)
+    size_ml = np.bincount(hlab.ravel(), minlength=nh + 1)[1:] * vox_ml
+    touches = np.bincount(hlab[keep_out].ravel(), minlength=nh + 1)[1:] > 0
+    ok = (lo == hi) & (lo > 0) & (size_ml <= max_ml) & ~touches
+    return np.concatenate([[False], ok])[hlab]
 
 
 CODES = {"body": 1, "bone": 2, "lungs": 3, "airway": 4}

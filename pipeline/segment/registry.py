@@ -255,6 +255,78 @@ def list_models(models_dir: Path | None = None) -> list[dict]:
     return out
 
 
+# --- training output folders (``surgitwin train``: model.json + best/last.safetensors) --------------
+
+#: what a trained checkpoint runs with unless its training config's ``inference:`` says otherwise;
+#: shared by ``models export`` (which writes it into the registry YAML) and by a training
+#: folder given directly as ``--model``, so both run the same settings.
+TRAINING_INFERENCE = {"overlap": 0.25, "mode": "gaussian", "sw_batch_size": 1, "threads": 2, "amp": True}
+TRAINING_POSTPROCESS = {"keep_largest": True, "fill_holes": True, "min_island_ml": 1.0}
+
+
+def is_training_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "model.json").exists()
+
+
+def training_entry(meta: dict, name: str, weights: str, labels: list[dict], description: str,
+                   inference: dict | None = None) -> dict:
+    """The registry mapping of a training output's ``model.json``: its network, labels,
+    preprocessing and every inference setting it recorded (``inference`` adds or overrides)."""
+    pre = meta["preprocessing"]
+    return {
+        "name": name,
+        "backend": "checkpoint",
+        "description": description,
+        "weights": weights,
+        "network": meta["network"],
+        "labels": labels,
+        "preprocessing": {"orientation": pre.get("orientation", "RAS"), "spacing": [float(s) for s in pre["spacing"]],
+                          "intensity": pre["intensity"]},
+        "inference": {"roi_size": list(meta.get("roi_size", [96, 96, 96])), **TRAINING_INFERENCE,
+                      **(meta.get("inference") or {}), **(inference or {})},
+        "postprocess": dict(TRAINING_POSTPROCESS),
+        "combine_with": "hu_rules",
+    }
+
+
+def training_dir_spec(folder: Path, weights: str = "best") -> ModelSpec:
+    """A ``surgitwin train`` output folder -> ModelSpec (its best weights, else the last)."""
+    import json
+
+    from .bundle import _label_defaults, _palette
+
+    folder = Path(folder).expanduser().resolve()
+    mj = folder / "model.json"
+    try:
+        meta = json.loads(mj.read_text())
+        names = list(meta["labels"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ModelError(f"training folder's model.json cannot be read: {e}", path=str(mj)) from None
+    w = folder / f"{weights}.safetensors"
+    if not w.exists() and weights == "best":
+        w = folder / "last.safetensors"
+    if not w.exists():
+        raise ModelError("training folder has no best.safetensors or last.safetensors (no checkpoint yet)",
+                         path=str(folder))
+    defaults = _label_defaults()
+    labels = []
+    for i, n in enumerate(names, start=1):
+        d = defaults.get(n, {})
+        labels.append({"id": i, "name": n, "rgb": d.get("rgb", _palette(i)), "code": d.get("code"),
+                       "expected_ml": d.get("expected_ml"), "critical": d.get("critical", False)})
+    name = str(meta.get("name", folder.name)).lower()
+    name = name if _NAME.match(name) else re.sub(r"[^a-z0-9_]+", "_", f"m_{name}")
+    data = training_entry(meta, name, str(w), labels, f"training output {folder} ({w.name})")
+    data["source_file"] = str(mj)
+    data["notes"] = [f"training folder: {w.name}"]
+    try:
+        spec = ModelSpec.model_validate(data)
+    except ValidationError as e:
+        raise _validation_error(e, mj) from None
+    _check_backend_keys(spec, mj)
+    return spec
+
+
 def is_bundle_dir(path: Path) -> bool:
     return path.is_dir() and any((path / "configs" / f"inference.{ext}").exists() for ext in ("json", "yaml", "yml"))
 
@@ -265,8 +337,9 @@ def resolve_model(name_or_path: Union[str, Path, ModelSpec] = "hu_rules", overri
 
     Parameters
     ----------
-    name_or_path : registry name (``configs/models/<name>.yaml``), a YAML file, or the folder
-        of a MONAI Model Zoo bundle (``configs/inference.json`` + ``configs/metadata.json``).
+    name_or_path : registry name (``configs/models/<name>.yaml``), a YAML file, the folder
+        of a MONAI Model Zoo bundle (``configs/inference.json`` + ``configs/metadata.json``), or
+        a ``surgitwin train`` output folder (``model.json`` + ``best.safetensors``).
     overrides : bundle config values set by the user, ``{"pixdim": [3, 3, 3]}`` or
         ``["pixdim=3,3,3"]`` (``--bundle-set``); they replace ``$`` expressions.
     trust : allow MONAI's ConfigParser to evaluate the bundle's ``$`` expressions.
@@ -278,15 +351,21 @@ def resolve_model(name_or_path: Union[str, Path, ModelSpec] = "hu_rules", overri
         if is_bundle_dir(p):
             from .bundle import bundle_spec
             return bundle_spec(p, overrides=overrides, trust=trust)
+        if is_training_dir(p):
+            spec = training_dir_spec(p)
+            if overrides:
+                raise ModelError("--bundle-set applies to MONAI bundles, not to a training folder", path=str(p))
+            return spec
         if p.suffix in (".yaml", ".yml") and p.exists():
             spec = load_model_file(p)
         else:
             f = Path(models_dir or MODELS_DIR) / f"{name_or_path}.yaml"
             if not f.exists():
                 known = [x.stem for x in registry_files(models_dir)]
-                hint = " (a folder, but not a MONAI bundle: no configs/inference.json)" if p.is_dir() else ""
+                hint = (" (a folder, but neither a MONAI bundle (configs/inference.json) nor a training output "
+                        "(model.json))" if p.is_dir() else "")
                 raise ModelError(f"unknown model '{name_or_path}'{hint}; registry names: {known}, or pass the "
-                                 "folder of a MONAI bundle", path=str(MODELS_DIR))
+                                 "folder of a MONAI bundle or of a training output", path=str(MODELS_DIR))
             spec = load_model_file(f)
     if spec.backend == "bundle":
         from .bundle import bundle_spec, parse_overrides

@@ -148,6 +148,9 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
         return rep
     if labels.get("background") != 0:
         rep.errors.append(f"dataset.json: labels must contain 'background': 0; found {labels.get('background')!r}")
+    if sorted(ids) != list(range(len(ids))):
+        rep.errors.append(f"dataset.json: label values must be consecutive integers 0..{len(ids) - 1} (nnU-Net v2 "
+                          f"refuses gaps); found {sorted(ids)}")
     cases = list_cases(root)
     rep.cases = len(cases)
     if not cases:
@@ -155,9 +158,7 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
     if int(d["numTraining"]) != len(cases):
         rep.errors.append(f"dataset.json: numTraining must equal the number of cases in labelsTr ({len(cases)}); "
                           f"found {d['numTraining']}")
-    img_ids = {p.name[: -len(d['file_ending'])].rsplit("_", 1)[0] for p in (root / "imagesTr").glob(f"*{d['file_ending']}")}
-    for orphan in sorted(img_ids - {c["id"] for c in cases}):
-        rep.errors.append(f"imagesTr/{orphan}_0000{d['file_ending']}: image without a label file in labelsTr/")
+    rep.errors += _image_file_errors(root, d, {c["id"] for c in cases})
     counts = {int(i): 0 for i in ids}
     for c in cases:
         try:
@@ -180,7 +181,9 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
                 counts[v] += k
         for img_path in c["images"]:
             if not Path(img_path).exists():
-                rep.errors.append(f"{img_path}: image missing for label {Path(c['label']).name}")
+                ch = int(Path(img_path).name[len(c["id"]) + 1:][:4])
+                rep.errors.append(f"{img_path}: missing; channel {ch} ({d['channel_names'].get(str(ch), '?')!r}) of "
+                                  f"case '{c['id']}' (labelsTr/{Path(c['label']).name}) must be this file")
                 continue
             r = sitk.ImageFileReader()
             r.SetFileName(img_path)
@@ -202,6 +205,26 @@ def validate_dataset(root, tol_mm: float = 1e-3) -> ValidationReport:
         if int(v) != 0 and counts.get(int(v), 0) == 0 and cases:
             rep.warnings.append(f"label '{name}' ({v}) is declared but appears in no case")
     return rep
+
+
+def _image_file_errors(root: Path, d: dict, case_ids: set) -> list[str]:
+    """Every file in imagesTr/ must be ``<case>_<CCCC><ending>`` for a case with a label and a
+    declared channel; errors name the file as it is on disk."""
+    import re
+
+    ending, n_ch = d["file_ending"], len(d["channel_names"])
+    errors = []
+    for p in sorted((root / "imagesTr").glob(f"*{ending}")):
+        m = re.match(r"^(.+)_(\d{4})$", p.name[: -len(ending)])
+        if not m:
+            errors.append(f"{p}: image file names must be <case>_<4-digit channel>{ending} (e.g. "
+                          f"case_001_0000{ending}); found no channel suffix")
+        elif m.group(1) not in case_ids:
+            errors.append(f"{p}: image without a label file (labelsTr/{m.group(1)}{ending} missing)")
+        elif int(m.group(2)) >= n_ch:
+            errors.append(f"{p}: channel {int(m.group(2))} is not declared in dataset.json channel_names "
+                          f"({n_ch} channel(s): {d['channel_names']})")
+    return errors
 
 
 def check_dataset(root) -> ValidationReport:
@@ -226,7 +249,7 @@ def read_label_source(path, image: Volume) -> tuple[np.ndarray, dict[str, int]]:
 
     Returns (labels (nk, nj, ni) uint16, name -> value in that array). For a SEG the names are
     the segment labels (lower_snake_case); for a label file they come from a ``labels.json``
-    next to it (``{"1": "liver"}``) or default to ``label_<value>``.
+    next to it (``{"1": "liver"}`` or a label table list ``[{"id": 1, "name": "liver"}]``) or default to ``label_<value>``.
     """
     from ..geometry import read_image_file, resample_like
 
@@ -253,8 +276,13 @@ def read_label_source(path, image: Volume) -> tuple[np.ndarray, dict[str, int]]:
         vol = read_image_file(path)
         side = path.parent / "labels.json"
         if side.exists():
-            raw = json.loads(side.read_text())
-            names = {_snake(v): int(k) for k, v in raw.items()}
+            from .labels import parse_label_names
+
+            try:
+                raw = json.loads(side.read_text())
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"labels.json is not valid JSON: {e}", path=str(side)) from None
+            names = {_snake(v): k for k, v in parse_label_names(raw, side).items()}
         else:
             names = {f"label_{int(v)}": int(v) for v in np.unique(vol.array) if v != 0}
     if (image.frame_of_reference_uid and vol.frame_of_reference_uid
@@ -312,17 +340,53 @@ def split_cases(root, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
     return [cases[i] for i in order[n_val:]], val
 
 
+def _plain(t):
+    """A MONAI MetaTensor (or array) as a plain torch tensor."""
+    import torch
+
+    return t.as_tensor() if hasattr(t, "as_tensor") else torch.as_tensor(np.asarray(t))
+
+
+class CaseBatches:
+    """Batches for iterations start, start+1, ...: batch ``it`` is a function of (seed, it) only.
+
+    Cases are picked and augmented with a generator seeded by the iteration number, so a run
+    resumed at iteration N draws exactly the batches an uninterrupted run would have drawn
+    (with any number of loader workers: worker w makes batches start+w, start+w+W, ...).
+    """
+
+    def __init__(self, cached, aug, cases_per_batch: int, seed: int, start: int):
+        self.cached, self.aug = cached, aug
+        self.cases_per_batch, self.seed, self.start = cases_per_batch, seed, start
+
+    def batch(self, it: int):
+        import copy
+
+        import torch
+
+        rng = np.random.default_rng([self.seed, it, 1])
+        xs, ys = [], []
+        for i in rng.integers(len(self.cached), size=self.cases_per_batch):
+            self.aug.set_random_state(seed=int(rng.integers(2**31 - 1)))
+            out = self.aug(copy.deepcopy(self.cached[int(i)]))
+            for d in (out if isinstance(out, list) else [out]):
+                xs.append(_plain(d["image"]).float())
+                ys.append(_plain(d["label"]).long())
+        return torch.stack(xs), torch.stack(ys)
+
+
 def monai_training_data(cfg, labels: list[str], start_iteration: int):
-    """(infinite batch iterator, validation pairs) from an nnU-Net dataset with MONAI transforms.
+    """(infinite batch iterator, validation pairs, validation case ids) from an nnU-Net dataset.
 
     Cases are loaded, oriented to RAS, resampled to ``data.spacing`` and windowed once, then
     cached (``CacheDataset``, as many as ``data.cache_memory_gb`` allows); random crops balanced
-    over labels (``RandCropByLabelClassesd``) and augmentation run every iteration. There is no
-    flip: mirroring would swap left and right organs.
+    over labels (``RandCropByLabelClassesd``) and augmentation run every iteration, seeded by the
+    iteration number (:class:`CaseBatches`). There is no flip: mirroring would swap left and
+    right organs.
     """
     import torch
     from monai import transforms as T
-    from monai.data import CacheDataset, DataLoader
+    from monai.data import CacheDataset
 
     root = cfg.data.dataset
     train_cases, val_cases = split_cases(root, cfg.data.val_cases, cfg.seed)
@@ -335,9 +399,10 @@ def monai_training_data(cfg, labels: list[str], start_iteration: int):
         if n in ds_labels:
             lut[ds_labels[n]] = ci
     it = cfg.intensity
-    norm = (T.ScaleIntensityRanged("image", it["a_min"], it["a_max"], it.get("b_min", 0.0), it.get("b_max", 1.0),
-                                   clip=bool(it.get("clip", True)))
-            if it.get("kind", "window") == "window" else T.NormalizeIntensityd("image", nonzero=it.get("kind") == "zscore_nonzero"))
+    norm = (T.ScaleIntensityRanged("image", it.a_min, it.a_max, it.b_min, it.b_max, clip=bool(it.clip))
+            if it.kind == "window" else
+            T.NormalizeIntensityd("image", nonzero=it.kind == "zscore_nonzero") if it.kind != "none" else
+            T.Identityd("image"))
     relabel = T.Lambdad("label", lambda x: x.new_tensor(lut[np.asarray(x).astype(np.int64)]))
     det = [T.LoadImaged(["image", "label"], image_only=True), T.EnsureChannelFirstd(["image", "label"]),
            T.Orientationd(["image", "label"], axcodes="RAS"),
@@ -361,24 +426,15 @@ def monai_training_data(cfg, labels: list[str], start_iteration: int):
     items = [{"image": c["images"][0], "label": c["label"]} for c in train_cases]
     per_case = _estimate_case_bytes(items[0], cfg.data.spacing)
     cache_num = int(max(0, min(len(items), cfg.data.cache_memory_gb * 2**30 // max(per_case, 1))))
-    pipeline = T.Compose(det + aug)
-    pipeline.set_random_state(seed=cfg.seed + start_iteration)  # a resumed run draws fresh crops
-    ds = CacheDataset(items, pipeline, cache_num=cache_num, num_workers=0, progress=False)
-    g = torch.Generator().manual_seed(cfg.seed + start_iteration)
-    loader = DataLoader(ds, batch_size=max(1, cfg.data.batch_size // cfg.data.samples_per_case), shuffle=True,
-                        num_workers=cfg.data.num_workers, generator=g)
-
-    def forever():
-        while True:
-            for b in loader:
-                yield b["image"], b["label"]
-
+    cached = CacheDataset(items, T.Compose(det), cache_num=cache_num, num_workers=0, progress=False)
+    batches = CaseBatches(cached, T.Compose(aug), max(1, cfg.data.batch_size // cfg.data.samples_per_case),
+                          cfg.seed, start_iteration)
     val = []
     vt = T.Compose(det)
     for c in val_cases:
         v = vt({"image": c["images"][0], "label": c["label"]})
         val.append((np.asarray(v["image"]), np.asarray(v["label"])[0]))
-    return forever(), val
+    return batches, val, [c["id"] for c in val_cases]
 
 
 def _estimate_case_bytes(item: dict, spacing) -> int:

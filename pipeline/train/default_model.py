@@ -1,15 +1,16 @@
 """Rebuild the shipped default model's registry entry and card from a finished training run.
 
-    surgitwin train configs/train/abdomen_unet_3mm.yaml            # stage 1
+    surgitwin train configs/train/abdomen_unet_3mm_stage1.yaml     # stage 1
     surgitwin train configs/train/abdomen_unet_3mm_stage2.yaml     # stage 2, from stage 1's weights
-    surgitwin synth out/Dataset501_SynthHeldout --real-dir ../shared/data/real --cases 6 --seed 777
     python -m pipeline.train.default_model out/train/abdomen_unet_3mm_stage2 \
-        --earlier out/train/abdomen_unet_3mm --real-dir ../shared/data/real
+        --earlier out/train/abdomen_unet_3mm_stage1 --real-dir ../shared/data/real
 
 exports the weights (``models/abdomen_unet_3mm/``, ``configs/models/abdomen_unet_3mm.yaml``),
 evaluates them through the pipeline's own segment stage on the held-out synthetic dataset and
 on the real CT of ``ct_thorax_abdomen_dicom_j2k``, times a 512x512x300 CT, and writes
-MODEL_CARD.md from those measurements.
+MODEL_CARD.md from those measurements. The card's tables alone are regenerated, from the
+registered weights and this version of the code, by ``surgitwin models card-tables
+abdomen_unet_3mm --real-dir ../shared/data/real --write``.
 """
 from __future__ import annotations
 
@@ -89,7 +90,10 @@ def build(train_dir, real_dir, heldout, weights: str = "best", out_dir=None, tim
 
     out_dir = Path(out_dir or ROOT / "out" / "default_model")
     out_dir.mkdir(parents=True, exist_ok=True)
-    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, inference=INFERENCE)
+    if heldout is None and Path(real_dir).exists():  # the card's held-out set, as `models card-tables` makes it
+        from .card import heldout_dataset
+        heldout = heldout_dataset(real_dir, ROOT / "out" / "card")
+    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, inference=INFERENCE, force=True)
     synth = evaluate(NAME, heldout) if heldout and Path(heldout).exists() else None
     if synth:
         write_json(synth, out_dir / "eval_synth_heldout.json")
@@ -115,7 +119,8 @@ def build(train_dir, real_dir, heldout, weights: str = "best", out_dir=None, tim
     previous = evaluate_previous_stage(Path(earlier[-1]), heldout, ref, out_dir) if earlier else None
     notes = NOTES if notes is None else notes
     card = render_card(train_dir, synth, real, timing, notes, earlier_stages=earlier, name=NAME, previous=previous)
-    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, card=card, inference=INFERENCE)
+    export_model(train_dir, name=NAME, weights=weights, description=DESCRIPTION, card=card, inference=INFERENCE,
+                 force=True)
     (out_dir / "MODEL_CARD.md").write_text(card)
     return {"synth": synth and synth["mean"], "real": real and real["mean"], "timing": timing}
 
@@ -124,7 +129,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("train_dir")
     p.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "data" / "real"))
-    p.add_argument("--heldout", default=str(ROOT / "out" / "Dataset501_SynthHeldout"))
+    p.add_argument("--heldout", help="held-out synthetic dataset (default: the card's, made as "
+                   "`surgitwin models card-tables` makes it)")
     p.add_argument("--weights", choices=["best", "last"], default="best")
     p.add_argument("--earlier", action="append", default=[], help="training folder of an earlier stage (repeatable)")
     p.add_argument("--no-timing", action="store_true")

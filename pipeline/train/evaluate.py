@@ -5,9 +5,11 @@ Metrics are MONAI's (``DiceMetric``, ``HausdorffDistanceMetric(percentile=95)``,
 reference labels are brought onto that grid in physical space (nearest neighbour through both
 affines), so a reference file with flipped or reordered axes still compares correctly.
 
-A model is a registry name (segmented through :func:`pipeline.segment.segment`, exactly as
-the pipeline runs it) or a training output folder (``model.json`` + ``best.safetensors``,
-segmented by :class:`Predictor`, the same canonical-grid path the training used).
+A model is anything ``segment --model`` accepts (registry name, model YAML, MONAI bundle, or a
+training output folder: ``model.json`` + ``best.safetensors``), resolved by the same resolver
+and segmented through :func:`pipeline.segment.segment`, exactly as the pipeline runs it, so a
+training folder and its exported entry give the same numbers. :class:`Predictor` runs a
+checkpoint on the training's own canonical grid (tests, quick looks).
 """
 from __future__ import annotations
 
@@ -82,14 +84,39 @@ class Predictor:
                           else Label(i, n) for i, n in enumerate(self.labels, start=1))
 
 
+def resolve(model):
+    """Registry name, model YAML, MONAI bundle or training folder -> ModelSpec (the one resolver
+    ``segment --model`` uses too)."""
+    from ..segment.registry import ModelSpec, resolve_model
+
+    return model if isinstance(model, ModelSpec) else resolve_model(str(model))
+
+
 def segment_with(model, volume: Volume) -> LabelMap:
-    """Segment with a registry model name / YAML (via pipeline.segment) or a training folder."""
-    p = Path(str(model))
-    if p.is_dir() and (p / "model.json").exists():
-        return Predictor(p).predict(volume)
+    """Segment through :func:`pipeline.segment.segment`, exactly as the pipeline runs the model
+    (a training folder included: its recorded inference settings apply), without HU rules."""
     from ..segment.api import segment
 
-    return segment(volume, str(model), {"uncertainty": False, "combine_with": "none"}).labelmap
+    return segment(volume, resolve(model), {"uncertainty": False, "combine_with": "none"}).labelmap
+
+
+def settings_of(spec) -> dict:
+    """The settings that change a model's output: preprocessing, inference, post-processing."""
+    return {"preprocessing": spec.preprocessing.model_dump(),
+            "inference": spec.inference.model_dump(exclude={"threads", "max_buffer_mb", "buffer_dtype"}),
+            "postprocess": spec.postprocess.model_dump()}
+
+
+def settings_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """``["inference.resample: probabilities vs labels", ...]`` for two :func:`settings_of` dicts."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb, key = a.get(k), b.get(k), f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += settings_differences(va, vb, key + ".")
+        elif va != vb:
+            out.append(f"{key}: {va!r} vs {vb!r}")
+    return out
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -160,16 +187,18 @@ def evaluate(model, dataset, surface_tol_mm: float = 2.0, cases: list[str] | Non
 
     d = read_dataset_json(dataset)
     names = {int(v): k for k, v in d["labels"].items() if int(v) != 0}
+    spec = resolve(model)
     per_case = {}
     t0 = time.perf_counter()
     for c in list_cases(dataset):
         if cases and c["id"] not in cases:
             continue
         img = read_image_file(c["images"][0])
-        lm = segment_with(model, img)
+        lm = segment_with(spec, img)
         per_case[c["id"]] = compare_labelmaps(lm, read_image_file(c["label"]), names, surface_tol_mm)
     return {"model": str(model), "dataset": str(dataset), "surface_tolerance_mm": surface_tol_mm,
-            "cases": per_case, "mean": mean_metrics(per_case), "seconds": round(time.perf_counter() - t0, 1)}
+            "cases": per_case, "mean": mean_metrics(per_case), "seconds": round(time.perf_counter() - t0, 1),
+            "settings": settings_of(spec)}
 
 
 def mean_metrics(per_case: dict) -> dict:
@@ -234,17 +263,13 @@ def read_reference(labels_file, names_file=None) -> tuple[Volume, dict[int, str]
     nf = Path(names_file) if names_file else labels_file.with_name("labels.json")
     if not nf.exists():
         raise ModelError("reference label names not found (give a JSON id -> name table)", path=str(nf))
-    raw = json.loads(nf.read_text())
-    if isinstance(raw, dict) and "labels" in raw and isinstance(raw["labels"], dict):
-        names = {int(v): k for k, v in raw["labels"].items() if int(v) != 0}
-    elif isinstance(raw, list):
-        names = {int(d["id"]): d["name"] for d in raw}
-    else:
-        if raw and all(isinstance(v, dict) for v in raw.values()):
-            # TotalSegmentator class maps: {"total": {...}, "total_mr": {...}}; CT task first
-            raw = raw.get("total") or next(iter(raw.values()))
-        names = {int(k): v for k, v in raw.items()}
-    return vol, names
+    from .labels import parse_label_names
+
+    try:
+        raw = json.loads(nf.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"label names file is not valid JSON: {e}", path=str(nf)) from None
+    return vol, parse_label_names(raw, nf)
 
 
 def evaluate_reference_image(model, image_path, labels_file, names_file=None, surface_tol_mm: float = 2.0) -> dict:
@@ -265,14 +290,16 @@ def evaluate_reference_image(model, image_path, labels_file, names_file=None, su
     else:
         img = read_image_file(p)
     truth, names = read_reference(labels_file, names_file)
+    spec = resolve(model)
     t1 = time.perf_counter()
-    lm = segment_with(model, img)
+    lm = segment_with(spec, img)
     seg_s = time.perf_counter() - t1
     res = compare_labelmaps(lm, truth, names, surface_tol_mm)
     case = {p.name: res}
     return {"model": str(model), "dataset": str(image_path), "reference": str(labels_file),
             "surface_tolerance_mm": surface_tol_mm, "cases": case, "mean": mean_metrics(case),
-            "segment_seconds": round(seg_s, 2), "seconds": round(time.perf_counter() - t0, 1)}
+            "segment_seconds": round(seg_s, 2), "seconds": round(time.perf_counter() - t0, 1),
+            "settings": settings_of(spec)}
 
 
 def benchmark_inference(model, image_path, n_slices: int = 300, threads: int = 2) -> dict:

@@ -10,6 +10,7 @@ them by physical position.
 """
 from __future__ import annotations
 
+from ..errors import SurgitwinError
 from ..types import Label, LabelTable
 
 #: Output labels of the shipped abdominal model (channel c == id c; 0 = background).
@@ -93,3 +94,82 @@ def totalseg_to_gen(name: str) -> str | None:
     if name in ("trachea",):
         return "gas"
     return None
+
+
+#: other spellings of generation names (after lower_snake_case and moving left/right to the end)
+SYNONYMS = {"ivc": "inferior_vena_cava", "vena_cava_inferior": "inferior_vena_cava", "bladder": "urinary_bladder",
+            "gall_bladder": "gallbladder", "oesophagus": "esophagus", "bones": "bone", "lungs": "lung",
+            "intestine": "bowel", "small_intestine": "bowel", "large_intestine": "bowel",
+            "kidney_l": "kidney_left", "kidney_r": "kidney_right", "left_kidney": "kidney_left",
+            "right_kidney": "kidney_right"}
+
+
+def gen_name(name: str) -> str | None:
+    """A source label's name -> generation label name, or None when it is not known.
+
+    Case, spaces and hyphens do not matter and a leading side moves to the end, so the
+    names a README spells ("right kidney", "Inferior vena cava") match ``kidney_right`` and
+    ``inferior_vena_cava``; TotalSegmentator class names are mapped by :func:`totalseg_to_gen`.
+    """
+    import re
+
+    snake = re.sub(r"[^a-z0-9]+", "_", str(name).strip().lower()).strip("_")
+    m = re.match(r"^(left|right)_(.+)$", snake)
+    if m:
+        snake = f"{m.group(2)}_{m.group(1)}"
+    snake = SYNONYMS.get(snake, snake)
+    if snake in GEN_BY_NAME and snake not in {GEN_LABELS[i][0] for i in range(FIRST_SYNTHETIC_GEN, max(GEN_LABELS) + 1)}:
+        return snake
+    return totalseg_to_gen(snake)
+
+
+def source_to_gen(names: dict[int, str], ignore_unknown: bool = False, path=None) -> dict[int, str]:
+    """{source id: name} -> {source id: generation name}; unknown names are an error listing the
+    known ones, or background with ``ignore_unknown``."""
+    out, unknown = {}, []
+    for sid, n in names.items():
+        g = gen_name(n)
+        if g is None:
+            unknown.append(f"{sid}: {n!r}")
+        else:
+            out[sid] = g
+    if unknown and not ignore_unknown:
+        known = sorted(GEN_LABELS[i][0] for i in GEN_LABELS if i < FIRST_SYNTHETIC_GEN)
+        raise SurgitwinError(f"label names not known to the synthesiser: {', '.join(unknown)}. Known names "
+                             f"(any case/spacing, 'right kidney' = kidney_right): {', '.join(known)}, and "
+                             "TotalSegmentator 'total' class names. Rename them in the names file, or pass "
+                             "--ignore-unknown to make them background", path=None if path is None else str(path),
+                             rule="label-names")
+    return out
+
+
+def parse_label_names(raw, path=None) -> dict[int, str]:
+    """An id -> name table from any form the project writes or reads.
+
+    - ``{"1": "liver", ...}`` (id -> name);
+    - ``[{"id": 1, "name": "liver", ...}, ...]`` (a label table, e.g. a phantom's labels.json);
+    - ``{"labels": {"background": 0, "liver": 1}}`` (an nnU-Net dataset.json) or
+      ``{"labels": [{"id": .., "name": ..}]}``;
+    - TotalSegmentator's ``{"total": {"1": "spleen", ...}, ...}`` (the CT task first).
+    """
+    def bad(why):
+        return SurgitwinError(f"label names: {why} (accepted: {{\"1\": \"liver\"}}, [{{\"id\": 1, \"name\": "
+                              f"\"liver\"}}], a dataset.json with 'labels', or TotalSegmentator's {{\"total\": ...}})",
+                              path=None if path is None else str(path), rule="label-names")
+
+    try:
+        if isinstance(raw, dict) and "labels" in raw:
+            raw = raw["labels"]
+            if isinstance(raw, dict):
+                return {int(v): str(k) for k, v in raw.items() if int(v) != 0}
+        if isinstance(raw, list):
+            if not all(isinstance(d, dict) and "id" in d and "name" in d for d in raw):
+                raise bad("a list must hold {id, name} entries")
+            return {int(d["id"]): str(d["name"]) for d in raw if int(d["id"]) != 0}
+        if isinstance(raw, dict):
+            if raw and all(isinstance(v, dict) for v in raw.values()):
+                raw = raw.get("total") or next(iter(raw.values()))
+            return {int(k): str(v) for k, v in raw.items() if int(k) != 0}
+    except (TypeError, ValueError) as e:
+        raise bad(f"ids must be integers ({e})") from None
+    raise bad(f"found a {type(raw).__name__}")

@@ -527,11 +527,24 @@ def write_synth_dataset(out_dir, maps: list[Volume], n_cases: int, seed: int = 0
     return out_dir
 
 
-def load_label_map_file(path, names_file=None, spacing: float = 3.0) -> Volume:
-    """Any real label map + its id -> name JSON as a generation map (names as TotalSegmentator's)."""
+def load_label_map_file(path, names_file=None, spacing: float = 3.0, ignore_unknown: bool = False) -> Volume:
+    """Any real label map + its id -> name JSON as a generation map.
+
+    Names may be spelt as a README does ("right kidney", "inferior vena cava") or as
+    TotalSegmentator's classes; a name the synthesiser does not know is an error listing the
+    known ones (``ignore_unknown``: it becomes background, and is reported on stderr).
+    """
+    import sys
+
     from .evaluate import read_reference
+    from .labels import source_to_gen
 
     vol, names = read_reference(path, names_file)
-    g = to_canonical(relabel(vol, names, lambda n: totalseg_to_gen(n) or (n if n in GEN_BY_NAME else None)), spacing)
+    gen = source_to_gen(names, ignore_unknown, names_file or Path(path).with_name("labels.json"))
+    ignored = sorted(set(names) - set(gen))
+    if ignored:
+        print(f"{path}: labels {[names[i] for i in ignored]} are not known to the synthesiser: background "
+              "(--ignore-unknown)", file=sys.stderr)
+    g = to_canonical(relabel(vol, gen), spacing)
     check_sidedness(g)
     return g.with_array(g.array, name=Path(path).name.split(".")[0])

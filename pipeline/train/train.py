@@ -58,7 +58,7 @@ def build_network(network: dict, out_channels: int):
     """Instantiate ``monai.networks.nets.<name>(**args, out_channels=...)`` (no code from config)."""
     import monai.networks.nets as nets
 
-    name = network.get("name")
+    name = str(network.get("name")).rsplit(".", 1)[-1]
     cls = getattr(nets, str(name), None)
     if cls is None or not isinstance(cls, type):
         raise ConfigError(f"key 'network.name': not a class in monai.networks.nets; found {name!r}")
@@ -154,21 +154,20 @@ def _synth_sources(cfg: TrainConfig):
     return maps
 
 
-class _SynthStream:
-    """Iterable of (image, label) tensors drawn by a SynthSampler; one RNG stream per worker."""
+class SynthBatches:
+    """Synthetic batches for iterations start, start+1, ...: batch ``it`` depends on (seed, it) only,
+    so a resumed run draws exactly what an uninterrupted one would have."""
 
-    def __init__(self, sampler, intensity, seed, start_iteration):
+    def __init__(self, sampler, intensity: dict, seed: int, start: int, batch_size: int):
         self.sampler, self.intensity = sampler, intensity
-        self.seed, self.start = seed, start_iteration
+        self.seed, self.start, self.batch_size = seed, start, batch_size
 
-    def __iter__(self):
+    def batch(self, it: int):
         import torch
 
-        info = torch.utils.data.get_worker_info()
-        wid = info.id if info else 0
-        rng = np.random.default_rng([self.seed, self.start, wid])
-        failures = 0
-        while True:
+        rng = np.random.default_rng([self.seed, it])
+        xs, ys, failures = [], [], 0
+        while len(xs) < self.batch_size:
             try:
                 img, tgt = self.sampler.sample(rng)
             except Exception as e:  # one bad random draw must not end a long run; repeated ones must
@@ -177,14 +176,51 @@ class _SynthStream:
                 if failures > 20:
                     raise
                 continue
-            yield (torch.from_numpy(normalize(img, self.intensity)[None]),
-                   torch.from_numpy(tgt[None].astype(np.int64)))
+            xs.append(torch.from_numpy(normalize(img, self.intensity)[None]))
+            ys.append(torch.from_numpy(tgt[None].astype(np.int64)))
+        return torch.stack(xs), torch.stack(ys)
+
+
+def _ignore_sigint(_worker_id: int) -> None:
+    """Loader workers leave Ctrl-C to the training process, which saves a checkpoint."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def batch_iterator(source, num_workers: int):
+    """Iterator over ``source.batch(it)`` for it = source.start, source.start + 1, ...
+
+    With W workers, worker w makes batches start+w, start+w+W, ...; the loader returns them
+    in iteration order, so the sequence is the same for any W."""
+    import torch
+
+    if num_workers == 0:
+        def serial():
+            it = source.start
+            while True:
+                yield source.batch(it)
+                it += 1
+        return serial()
+
+    class _Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            info = torch.utils.data.get_worker_info()
+            wid, n = (info.id, info.num_workers) if info else (0, 1)
+            it = source.start + wid
+            while True:
+                yield source.batch(it)
+                it += n
+
+    loader = torch.utils.data.DataLoader(_Stream(), batch_size=None, num_workers=num_workers,
+                                         persistent_workers=True, worker_init_fn=_ignore_sigint)
+    return iter(loader)
 
 
 def make_data(cfg: TrainConfig, labels: list[str], start_iteration: int):
-    """(infinite batch iterator, list of validation (image (1, ...) float, label (...) int) pairs)."""
-    import torch
-
+    """(infinite batch iterator, validation (image (1, ...) float, label (...) int) pairs, a line
+    saying which cases validate)."""
+    intensity = cfg.intensity.as_dict()
     if cfg.data.kind == "synth":
         from .synth import SynthSampler
 
@@ -193,22 +229,20 @@ def make_data(cfg: TrainConfig, labels: list[str], start_iteration: int):
                                spacing=float(cfg.data.spacing[0]), n_targets=len(labels),
                                rot_deg=tuple(cfg.data.rotate_deg), scale=tuple(cfg.data.scale))
         vrng = np.random.default_rng([cfg.seed, 987654321])  # never the training streams
-        val = []
+        val, names = [], []
         for v in range(cfg.data.val_cases):
             img, tgt = sampler.whole_case(v % len(maps), vrng)
-            val.append((normalize(img, cfg.intensity)[None], tgt.astype(np.int64)))
-        stream = _SynthStream(sampler, cfg.intensity, cfg.seed, start_iteration)
-
-        class _It(torch.utils.data.IterableDataset):
-            def __iter__(self):
-                return iter(stream)
-
-        loader = torch.utils.data.DataLoader(_It(), batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                                             persistent_workers=cfg.data.num_workers > 0)
-        return iter(loader), val
+            val.append((normalize(img, intensity)[None], tgt.astype(np.int64)))
+            names.append(maps[v % len(maps)].source.get("name", f"map_{v % len(maps)}"))
+        source = SynthBatches(sampler, intensity, cfg.seed, start_iteration, cfg.data.batch_size)
+        what = (f"{len(val)} whole synthetic cases (seed {cfg.seed}, fixed for the run) drawn from the generation "
+                f"maps {names}")
+        return batch_iterator(source, cfg.data.num_workers), val, what
     from .dataset import monai_training_data
 
-    return monai_training_data(cfg, labels, start_iteration)
+    source, val, ids = monai_training_data(cfg, labels, start_iteration)
+    what = f"{len(ids)} held-out dataset cases {ids}" if ids else "none (data.val_cases: 0)"
+    return batch_iterator(source, cfg.data.num_workers), val, what
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -236,14 +270,31 @@ def validate(net, val, n_classes: int, roi, device) -> list[float]:
 # --- the loop ------------------------------------------------------------------------------------
 
 def _labels_of(cfg: TrainConfig) -> list[str]:
+    if cfg.data.kind == "dataset":
+        from .dataset import read_dataset_json
+        lab = read_dataset_json(cfg.data.dataset)["labels"]
+        have = [n for n, v in sorted(lab.items(), key=lambda kv: int(kv[1])) if int(v) != 0]
+        missing = [n for n in (cfg.labels or []) if n not in have]
+        if missing:
+            raise ConfigError(f"key 'labels': {missing} not declared in the dataset's dataset.json (labels there: "
+                              f"{have}); a label without training data cannot be learnt",
+                              path=str(Path(cfg.data.dataset) / "dataset.json"), rule="labels")
+        return list(cfg.labels) if cfg.labels else have
     if cfg.labels:
         return list(cfg.labels)
-    if cfg.data.kind == "synth":
-        from .labels import TARGET_LABELS
-        return TARGET_LABELS.names
-    from .dataset import read_dataset_json
-    lab = read_dataset_json(cfg.data.dataset)["labels"]
-    return [n for n, v in sorted(lab.items(), key=lambda kv: int(kv[1])) if int(v) != 0]
+    from .labels import TARGET_LABELS
+    return TARGET_LABELS.names
+
+
+def check_training_data(cfg: TrainConfig) -> None:
+    """What ``dataset validate`` checks, before anything is trained (kind: dataset)."""
+    if cfg.data.kind != "dataset":
+        return
+    if not cfg.data.dataset:
+        raise ConfigError("key 'data.dataset': required for kind 'dataset'", rule="data.dataset")
+    from .dataset import check_dataset
+
+    check_dataset(cfg.data.dataset)
 
 
 def _lr_factor(cfg: TrainConfig, it: int, elapsed_s: float) -> float:
@@ -256,74 +307,137 @@ def _lr_factor(cfg: TrainConfig, it: int, elapsed_s: float) -> float:
     return max(1.0 - min(frac, 1.0), 0.0) ** o.poly_power + 0.01
 
 
-def _model_json(cfg: TrainConfig, labels: list[str]) -> dict:
-    return {"name": cfg.name, "network": {"name": cfg.network["name"],
-                                          "args": {**cfg.network.get("args", {}), "out_channels": len(labels) + 1}},
+def _model_json(cfg: TrainConfig, labels: list[str], info: dict) -> dict:
+    return {"name": cfg.name, "network": {"name": cfg.network.name,
+                                          "args": {**cfg.network.args, "out_channels": len(labels) + 1}},
             "labels": labels, "preprocessing": {"orientation": "RAS", "spacing": list(cfg.data.spacing),
-                                                "intensity": cfg.intensity},
-            "roi_size": list(cfg.roi_size), "data_kind": cfg.data.kind}
+                                                "intensity": cfg.intensity.as_dict()},
+            "roi_size": list(cfg.roi_size), "inference": dict(cfg.inference), "data_kind": cfg.data.kind, **info}
+
+
+class _Stop:
+    """SIGINT/SIGTERM during training: finish the iteration, save a checkpoint, return.
+
+    A second signal stops at once (KeyboardInterrupt), as Ctrl-C normally does."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, _frame):
+        import signal
+
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: finishing this iteration and saving a checkpoint (again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        return False
+
+
+def _truncate_log(log_path: Path, fields: list[str], upto: int) -> None:
+    """Keep the header and the rows up to iteration ``upto`` (a resumed run rewrites later ones)."""
+    if not log_path.exists():
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(fields)
+        return
+    rows = list(csv.reader(open(log_path, newline="")))
+    keep = [rows[0] if rows else fields] + [r for r in rows[1:] if r and int(r[0]) <= upto]
+    with open(log_path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
 
 
 def run_training(config, resume: bool = False, max_iterations: int | None = None,
                  progress: bool | None = None, reset_best: bool = False) -> dict:
     """Train per ``config`` (a TrainConfig or a YAML path). Returns a summary dict.
 
-    ``resume=True`` continues from ``output_dir/state.pt`` + ``last.safetensors`` (iteration,
-    optimiser, elapsed time and best metric restored). ``reset_best`` (with ``resume``) forgets
-    the best validation score so far: use it when the validation cases changed (e.g. the
-    synthesiser did), since scores on different cases do not compare. ``max_iterations``
-    overrides the config (tests, and stopping a run early without editing the file).
+    The dataset is validated first (the rules of ``surgitwin dataset validate``). ``resume=True``
+    continues from ``output_dir/state.pt`` + ``last.safetensors`` (iteration, optimiser, elapsed
+    time, best metric and recent losses restored); the batches depend only on the seed and the
+    iteration number, so with an iteration-based schedule (no ``max_minutes``) a resumed run
+    ends with the same weights, bit for bit, as an uninterrupted one. ``reset_best`` (with
+    ``resume``) forgets the best validation score so far: use it when the validation cases
+    changed. ``max_iterations`` overrides the config. SIGINT/SIGTERM end the current iteration,
+    save a checkpoint and return with ``interrupted`` set to the signal's name. A fine-tune is
+    validated at iteration 0, so "best" can be the starting model.
     """
     import torch
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
+    from .config import check_network
+
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
+    check_network(cfg.network)
     if max_iterations is not None:
         cfg = cfg.model_copy(deep=True)
         cfg.optim.max_iterations = int(max_iterations)
+    check_training_data(cfg)
+    labels = _labels_of(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     set_determinism(seed=cfg.seed)
-    labels = _labels_of(cfg)
-    net = build_network(cfg.network, len(labels) + 1)
+    net = build_network(cfg.network.model_dump(), len(labels) + 1)
     state_file, last_file = out / "state.pt", out / "last.safetensors"
-    it0, elapsed0, best, best_it = 0, 0.0, -1.0, -1
+    it0, elapsed0, best, best_it, losses = 0, 0.0, -1.0, -1, []
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    info: dict = {}
     if resume:
         if not (state_file.exists() and last_file.exists()):
             raise ModelError("--resume: no state.pt + last.safetensors to resume from", path=str(out))
         net.load_state_dict(load_weights(last_file))
         st = torch.load(str(state_file), map_location="cpu", weights_only=True)
         opt.load_state_dict(st["optimizer"])
+        if "scaler" in st and amp:
+            scaler.load_state_dict(st["scaler"])
         it0, elapsed0, best, best_it = int(st["iteration"]), float(st["elapsed_s"]), float(st["best"]), int(st["best_iteration"])
+        losses = [float(v) for v in st.get("recent_losses", torch.zeros(0)).tolist()]
         if reset_best:
             best, best_it = -1.0, -1
+        print(f"[{cfg.name}] resumed at iteration {it0} from {last_file}", file=sys.stderr)
     elif cfg.finetune:
-        _load_finetune(cfg, net, labels)
+        info["finetune"] = _load_finetune(cfg, net, labels)
     net.to(device)
     for g in opt.param_groups:  # optimizer state onto the device after load
         for p in g["params"]:
             for v in opt.state.get(p, {}).values():
                 if torch.is_tensor(v):
                     v.data = v.data.to(device)
-    (out / "model.json").write_text(json.dumps(_model_json(cfg, labels), indent=1))
+    batches, val, val_what = make_data(cfg, labels, it0)
+    info["validation"] = val_what
+    print(f"[{cfg.name}] validation: {val_what}", file=sys.stderr)
+    (out / "model.json").write_text(json.dumps(_model_json(cfg, labels, info), indent=1))
     import yaml
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    batches, val = make_data(cfg, labels, it0)
     # batch dice (nnU-Net's choice) pools each class over the batch: small organs absent from one
     # patch no longer contribute a noisy 0-or-1 term per sample
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True,
-                         batch=bool(cfg.loss.get("batch_dice", 0.0)),
-                         lambda_dice=cfg.loss.get("lambda_dice", 1.0), lambda_ce=cfg.loss.get("lambda_ce", 1.0))
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, batch=bool(cfg.loss.batch_dice),
+                         lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce)
     log_path = out / "log.csv"
     fields = ["iteration", "elapsed_s", "loss", "lr"] + [f"val_dice_{n}" for n in labels] + ["val_mean_dice"]
-    if not log_path.exists() or not resume:
+    if resume:
+        _truncate_log(log_path, fields, it0)
+    else:
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(fields)
     tb = None
@@ -335,7 +449,7 @@ def run_training(config, resume: bool = False, max_iterations: int | None = None
             tb = None
     show = sys.stderr.isatty() if progress is None else progress
     t_start = time.perf_counter() - elapsed0
-    losses, first_losses = [], []
+    first_losses = []
     it = it0
     net.train()
 
@@ -344,94 +458,136 @@ def run_training(config, resume: bool = False, max_iterations: int | None = None
         if tag_best:
             save_weights(net.state_dict(), out / "best.safetensors")
         st = {"iteration": torch.tensor(it), "elapsed_s": torch.tensor(time.perf_counter() - t_start),
-              "best": torch.tensor(best), "best_iteration": torch.tensor(best_it), "optimizer": opt.state_dict()}
+              "best": torch.tensor(best), "best_iteration": torch.tensor(best_it), "optimizer": opt.state_dict(),
+              "recent_losses": torch.tensor(losses[-cfg.log_every:], dtype=torch.float64),
+              "scaler": scaler.state_dict()}
         _atomic(state_file, lambda p: torch.save(st, str(p)))
 
-    while it < cfg.optim.max_iterations:
-        elapsed = time.perf_counter() - t_start
-        if cfg.optim.max_minutes and elapsed > 60.0 * cfg.optim.max_minutes:
-            break
-        lr = cfg.optim.lr * _lr_factor(cfg, it, elapsed)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = next(batches)
-        x, y = x.to(device), y.to(device)
-        opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, enabled=amp):
-            loss = loss_fn(net(x), y)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        it += 1
-        lv = float(loss.detach())
-        losses.append(lv)
-        if len(first_losses) < 5:
-            first_losses.append(lv)
-        row = None
-        if it % cfg.log_every == 0 or it == cfg.optim.max_iterations:
-            row = {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 1),
-                   "loss": round(float(np.mean(losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
-        is_best = False
-        if val and (it % cfg.val_every == 0 or it == cfg.optim.max_iterations):
-            dice = validate(net, val, len(labels), cfg.roi_size, device)
-            mean = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
-            row = row or {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 1),
-                          "loss": round(float(np.mean(losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
-            row.update({f"val_dice_{n}": round(d, 4) for n, d in zip(labels, dice)})
-            row["val_mean_dice"] = round(mean, 4)
-            if mean > best:
-                best, best_it, is_best = mean, it, True
-            if tb:
-                for n, d in zip(labels, dice):
-                    tb.add_scalar(f"val_dice/{n}", d, it)
-        if row:
-            with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow([row.get(k, "") for k in fields])
-            if tb:
-                tb.add_scalar("loss", row["loss"], it)
-                tb.add_scalar("lr", lr, it)
-            done = it / cfg.optim.max_iterations
-            if cfg.optim.max_minutes:
-                done = max(done, row["elapsed_s"] / (60.0 * cfg.optim.max_minutes))
-            eta = row["elapsed_s"] * (1 - done) / max(done, 1e-9)
-            bar = "#" * int(20 * min(done, 1.0))
-            msg = f"[{cfg.name}] |{bar:<20}| {100 * min(done, 1):5.1f}% it {it} loss {row['loss']:.4f} " \
-                  f"lr {lr:.2e} {row['elapsed_s']:.0f}s eta {eta / 60:.0f} min" \
-                  + (f" val {row['val_mean_dice']:.3f}" if "val_mean_dice" in row else "")
-            print(("\r" if show else "") + msg, end="" if show else "\n", file=sys.stderr, flush=True)
-        if is_best or it % cfg.checkpoint_every == 0 or it == cfg.optim.max_iterations:
-            checkpoint(is_best)
-    checkpoint(False) if it > it0 else None
+    def write_row(row):
+        with open(log_path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in fields])
+
+    def validation_row(row):
+        nonlocal best, best_it
+        dice = validate(net, val, len(labels), cfg.roi_size, device)
+        mean = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
+        row.update({f"val_dice_{n}": round(d, 4) for n, d in zip(labels, dice)})
+        row["val_mean_dice"] = round(mean, 4)
+        if tb:
+            for n, d in zip(labels, dice):
+                tb.add_scalar(f"val_dice/{n}", d, it)
+        if mean > best:
+            best, best_it = mean, it
+            return True
+        return False
+
+    if cfg.finetune and not resume and val:
+        # the starting model is a candidate too: a fine-tune that only makes it worse keeps it as "best"
+        row = {"iteration": 0, "elapsed_s": 0.0, "loss": "", "lr": ""}
+        validation_row(row)
+        write_row(row)
+        checkpoint(True)
+        print(f"[{cfg.name}] iteration 0 (starting weights): mean validation Dice {row['val_mean_dice']:.4f}",
+              file=sys.stderr)
+
+    with _Stop() as stop:
+        while it < cfg.optim.max_iterations and stop.signal is None:
+            elapsed = time.perf_counter() - t_start
+            if cfg.optim.max_minutes and elapsed > 60.0 * cfg.optim.max_minutes:
+                break
+            lr = cfg.optim.lr * _lr_factor(cfg, it, elapsed)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            try:
+                x, y = next(batches)
+            except Exception:
+                if stop.signal is not None:  # a loader interrupted by the same signal
+                    break
+                raise
+            x, y = x.to(device), y.to(device)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=amp):
+                loss = loss_fn(net(x), y)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            it += 1
+            lv = float(loss.detach())
+            losses = (losses + [lv])[-max(cfg.log_every, 5):]
+            if len(first_losses) < 5:
+                first_losses.append(lv)
+            row, is_best = None, False
+            last_it = it == cfg.optim.max_iterations
+            if it % cfg.log_every == 0 or last_it or (val and it % cfg.val_every == 0):
+                row = {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 1),
+                       "loss": round(float(np.mean(losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
+            if val and (it % cfg.val_every == 0 or last_it):
+                is_best = validation_row(row)
+            if row:
+                write_row(row)
+                if tb:
+                    tb.add_scalar("loss", row["loss"], it)
+                    tb.add_scalar("lr", lr, it)
+                _progress(cfg, it, lr, row, show)
+            if is_best or it % cfg.checkpoint_every == 0 or last_it:
+                checkpoint(is_best)
+        checkpoint(False)
     if not (out / "best.safetensors").exists() and last_file.exists():
         save_weights(load_weights(last_file), out / "best.safetensors")
     if show:
         print(file=sys.stderr)
+    if stop.signal:
+        print(f"[{cfg.name}] {stop.signal}: stopped after iteration {it}; checkpoint saved in {out} "
+              f"(continue with --resume)", file=sys.stderr)
     if tb:
         tb.close()
     return {"output_dir": str(out), "iterations": it, "start_iteration": it0,
             "elapsed_s": time.perf_counter() - t_start, "best_val_mean_dice": best, "best_iteration": best_it,
-            "first_losses": first_losses, "last_losses": losses[-5:], "labels": labels}
+            "first_losses": first_losses, "last_losses": losses[-5:], "labels": labels,
+            "interrupted": stop.signal, "validation": val_what, "finetune": info.get("finetune")}
 
 
-def _load_finetune(cfg: TrainConfig, net, labels: list[str]) -> None:
+def _progress(cfg: TrainConfig, it: int, lr: float, row: dict, show: bool) -> None:
+    done = it / cfg.optim.max_iterations
+    if cfg.optim.max_minutes:
+        done = max(done, row["elapsed_s"] / (60.0 * cfg.optim.max_minutes))
+    eta = row["elapsed_s"] * (1 - done) / max(done, 1e-9)
+    bar = "#" * int(20 * min(done, 1.0))
+    msg = f"[{cfg.name}] |{bar:<20}| {100 * min(done, 1):5.1f}% it {it} loss {row['loss']:.4f} " \
+          f"lr {lr:.2e} {row['elapsed_s']:.0f}s eta {eta / 60:.0f} min" \
+          + (f" val {row['val_mean_dice']:.3f}" if "val_mean_dice" in row else "")
+    print(("\r" if show else "") + msg, end="" if show else "\n", file=sys.stderr, flush=True)
+
+
+def _load_finetune(cfg: TrainConfig, net, labels: list[str]) -> dict:
+    """Start ``net`` from the fine-tune source; returns (and prints) what was transferred."""
     ft = cfg.finetune
     if ft.model:
         from ..segment.registry import resolve_model  # registry owned by pipeline.segment
         spec = resolve_model(ft.model)
         if spec.backend != "checkpoint" or not spec.weights:
-            raise ConfigError(f"key 'finetune.model': {ft.model!r} is not a checkpoint model")
-        if spec.network and (spec.network.name != cfg.network["name"]):
-            raise ConfigError(f"key 'finetune.model': network {spec.network.name} differs from {cfg.network['name']}")
+            raise ConfigError(f"key 'finetune.model': {ft.model!r} is not a checkpoint model", rule="finetune.model")
+        if spec.network and (spec.network.name != cfg.network.name):
+            raise ConfigError(f"key 'finetune.model': network {spec.network.name} differs from {cfg.network.name}",
+                              rule="finetune.model")
         old_labels = [l.name for l in sorted(spec.labels, key=lambda l: l.channel or 0)] if spec.labels else []
         weights = spec.weights
     elif ft.weights:
         weights, old_labels = ft.weights, list(ft.labels or labels)
     else:
-        raise ConfigError("key 'finetune': give 'model' (registry name) or 'weights'")
+        raise ConfigError("key 'finetune': give 'model' (registry name) or 'weights'", rule="finetune")
     sd, fresh = adapt_state_dict(load_weights(weights), net, old_labels, labels)
     net.load_state_dict(sd)
-    if fresh:
-        print(f"fine-tune: {len(fresh)} tensors re-initialised (new label set): {', '.join(fresh[:4])}...",
-              file=sys.stderr)
+    kept = [n for n in labels if n in old_labels]
+    new = [n for n in labels if n not in old_labels]
+    info = {"source": ft.model or str(weights), "weights": str(weights),
+            "tensors_transferred": len(sd) - len(fresh), "tensors_total": len(sd), "reinitialised": fresh,
+            "channels_from_source": kept, "new_channels": new,
+            "dropped_source_labels": [n for n in old_labels if n not in labels]}
+    print(f"fine-tune from {info['source']} ({weights}): {info['tensors_transferred']} of {len(sd)} tensors "
+          f"transferred; output channels kept by name: {kept or 'none'}; new (fresh): {new or 'none'}; "
+          f"source labels dropped: {info['dropped_source_labels'] or 'none'}"
+          + (f"; re-initialised: {', '.join(fresh)}" if fresh else ""), file=sys.stderr)
+    return info
