@@ -32,6 +32,7 @@ from . import _common as c
 from ._common import quiet_pydicom
 from ._pixels import decode, stored_bounds, transfer_syntax
 from ._stack import plan_stack, regrid
+from .imagefile import NIFTI_SUFFIXES, check_nifti
 
 IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 OPTION_DEFAULTS: dict[str, Any] = {"on_uneven": "resample", "uneven_spacing": "median", "on_missing": "error",
@@ -434,6 +435,8 @@ def read_input(path, *, rules=None, series_uid: str | None = None, options: dict
         raise DicomError("input does not exist", path=str(p), rule="input must exist")
     if p.is_file():
         if p.name.lower().endswith(IMAGE_FILE_SUFFIXES):
+            if p.name.lower().endswith(NIFTI_SUFFIXES):
+                check_nifti(p)  # SimpleITK zero-fills truncated data and reads pixdim 0 as 1 mm
             vol = read_image_file(p)
             return Volume(vol.array, vol.affine, vol.frame_of_reference_uid,
                           {**vol.source, "reader": "pipeline.geometry.read_image_file"})

@@ -1,0 +1,154 @@
+"""Issue 12: unattended operation — no silent wrong answers, no hangs, complete series.
+
+One test (or a few) per numbered item of the issue; each fails on the code before the fix.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dicom_synth as ds_
+from pipeline.errors import DicomError, SceneError
+
+
+def _ct(folder: Path, n: int = 6, shape=(32, 32), value=None, **kw) -> list[Path]:
+    rng = np.random.default_rng(0)
+    stored = rng.integers(-1000, 400, size=(n, *shape)).astype(np.int16) if value is None else \
+        np.full((n, *shape), value, np.int16)
+    pos = np.array([[0.0, 0.0, 2.0 * k] for k in range(n)])
+    return ds_.write_series(folder, stored, pos, **kw)
+
+
+# -- item 1: any Pixel Data length mismatch is refused -------------------------------------------
+
+def test_bits_allocated_8_over_16bit_pixel_data_is_refused(tmp_path):
+    import pydicom
+
+    from pipeline.ingest import read_series
+
+    files = _ct(tmp_path / "s")
+    for f in files:
+        d = pydicom.dcmread(f)
+        d.BitsAllocated, d.BitsStored, d.HighBit = 8, 8, 7  # the data stays 16-bit: twice as long
+        d.save_as(f)
+    with pytest.raises(DicomError) as e:
+        read_series(files)
+    assert "bytes too many" in str(e.value) and files[0].name in str(e.value)
+    assert "len(PixelData) ==" in e.value.rule or "every instance" in e.value.rule
+
+
+# -- item 2 and item 4 (pixdim 0): NIfTI header checks ---------------------------------------------
+
+def _nifti(path: Path, arr: np.ndarray, pixdim=(2.0, 1.0, 1.0)) -> Path:
+    import nibabel as nib
+
+    img = nib.Nifti1Image(arr, np.diag([*pixdim, 1.0]))
+    nib.save(img, str(path))
+    return path
+
+
+def test_truncated_nifti_is_refused(tmp_path):
+    from pipeline.ingest import read_input
+
+    full = _nifti(tmp_path / "full.nii", np.full((40, 40, 30), -1000, np.int16))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.nii"
+    cut.write_bytes(data[: 352 + (len(data) - 352) // 50])  # 98 % of the voxels missing
+    with pytest.raises(DicomError) as e:
+        read_input(cut)
+    assert e.value.path == str(cut) and "truncated" in str(e.value) and "NIfTI data size" in e.value.rule
+    import gzip
+
+    gz = tmp_path / "cut.nii.gz"
+    gz.write_bytes(gzip.compress(cut.read_bytes()))
+    with pytest.raises(DicomError, match="truncated"):
+        read_input(gz)
+    assert read_input(full).shape == (30, 40, 40)  # the complete file still reads
+
+
+def test_nifti_with_pixdim_zero_is_refused(tmp_path):
+    import nibabel as nib
+
+    from pipeline.ingest import read_input
+
+    p = _nifti(tmp_path / "pix0.nii.gz", np.zeros((20, 20, 20), np.int16))
+    img = nib.load(str(p))
+    img.header["pixdim"][3] = 0.0
+    nib.save(img, str(p))
+    with pytest.raises(DicomError) as e:
+        read_input(p)
+    assert "pixdim" in e.value.rule and "[3] = 0" in str(e.value)
+
+
+# -- item 3: scene paths must stay inside the scene folder ---------------------------------------
+
+@pytest.fixture
+def two_scenes(tmp_path):
+    from tests.test_scene import _scene
+
+    from pipeline.scene import save_scene
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        sc, _ = _scene(d)
+        save_scene(sc, d)
+    return a, b
+
+
+def _edit(folder: Path, fn) -> None:
+    p = folder / "scene.json"
+    d = json.loads(p.read_text())
+    fn(d)
+    p.write_text(json.dumps(d))
+
+
+@pytest.mark.parametrize("key", ["image", "labelmap", "mesh", "uncertainty", "snapshot"])
+def test_scene_path_outside_the_folder_is_refused(two_scenes, key):
+    from pipeline.scene import load_scene
+
+    a, b = two_scenes
+
+    def point_out(d):
+        if key == "mesh":
+            d["structures"][0]["mesh"] = "../b/" + d["structures"][0]["mesh"]
+        elif key == "snapshot":
+            d["snapshots"] = [str(b / "image.nii.gz")]  # absolute
+        else:
+            d[key] = "../b/image.nii.gz"
+    _edit(a, point_out)
+    with pytest.raises(SceneError) as e:
+        load_scene(a)
+    assert "outside the scene folder" in str(e.value) and e.value.rule == "every scene path resolves inside the scene folder"
+    assert (key if key not in ("mesh", "snapshot") else {"mesh": "structures[0].mesh", "snapshot": "snapshots[0]"}[key]) in str(e.value)
+
+
+def test_scene_symlink_leaving_the_folder_is_refused(two_scenes):
+    from pipeline.scene import load_scene
+
+    a, b = two_scenes
+    (a / "image.nii.gz").unlink()
+    os.symlink(b / "image.nii.gz", a / "image.nii.gz")
+    with pytest.raises(SceneError, match="'image'.*outside the scene folder"):
+        load_scene(a)
+    # a symlink that stays inside the folder is fine
+    (a / "image.nii.gz").unlink()
+    shutil.copy(b / "image.nii.gz", a / "real_image.nii.gz")
+    os.symlink("real_image.nii.gz", a / "image.nii.gz")
+    assert load_scene(a).load_image().shape == (30, 60, 60)
+
+
+def test_scene_mesh_that_is_not_a_mesh_is_a_scene_error(two_scenes):
+    from pipeline.scene import load_scene
+
+    a, _ = two_scenes
+    rel = json.loads((a / "scene.json").read_text())["structures"][0]["mesh"]
+    (a / rel).write_text("this is not a PLY file\n")
+    with pytest.raises(SceneError) as e:
+        load_scene(a)
+    assert rel in str(e.value) and "mesh" in e.value.rule
