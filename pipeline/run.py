@@ -91,6 +91,11 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             duration_s=round(timings["ingest"], 3), notes=tuple(src.get("notes", ())),
         ))
         progress("ingest", f"{volume.shape} voxels, spacing {np.round(volume.spacing, 3).tolist()} mm")
+        from .ingest.plausible import check_volume
+
+        checks = check_volume(volume, str(input_path))  # refuses what cannot be a patient scan
+        for w in checks.warnings:
+            progress("ingest", f"warning: {w}")
 
         # 2. segment -----------------------------------------------------------------------
         from .segment import resolve_model, segment
@@ -137,6 +142,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
+        scene.extra["input_checks"] = checks.to_dict()
         if seg.record.outputs.get("scan_warnings"):
             scene.extra["scan_warnings"] = list(seg.record.outputs["scan_warnings"])
         scene.provenance = records
@@ -147,6 +153,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         snap = None
         warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
         warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
+        warnings += [f"input: {w}" for w in checks.warnings]
         if snapshot:
             t0 = time.perf_counter()
             try:

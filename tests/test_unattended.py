@@ -152,3 +152,64 @@ def test_scene_mesh_that_is_not_a_mesh_is_a_scene_error(two_scenes):
     with pytest.raises(SceneError) as e:
         load_scene(a)
     assert rel in str(e.value) and "mesh" in e.value.rule
+
+
+# -- item 4: plausibility checks before segmenting ----------------------------------------------
+
+def _vol(arr, spacing=(2.0, 0.7, 0.7), modality="CT"):
+    from pipeline.types import Volume
+
+    return Volume(np.asarray(arr), np.diag([*spacing, 1.0]), None, {"modality": modality} if modality else {})
+
+
+def _body(shape=(20, 64, 64)) -> np.ndarray:
+    a = np.full(shape, -1000, np.int16)
+    a[:, 16:48, 16:48] = 40
+    return a
+
+
+@pytest.mark.parametrize("case,rule", [
+    ("all_air", "tissue"), ("strip_4x4", "field of view"), ("slope_1e30", "Hounsfield"),
+    ("nan", "finite"), ("constant", "more than one value"), ("nifti_all_air", "tissue")])
+def test_implausible_volumes_are_refused(case, rule):
+    from pipeline.ingest.plausible import check_volume
+
+    vol = {
+        "all_air": lambda: _vol(np.full((20, 64, 64), -1000, np.int16) + np.random.default_rng(0).integers(-20, 20, (20, 64, 64)).astype(np.int16)),
+        "strip_4x4": lambda: _vol(np.random.default_rng(0).integers(-1000, 100, (1000, 4, 4)).astype(np.int16)),
+        "slope_1e30": lambda: _vol(_body().astype(np.float32) * 1e30 + 1e30),
+        "nan": lambda: _vol(np.where(np.arange(20)[:, None, None] == 3, np.nan, _body()).astype(np.float32)),
+        "constant": lambda: _vol(np.zeros((20, 64, 64), np.int16), modality="MR"),
+        "nifti_all_air": lambda: _vol(np.full((20, 64, 64), -1024, np.int16).clip(None, None) + (np.arange(64) % 2).astype(np.int16), modality=None),
+    }[case]()
+    with pytest.raises(DicomError) as e:
+        check_volume(vol, "/data/in")
+    assert rule in e.value.rule and e.value.path == "/data/in"
+
+
+def test_plausible_volumes_pass_and_doubtful_ones_warn():
+    from pipeline.ingest.plausible import check_volume
+
+    ok = check_volume(_vol(_body()), "x")
+    assert ok.warnings == [] and ok.modality == "CT" and 0.2 < ok.tissue_fraction < 0.3
+    assert check_volume(_vol(_body(), modality="MR"), "x").tissue_fraction is None  # no HU rules for MR
+    slab = check_volume(_vol(_body((3, 64, 64)), spacing=(1.25, 0.8, 0.8)), "x")
+    assert any("thin slab" in w for w in slab.warnings)
+
+
+def test_run_refuses_all_air_scan_and_states_warnings_in_the_scene(tmp_path):
+    from pipeline.run import run_case
+
+    air = np.random.default_rng(1).integers(-1010, -990, (12, 64, 64)).astype(np.int16)  # air with noise
+    ds_.write_series(tmp_path / "air", air, np.array([[0.0, 0.0, 2.0 * k] for k in range(12)]))
+    with pytest.raises(DicomError, match="air only"):
+        run_case(tmp_path / "air", tmp_path / "out_air", model="hu_rules", snapshot=False)
+    assert not (tmp_path / "out_air").exists()
+    # a 4-slice body slab: processed, and the warning is in scene.json and in the result
+    stored = np.stack([_body((1, 64, 64))[0]] * 4)
+    ds_.write_series(tmp_path / "slab", stored, np.array([[0.0, 0.0, 1.25 * k] for k in range(4)]),
+                     spacing=(1.0, 1.0))
+    res = run_case(tmp_path / "slab", tmp_path / "out_slab", model="hu_rules", snapshot=False)
+    scene = json.loads((tmp_path / "out_slab" / "scene.json").read_text())
+    assert any("thin slab" in w for w in scene["input_checks"]["warnings"])
+    assert any(w.startswith("input: thin slab") for w in res.warnings)
