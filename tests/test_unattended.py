@@ -213,3 +213,72 @@ def test_run_refuses_all_air_scan_and_states_warnings_in_the_scene(tmp_path):
     scene = json.loads((tmp_path / "out_slab" / "scene.json").read_text())
     assert any("thin slab" in w for w in scene["input_checks"]["warnings"])
     assert any(w.startswith("input: thin slab") for w in res.warnings)
+
+
+# -- item 5: an unusable image series is a failure; a named folder is one row ---------------------
+
+def _cut(files, n: int) -> None:
+    for f in files:
+        f.write_bytes(f.read_bytes()[:n])
+
+
+@pytest.fixture(scope="module")
+def unusable_batch(tmp_path_factory):
+    import batch_helpers as bh
+
+    from pipeline.batch.manifest import Manifest
+    from pipeline.batch.runner import BatchOptions, run_batch
+
+    root = tmp_path_factory.mktemp("unusable")
+    _cut(bh.write_study(root / "header_truncated", 0, shape=(8, 64, 64)), 900)  # CT headers cut before Rows
+    bh.write_study(root / "two_slices", 1, shape=(2, 64, 64))
+    files = bh.write_study(root / "half_cut", 2, shape=(8, 64, 64))
+    _cut(files[4:], 300)  # cut before StudyInstanceUID: used to become a second, 'no_StudyInstanceUID' row
+    bh.write_non_image(root / "sr_only", 3)
+    out = tmp_path_factory.mktemp("unusable_out") / "b"
+    inputs = [str(root / n) for n in ("header_truncated", "two_slices", "half_cut", "sr_only")]
+    summary = run_batch(inputs, out, BatchOptions(workers=0, model="hu_rules"))
+    with Manifest(out, readonly=True) as m:
+        rows = {r["study"]: r for r in m.rows()}
+    return summary, rows, root
+
+
+def test_unusable_image_series_fail_with_their_reason(unusable_batch):
+    summary, rows, root = unusable_batch
+    assert rows["header_truncated"]["status"] == "failed"
+    assert "no image pixel module" in rows["header_truncated"]["reason"] and "IM0001.dcm" in rows["header_truncated"]["reason"]
+    assert rows["two_slices"]["status"] == "failed"
+    assert "no series matches the selection rules" in rows["two_slices"]["reason"]
+    assert rows["sr_only"]["status"] == "skipped"  # nothing meant for processing: still a skip
+    assert not summary.ok
+
+
+def test_named_folder_is_one_manifest_row(unusable_batch):
+    summary, rows, root = unusable_batch
+    assert set(rows) == {"header_truncated", "two_slices", "half_cut", "sr_only"}
+    assert rows["half_cut"]["status"] == "failed"
+    # item 6 as seen from the batch: the corrupt file is named as the cause
+    assert "IM0005.dcm" in rows["half_cut"]["reason"] and "on_missing" not in rows["half_cut"]["reason"]
+
+
+# -- item 6: a corrupt file in a series is named as the cause -------------------------------------
+
+@pytest.mark.parametrize("where,damage", [("middle", "cut_header"), ("middle", "garbage"), ("last", "cut_header")])
+def test_corrupt_file_in_series_is_named(tmp_path, where, damage):
+    import batch_helpers as bh
+
+    from pipeline.ingest import read_input
+
+    files = bh.write_study(tmp_path / "s", 0, shape=(10, 64, 64))
+    f = files[5] if where == "middle" else files[-1]
+    data = bytearray(f.read_bytes())
+    if damage == "cut_header":
+        f.write_bytes(bytes(data[:1200]))
+    else:
+        data[140:400] = bytes(range(256))[:260] * 1 + bytes(4)
+        f.write_bytes(bytes(data))
+    with pytest.raises(DicomError) as e:
+        read_input(tmp_path / "s")
+    assert e.value.path == str(f) and f.name in str(e.value)
+    assert e.value.rule == "every instance of a series must be readable"
+    assert "on_missing" not in str(e.value) and "resample" not in str(e.value)

@@ -28,6 +28,7 @@ from pathlib import Path
 from . import phi
 
 log = logging.getLogger(__name__)
+NO_STUDY_UID = "(no StudyInstanceUID"  # how the index names files without one
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -143,12 +144,15 @@ def _from_folder(folder: Path, origin: str, stage_root: Path) -> list[StudyItem]
         return [StudyItem(folder.name, str(folder), origin, problem=why)]
     if index.skipped:
         log.info("%s: %d files are not DICOM instances and were left out", folder, len(index.skipped))
-    if len(index) == 1:
-        st = index[0]
-        files = [f for s in st.series for f in s.files]
+    # Files whose header has no StudyInstanceUID (cut short before it, or blanked) are no study
+    # of their own: with at most one real study the named folder is one item under its name.
+    real = [st for st in index if not st.study_uid.startswith(NO_STUDY_UID)]
+    if len(real) <= 1:
+        files = [f for st in index for s in st.series for f in s.files]
         _register_study_phi(files)
-        return [StudyItem(folder.name, str(folder), origin, st.study_uid,
-                          sorted({s.series_uid for s in st.series}), len(files))]
+        st = real[0] if real else index[0]
+        return [StudyItem(folder.name, str(folder), origin, None if not real else st.study_uid,
+                          sorted({s.series_uid for s in st.series if s.series_uid}), len(files))]
     items = []
     study_files = {st.study_uid: [f for s in st.series for f in s.files] for st in index}
     for st in index:
@@ -159,12 +163,14 @@ def _from_folder(folder: Path, origin: str, stage_root: Path) -> list[StudyItem]
             common = common.parent
         others = [f for uid, fs in study_files.items() if uid != st.study_uid for f in fs]
         exclusive = common != folder and not any(Path(f).is_relative_to(common) for f in others)
+        no_uid = st.study_uid.startswith(NO_STUDY_UID)
         if exclusive:
             key, inp = common.name, str(common)
         else:
-            key = st.study_uid
+            key = f"{folder.name}_no_StudyInstanceUID" if no_uid else st.study_uid
             inp = str(_stage(files, stage_root / safe_key(key)))
-        items.append(StudyItem(key, inp, origin, st.study_uid, sorted({s.series_uid for s in st.series}), len(files)))
+        items.append(StudyItem(key, inp, origin, None if no_uid else st.study_uid,
+                               sorted({s.series_uid for s in st.series if s.series_uid}), len(files)))
     return items
 
 

@@ -415,6 +415,38 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
     return Volume(arr, affine, source_info["frame_of_reference_uid"], source_info)
 
 
+def damaged_files(studies) -> list[tuple[str, str]]:
+    """(file, reason) for files of an index that look like DICOM instances but cannot be used.
+
+    A file the index skipped although it passed the DICOM sniff (a header that does not
+    parse), and image instances whose header stops before Rows/Columns (cut short).
+    """
+    out = [(f, why) for f, why in studies.skipped
+           if why.startswith(("unreadable DICOM header", "not a DICOM instance"))]
+    for s in studies.all_series():
+        if not s.is_image and not c.is_non_image(s.modality, s.sop_class):
+            out += [(f, "image instance without Rows/Columns: its header stops early (truncated?)") for f in s.files]
+    return out
+
+
+def _refuse_damaged_neighbours(studies, series) -> None:
+    """A damaged file next to the chosen series is probably one of its instances: refuse.
+
+    Without this, the index drops it and the series reads with a hole (or, at an end, silently
+    one slice short); the error must name the corrupt file, not suggest interpolating over it.
+    """
+    dirs = {os.path.dirname(os.path.abspath(f)) for f in series.files}
+    bad = [(f, why) for f, why in damaged_files(studies) if os.path.dirname(os.path.abspath(f)) in dirs]
+    if not bad:
+        return
+    listed = "; ".join(f"{os.path.basename(f)}: {why}" for f, why in bad[:5]) + (
+        f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise DicomError(f"series {series.series_uid or series.key} ({series.n_instances} readable files): {len(bad)} "
+                     f"file(s) in its folder look like DICOM instances but cannot be read, so the series is "
+                     f"probably incomplete: {listed}", path=bad[0][0],
+                     rule="every instance of a series must be readable")
+
+
 def read_input(path, *, rules=None, series_uid: str | None = None, options: dict | None = None) -> Volume:
     """Any supported input -> Volume.
 
@@ -464,6 +496,7 @@ def read_input(path, *, rules=None, series_uid: str | None = None, options: dict
             raise DicomError(f"folder holds {len(picks)} studies with a selectable series ({listing}); "
                              f"pass series_uid or a folder with one study", path=str(p), rule="one study per input")
         chosen = picks[0]
+    _refuse_damaged_neighbours(studies, chosen.series)
     vol = read_series(chosen.series, **opts)
     vol.source["selection"] = {"rule": chosen.rule, "series_key": chosen.series.key, "folder": str(p)}
     return vol
