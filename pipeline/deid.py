@@ -328,14 +328,14 @@ class DeidReport:
     studies: dict[str, int] = field(default_factory=dict)  # new StudyInstanceUID -> instances
 
 
-def _input_files(src: Path) -> list[Path]:
-    if src.is_file():
-        return [src]
-    files = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return files
+def _input_files(src: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Regular files under ``src`` and (path, reason) for what is never opened (FIFOs...)."""
+    from .ingest._common import not_regular, walk_files
+
+    if not src.is_dir():
+        why = not_regular(src)
+        return ([], [(str(src), why)]) if why else ([src], [])
+    return walk_files(src)
 
 
 def deidentify_file(src, out_dir, deid: Deidentifier) -> Path:
@@ -412,7 +412,8 @@ def deidentify_tree(src, out_dir, *, deid: Deidentifier | None = None, map_path=
         deid = (Deidentifier.from_mapping(saved, allow_burned_in=allow_burned_in) if saved
                 else Deidentifier(allow_burned_in=allow_burned_in))
     report = DeidReport()
-    for f in _input_files(src):
+    files, report.skipped = _input_files(src)
+    for f in files:
         try:
             out = deidentify_file(f, out_dir, deid)
         except DicomError as e:

@@ -282,3 +282,68 @@ def test_corrupt_file_in_series_is_named(tmp_path, where, damage):
     assert e.value.path == str(f) and f.name in str(e.value)
     assert e.value.rule == "every instance of a series must be readable"
     assert "on_missing" not in str(e.value) and "resample" not in str(e.value)
+
+
+# -- item 7: FIFOs are never opened; discovery has a time limit per folder ------------------------
+
+def _cli(*args, timeout=120):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=root, env=env)
+
+
+def test_fifo_in_input_folder_does_not_hang_run_or_deid(tmp_path):
+    import batch_helpers as bh
+
+    bh.write_study(tmp_path / "s", 0)
+    os.mkfifo(tmp_path / "s" / "pipe.dcm")
+    r = _cli("run", tmp_path / "s", "--out", tmp_path / "out", "--model", "hu_rules", "--no-snapshot")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "scene.json").exists()
+    r = _cli("run", tmp_path / "s" / "pipe.dcm", "--out", tmp_path / "out2", "--model", "hu_rules", "--no-snapshot")
+    assert r.returncode == 1 and "pipe.dcm" in r.stderr and "named pipe (FIFO)" in r.stderr and "Traceback" not in r.stderr
+    from pipeline.deid import deidentify_tree
+
+    rep = deidentify_tree(tmp_path / "s", tmp_path / "deid")
+    assert len(rep.written) == 32 and any("pipe.dcm" in f and "FIFO" in why for f, why in rep.skipped)
+
+
+def test_fifo_in_batch_input_and_discovery_time_limit(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    import batch_helpers as bh
+
+    from pipeline.batch import inputs
+    from pipeline.ingest import index_folder
+
+    bh.write_study(tmp_path / "good", 0, shape=(8, 64, 64))
+    os.mkfifo(tmp_path / "good" / "fifo")
+    items = inputs.discover([str(tmp_path / "good")], tmp_path / "stage", time_limit=30)
+    assert [(i.key, i.problem) for i in items] == [("good", None)]
+    # the index stops at its deadline with the rule named
+    with pytest.raises(DicomError) as e:
+        index_folder(tmp_path / "good", deadline=time.monotonic() - 1)
+    assert e.value.rule == "discovery finishes within its time limit per input"
+    # a folder whose discovery never returns fails alone; the other input goes on
+    (tmp_path / "stuck").mkdir()
+    stuck = threading.Event()
+    real = inputs._from_folder
+
+    def slow(folder, *a, **k):
+        if folder.name == "stuck":
+            stuck.wait(60)
+        return real(folder, *a, **k)
+    monkeypatch.setattr(inputs, "_from_folder", slow)
+    monkeypatch.setattr(inputs, "DISCOVERY_GRACE_S", 0.2)
+    try:
+        items = inputs.discover([str(tmp_path / "stuck"), str(tmp_path / "good")], tmp_path / "stage", time_limit=0.1)
+    finally:
+        stuck.set()
+    got = {i.key: i.problem for i in items}
+    assert got["good"] is None and "did not finish within 0.1 s" in got["stuck"]
+

@@ -58,6 +58,7 @@ class BatchOptions:
     deid_map: str | None = None
     allow_burned_in: bool = False
     timeout_s: float | None = None
+    discovery_timeout_s: float | None = 300.0  # per named input folder
     case_fn: Any = DEFAULT_CASE_FN
     case_kwargs: dict = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
@@ -352,7 +353,8 @@ def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *
             reset = m.reset_unfinished()
             if left or reset:
                 log.info("resume: removed %d temporary folders, %d studies were left running by a killed run", left, reset)
-            items = discover(inputs, out / "inputs", hide_uids=opts.deidentify) if inputs else []
+            items = discover(inputs, out / "inputs", hide_uids=opts.deidentify,
+                             time_limit=opts.discovery_timeout_s) if inputs else []
             if opts.resume:  # the batch is everything in the manifest plus what is named now
                 items += _items_from_manifest(m, {it.key: it for it in items})
             by_key = {it.key: it for it in items}

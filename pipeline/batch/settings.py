@@ -15,6 +15,7 @@ class BatchConfig(BaseModel):
     workers: int = Field(1, ge=0, description="process-pool size; 0 runs studies in the coordinator process")
     scheduler: Optional[str] = Field(None, description="'local' (Dask LocalCluster) or tcp://HOST:PORT; overrides workers")
     study_timeout_s: Optional[float] = Field(None, gt=0, description="per-study time limit (process pools)")
+    discovery_timeout_s: float = Field(300.0, gt=0, description="time limit for finding the studies in one named input folder")
     model: Optional[str] = Field(None, description="segmentation model; default: segment.model")
     snapshot: bool = Field(False, description="render a snapshot per study (slower)")
     progress: str = Field("auto", pattern="^(auto|rich|plain|none)$")

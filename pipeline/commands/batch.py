@@ -79,7 +79,7 @@ def cmd_batch(args) -> int:
         workers=bcfg.workers if args.workers is None else args.workers,
         scheduler=args.scheduler or bcfg.scheduler, resume=args.resume, deidentify=args.deidentify,
         deid_map=args.deid_map, allow_burned_in=args.allow_burned_in,
-        timeout_s=args.timeout or bcfg.study_timeout_s, case_fn=args.case_fn or DEFAULT_CASE_FN, case_kwargs=case_kwargs,
+        timeout_s=args.timeout or bcfg.study_timeout_s, discovery_timeout_s=bcfg.discovery_timeout_s, case_fn=args.case_fn or DEFAULT_CASE_FN, case_kwargs=case_kwargs,
         argv=["surgitwin", *sys.argv[1:]])
     summary = run_batch(args.inputs, args.out, opts, reporter=make_reporter(args.progress or bcfg.progress))
     if args.json:

@@ -465,6 +465,8 @@ def read_input(path, *, rules=None, series_uid: str | None = None, options: dict
     opts = load_ingest_options() if options is None else check_options({**OPTION_DEFAULTS, **options}, "options")
     if not p.exists():
         raise DicomError("input does not exist", path=str(p), rule="input must exist")
+    if not p.is_dir() and c.not_regular(p):
+        raise DicomError(f"input is {c.not_regular(p)}", path=str(p), rule="inputs are regular files or folders")
     if p.is_file():
         if p.name.lower().endswith(IMAGE_FILE_SUFFIXES):
             if p.name.lower().endswith(NIFTI_SUFFIXES):
