@@ -71,7 +71,7 @@ def test_statuses_with_real_pipeline(real_batch):
     assert "no series matches the selection rules" in rows["two_slices_only"]["reason"]
     assert "NumberOfSlices" in rows["two_slices_only"]["reason"]
     assert status["empty_dir"] == "failed" and "empty" in rows["empty_dir"]["reason"]
-    assert summary.totals == {"pending": 0, "running": 0, "done": 5, "failed": 5, "skipped": 1}
+    assert summary.totals == {"pending": 0, "running": 0, "interrupted": 0, "done": 5, "failed": 5, "skipped": 1}
     assert not summary.ok
     # done rows: a loadable scene, per-stage timings, versions, the source UIDs
     from pipeline.scene import load_scene

@@ -347,3 +347,145 @@ def test_fifo_in_batch_input_and_discovery_time_limit(tmp_path, monkeypatch):
     got = {i.key: i.problem for i in items}
     assert got["good"] is None and "did not finish within 0.1 s" in got["stuck"]
 
+
+
+# -- item 8: workers die with their coordinator; an older run never overwrites a newer one -------
+
+def _children(pid: int) -> list[int]:
+    import psutil
+
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+
+@pytest.mark.slow
+def test_workers_die_with_a_killed_coordinator(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    import batch_helpers as bh
+
+    root = tmp_path / "in"
+    for n in range(4):
+        bh.write_tiny_series(root / f"s{n}", 2, tag=f"orphan{n}")
+    counter = tmp_path / "counter"
+    cmd = [sys.executable, "-m", "pipeline.cli", "batch", str(root), "--out", str(tmp_path / "out"), "--workers", "2",
+           "--progress", "none", "--case-fn", "pipeline.batch.testing:digest_case", "--case-arg", "delay=8",
+           "--case-arg", f"counter_dir={json.dumps(str(counter))}"]
+    proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(workers) < 2:
+            time.sleep(0.2)
+            workers = [p for p in _children(proc.pid)
+                       if "multiprocessing" in " ".join(psutil.Process(p).cmdline()) and "spawn_main" in
+                       " ".join(psutil.Process(p).cmdline())]
+        assert len(workers) >= 2, "the pool workers did not start"
+        time.sleep(1.0)  # they are inside a study now (8 s each)
+        os.kill(proc.pid, signal.SIGKILL)  # the coordinator only, not its process group
+        proc.wait(timeout=10)
+        gone_by = time.monotonic() + 10
+        while time.monotonic() < gone_by and any(psutil.pid_exists(w) and psutil.Process(w).status() != "zombie"
+                                                 for w in workers):
+            time.sleep(0.1)
+        alive = [w for w in workers if psutil.pid_exists(w) and psutil.Process(w).status() != "zombie"]
+        assert not alive, f"workers outlived their coordinator: {alive}"
+        assert not list(counter.glob("*.count"))  # and none finished its study
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_older_run_never_overwrites_a_newer_publication(tmp_path):
+    from pipeline.batch.run_case import RESULT_FILE, Superseded, publish
+
+    cases = tmp_path / "cases"
+
+    def staged(run: int) -> Path:
+        d = cases / f".s.staging-{run}"
+        d.mkdir(parents=True)
+        (d / RESULT_FILE).write_text(json.dumps({"epoch": run}))
+        return d
+
+    publish(staged(2), cases / "s", 2)
+    with pytest.raises(Superseded) as e:
+        publish(staged(1), cases / "s", 1)  # the orphan of the killed run 1 finishes late
+    assert e.value.rule == "an older run never overwrites a newer publication"
+    assert json.loads((cases / "s" / RESULT_FILE).read_text())["epoch"] == 2
+    publish(staged(3), cases / "s", 3)  # a newer run replaces it
+    assert json.loads((cases / "s" / RESULT_FILE).read_text())["epoch"] == 3
+
+
+# -- item 9: Ctrl-C marks the in-flight study interrupted; `status | head` is quiet --------------
+
+def ctrl_c_case(input_path, out_dir, **kw):
+    if Path(input_path).name == "s1":
+        raise KeyboardInterrupt
+    from pipeline.batch.testing import digest_case
+
+    return digest_case(input_path, out_dir, **kw)
+
+
+def test_ctrl_c_marks_the_study_in_flight_interrupted(tmp_path):
+    import batch_helpers as bh
+
+    from pipeline.batch.manifest import Manifest
+    from pipeline.batch.runner import BatchOptions, run_batch
+
+    root = tmp_path / "in"
+    for n in range(3):
+        bh.write_tiny_series(root / f"s{n}", 2, tag=f"int{n}")
+    out = tmp_path / "out"
+    s = run_batch([str(root)], out, BatchOptions(workers=0, case_fn=ctrl_c_case))
+    assert s.interrupted
+    with Manifest(out, readonly=True) as m:
+        st = {r["study"]: (r["status"], r["reason"]) for r in m.rows()}
+    assert {st["s0"][0], st["s2"][0]} <= {"done", "pending"}  # before / after the interrupted one
+    assert st["s1"][0] == "interrupted" and "--resume" in st["s1"][1]
+    assert "1 interrupted" in s.text()
+    s = run_batch([], out, BatchOptions(workers=0, resume=True, case_fn="pipeline.batch.testing:digest_case"))
+    assert s.totals["done"] == 3 and s.totals["interrupted"] == 0
+
+
+def test_old_manifest_gains_the_interrupted_status(tmp_path):
+    import sqlite3
+
+    from pipeline.batch.manifest import Manifest
+
+    db = sqlite3.connect(tmp_path / "manifest.sqlite")
+    from pipeline.batch import manifest as mf
+
+    db.executescript(mf._SCHEMA.replace("'running','interrupted',", "'running',"))
+    db.execute("INSERT INTO studies (study, input, status, added_at, seq) VALUES ('a', '/x', 'running', 0, 1)")
+    db.commit()
+    db.close()
+    with Manifest(tmp_path) as m:
+        m.mark_interrupted("a", "stopped")
+        assert m.get("a")["status"] == "interrupted"
+
+
+def test_batch_status_into_a_closed_pipe_is_quiet(tmp_path):
+    import subprocess
+    import sys
+
+    from pipeline.batch.manifest import Manifest
+
+    with Manifest(tmp_path / "b") as m:
+        for n in range(3000):
+            m.db.execute("INSERT INTO studies (study, input, status, added_at, seq) VALUES (?, ?, 'pending', 0, ?)",
+                         (f"study{n:05d}", f"/data/in/{n}", n))
+    p = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "batch", "status", str(tmp_path / "b"), "--json"],
+                         cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()  # what `| head -1` does
+    err = p.stderr.read().decode()
+    p.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert p.returncode == 141

@@ -180,16 +180,37 @@ def survey(input_path: Path, *, selection_config=None, check_selection: bool = F
 # -- publication -----------------------------------------------------------------------------
 
 
-def publish(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` with renames only (an old result is moved aside first)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-    _fsync_dir(final.parent)
+class Superseded(SurgitwinError):
+    """A newer batch run already published this case; an older run must not replace it."""
+
+
+def publish(staging: Path, final: Path, epoch: int | None = None) -> None:
+    """Replace ``final`` by ``staging`` with renames only (an old result is moved aside first).
+
+    ``epoch`` is the batch run (its run_id) this result belongs to. Under a lock on the folder, a
+    published case of a newer run is never replaced by an older one (a worker orphaned by a
+    killed coordinator, finishing after the resumed batch published): :class:`Superseded`.
+    """
+    import fcntl
+
+    fd = os.open(final.parent, os.O_RDONLY)  # flock on the cases folder: publications are renames, short
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        have = (read_marker(final) or {}).get("epoch") if final.exists() else None
+        if epoch is not None and isinstance(have, int) and have > epoch:
+            raise Superseded(f"case '{final.name}' was published by a newer batch run ({have}) than this one "
+                             f"({epoch}); this result is discarded", path=str(final),
+                             rule="an older run never overwrites a newer publication")
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(final.parent)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_marker(case_dir: Path) -> dict | None:
@@ -248,7 +269,7 @@ def execute(task: dict) -> dict:
     """Run one study (see module doc). Never raises; returns the manifest update.
 
     ``task`` keys: key, input, cases_dir, logs_dir, work_dir, case_fn, case_kwargs,
-    fingerprint, deid (None or {salt, allow_burned_in, return_map}), timeout_s, threads (None or
+    fingerprint, epoch (the batch run_id: checked at publication), deid (None or {salt, allow_burned_in, return_map}), timeout_s, threads (None or
     the most threads the study may use: exported as SURGITWIN_MAX_THREADS for the segment stage).
     """
     key = task["key"]
@@ -313,8 +334,9 @@ def execute(task: dict) -> dict:
             raise SurgitwinError("case function reported done but wrote no output folder")
         final = cases_dir / key
         _write_marker(staging, {"study": key, "fingerprint": task.get("fingerprint"), "status": "done",
-                                "timings": out["timings"], "versions": out["versions"], "finished_at": time.time()})
-        publish(staging, final)
+                                "epoch": task.get("epoch"), "timings": out["timings"], "versions": out["versions"],
+                                "finished_at": time.time()})
+        publish(staging, final, task.get("epoch"))
         out["outputs"]["scene"] = str(final)
         out.update(status="done", reason="")
         warnings = res.get("warnings") or []
