@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     try:
         rc = args.func(args)
     except SurgitwinError as e:
-        print(f"surgitwin {args.command}: error: {e}", file=sys.stderr)
+        rule = f" [rule: {e.rule}]" if e.rule and e.rule not in str(e) else ""
+        print(f"surgitwin {args.command}: error: {e}{rule}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -6,7 +6,8 @@ header itself (NIfTI-1 and NIfTI-2, either byte order, gzipped or not) and refus
 
 - data shorter than the header's dimensions x bitpix (nibabel refuses the same file);
 - a voxel size (pixdim 1..3 of the spatial axes) that is zero, negative or not finite;
-- dimensions that are zero or negative.
+- dimensions that are zero or negative;
+- NaN or infinite voxels of float images (SimpleITK reads them as 0).
 """
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DicomError
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of real floating-point voxels
 _CHUNK = 1 << 20
 
 
@@ -31,26 +35,41 @@ def _open_head(path: Path, n: int) -> bytes:
         raise DicomError(f"cannot read the NIfTI header: {e}", path=str(path), rule="NIfTI file must be readable") from None
 
 
-def _data_size(path: Path) -> int:
-    """Bytes in the (decompressed) file; a broken gzip stream counts up to where it breaks."""
-    if not path.name.lower().endswith(".gz"):
-        return path.stat().st_size
-    total = 0
-    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _chunks(path: Path):
+    """The (decompressed) bytes of the file in chunks; a broken gzip stream ends where it breaks."""
     with open(path, "rb") as f:
-        while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
-                break
+        if not path.name.lower().endswith(".gz"):
+            while chunk := f.read(_CHUNK):
+                yield chunk
+            return
+        d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        while chunk := f.read(_CHUNK):
             try:
-                total += len(d.decompress(chunk))
+                yield d.decompress(chunk)
                 while d.eof and d.unused_data:  # concatenated gzip members
                     rest = d.unused_data
                     d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-                    total += len(d.decompress(rest))
+                    yield d.decompress(rest)
             except zlib.error:
-                break
-    return total
+                return
+
+
+def _scan(path: Path, offset: int, dtype: np.dtype | None) -> tuple[int, int]:
+    """(bytes after ``offset``, count of non-finite values when ``dtype`` is a float type)."""
+    if dtype is None and not path.name.lower().endswith(".gz"):
+        return path.stat().st_size - offset, 0
+    total, bad, skip, carry = 0, 0, offset, b""
+    for chunk in _chunks(path):
+        if skip:
+            cut = min(skip, len(chunk))
+            chunk, skip = chunk[cut:], skip - cut
+        total += len(chunk)
+        if dtype is not None and chunk:
+            buf = carry + chunk
+            n = len(buf) // dtype.itemsize * dtype.itemsize
+            bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(buf[:n], dtype=dtype))))
+            carry = buf[n:]
+    return total, bad
 
 
 def _header(path: Path) -> dict:
@@ -65,13 +84,17 @@ def _header(path: Path) -> dict:
             bitpix = struct.unpack(end + "h", head[72:74])[0]
             pixdim = struct.unpack(end + "8f", head[76:108])
             vox_offset = struct.unpack(end + "f", head[108:112])[0]
-            return {"dim": dim, "bitpix": bitpix, "pixdim": pixdim, "vox_offset": vox_offset, "version": 1}
+            dtype = struct.unpack(end + "h", head[70:72])[0]
+            return {"dim": dim, "bitpix": bitpix, "pixdim": pixdim, "vox_offset": vox_offset, "version": 1,
+                    "datatype": dtype, "endian": end}
         if size == 540 and len(head) >= 540:
             bitpix = struct.unpack(end + "h", head[14:16])[0]
             dim = struct.unpack(end + "8q", head[16:80])
             pixdim = struct.unpack(end + "8d", head[104:168])
             vox_offset = struct.unpack(end + "q", head[168:176])[0]
-            return {"dim": dim, "bitpix": bitpix, "pixdim": pixdim, "vox_offset": vox_offset, "version": 2}
+            dtype = struct.unpack(end + "h", head[12:14])[0]
+            return {"dim": dim, "bitpix": bitpix, "pixdim": pixdim, "vox_offset": vox_offset, "version": 2,
+                    "datatype": dtype, "endian": end}
     raise DicomError("not a NIfTI-1 or NIfTI-2 header (sizeof_hdr is neither 348 nor 540)", path=str(path),
                      rule="NIfTI file must start with a NIfTI header")
 
@@ -101,9 +124,13 @@ def check_nifti(path) -> None:
     need = math.prod(sizes) * h["bitpix"] // 8
     offset = int(h["vox_offset"]) if math.isfinite(h["vox_offset"]) else 0
     offset = max(offset, 352 if h["version"] == 1 else 544)
-    have = _data_size(path) - offset
+    floats = _FLOAT_TYPES.get(h["datatype"])
+    have, nonfinite = _scan(path, offset, None if floats is None else np.dtype(h["endian"] + floats))
     if have < need:
         pct = 100.0 * max(0, have) / need if need else 0.0
         raise DicomError(f"image data holds {max(0, have)} bytes but the header's dimensions {list(sizes)} x "
                          f"{h['bitpix']} bits need {need} ({pct:.1f} % present): the file is truncated",
                          path=str(path), rule="NIfTI data size == product(dim) x bitpix / 8")
+    if nonfinite:
+        raise DicomError(f"{nonfinite} voxel(s) are NaN or infinite (a reader would silently turn them into 0)",
+                         path=str(path), rule="voxel values are finite numbers")

@@ -34,6 +34,7 @@ from ._pixels import decode, stored_bounds, transfer_syntax
 from ._stack import plan_stack, regrid
 from .imagefile import NIFTI_SUFFIXES, check_nifti
 
+MISSING_RULE = "no missing slices (gap = k x spacing)"
 IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 OPTION_DEFAULTS: dict[str, Any] = {"on_uneven": "resample", "uneven_spacing": "median", "on_missing": "error",
                                    "on_tilt": "resample", "spacing_tolerance": 0.01, "max_workers": 4}
@@ -351,7 +352,8 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
             raise errors[0]
         listed = "; ".join(str(e) for e in errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         raise DicomError(f"{len(errors)} of {len(files)} files of the series cannot be read: {listed}",
-                         path=errors[0].path, rule="every instance of a series must be readable")
+                         path=errors[0].path, rule="every instance of a series must be readable"
+                         + (f" ({errors[0].rule})" if errors[0].rule else ""))
     data: list[_File] = results  # type: ignore[assignment]
     where = _series_name(data[0].meta, files)
     _check_consistent(data, where)
@@ -447,6 +449,24 @@ def _refuse_damaged_neighbours(studies, series) -> None:
                      rule="every instance of a series must be readable")
 
 
+def _explain_missing(e: DicomError, studies, series) -> None:
+    """Slices missing from a series while files of the same SeriesInstanceUID sit in another
+    stack (a different Rows/Columns, no orientation...): those files are the cause. Name them,
+    and never suggest interpolating over them."""
+    others = [s for s in studies.all_series() if s is not series and s.series_uid
+              and s.series_uid == series.series_uid and s.study_uid == series.study_uid]
+    if not others:
+        return
+    def what(s) -> str:
+        shape = f"{s.rows}x{s.cols}" if s.rows else "no Rows/Columns"
+        return f"{', '.join(os.path.basename(f) for f in s.files[:3])} ({shape}, orientation {s.orientation})"
+    core = str(e).split(" Pass on_missing=")[0].rstrip(".")
+    raise DicomError(f"{core}; file(s) of the same series that do not fit its stack ({series.rows}x{series.cols}, "
+                     f"{series.orientation}) are the likely cause: {'; '.join(what(s) for s in others[:5])}",
+                     path=others[0].files[0], rule="every instance of a series must be readable "
+                     "(one damaged file must not become a gap to interpolate over)") from None
+
+
 def read_input(path, *, rules=None, series_uid: str | None = None, options: dict | None = None) -> Volume:
     """Any supported input -> Volume.
 
@@ -499,6 +519,11 @@ def read_input(path, *, rules=None, series_uid: str | None = None, options: dict
                              f"pass series_uid or a folder with one study", path=str(p), rule="one study per input")
         chosen = picks[0]
     _refuse_damaged_neighbours(studies, chosen.series)
-    vol = read_series(chosen.series, **opts)
+    try:
+        vol = read_series(chosen.series, **opts)
+    except DicomError as e:
+        if e.rule == MISSING_RULE:
+            _explain_missing(e, studies, chosen.series)
+        raise
     vol.source["selection"] = {"rule": chosen.rule, "series_key": chosen.series.key, "folder": str(p)}
     return vol
