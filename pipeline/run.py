@@ -51,6 +51,26 @@ def _case_id(source: dict, input_path: Path) -> str:
     return f"{stem}-{uid[-8:]}" if uid else stem
 
 
+def segment_in_canonical_order(volume, reorient, run_segment):
+    """``run_segment(volume)`` on the canonical axis order, its results mapped back to ``volume``'s grid.
+
+    The answer does not depend on how the scan was stored (see :mod:`pipeline.ingest.canonical`):
+    the same physical CT stored with columns reversed or slices numbered from the other end gives
+    the same labels, voxel for voxel in patient space.
+    """
+    import dataclasses
+
+    from .types import LabelMap
+
+    seg = run_segment(reorient.forward(volume))
+    if reorient.identity:
+        return seg
+    lm = LabelMap(reorient.backward(seg.labelmap.volume, volume), seg.labelmap.labels)
+    unc = None if seg.uncertainty is None else reorient.backward(seg.uncertainty, volume)
+    probs = None if seg.probabilities is None else reorient.backward_array(seg.probabilities)
+    return dataclasses.replace(seg, labelmap=lm, uncertainty=unc, probabilities=probs)
+
+
 def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
              snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
              case_id: str | None = None) -> CaseResult:
@@ -83,12 +103,15 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         volume = read_input(input_path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
         timings["ingest"] = time.perf_counter() - t0
         src = dict(volume.source)
+        from .ingest.canonical import Reorientation
+
+        reorient = Reorientation.of(volume)
         records.append(StageRecord(
             "ingest", software_versions("pydicom", "SimpleITK"), config_hash(cfg.get("selection")),
             inputs={k: src.get(k) for k in ("study_instance_uid", "series_instance_uid", "input", "n_files") if k in src},
             outputs={"shape": list(volume.shape), "spacing_mm": [round(float(s), 4) for s in volume.spacing],
                      "affine_lps": np.round(volume.affine, 6).tolist()},
-            duration_s=round(timings["ingest"], 3), notes=tuple(src.get("notes", ())),
+            duration_s=round(timings["ingest"], 3), notes=(*src.get("notes", ()), reorient.note()),
         ))
         progress("ingest", f"{volume.shape} voxels, spacing {np.round(volume.spacing, 3).tolist()} mm")
         from .ingest.plausible import check_volume
@@ -104,7 +127,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         spec = resolve_model(model, overrides=bundle_overrides, trust=trust_bundle)
         progress("segment", f"model {spec.name} ({spec.backend})")
         seg_cfg = {k: v for k, v in (cfg.get("segment") or {}).items() if k != "model"}
-        seg = segment(volume, spec, seg_cfg)
+        seg = segment_in_canonical_order(volume, reorient, lambda v: segment(v, spec, seg_cfg))
         timings["segment"] = time.perf_counter() - t0
         records.append(seg.record)
         labelmap = seg.labelmap

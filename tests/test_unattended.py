@@ -489,3 +489,94 @@ def test_batch_status_into_a_closed_pipe_is_quiet(tmp_path):
     p.wait(timeout=60)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert p.returncode == 141
+
+
+# -- item 16: the same answer for any storage layout ----------------------------------------------
+
+def test_reorientation_is_exact_and_keeps_patient_space():
+    from pipeline.geometry import orientation_code
+    from pipeline.ingest.canonical import Reorientation
+    from pipeline.types import Volume
+
+    rng = np.random.default_rng(3)
+    arr = rng.integers(0, 1000, (5, 6, 7)).astype(np.int16)
+    a = np.zeros((4, 4))
+    a[:3, 0], a[:3, 1], a[:3, 2] = [0, -0.7, 0], [0, 0, -2.0], [-0.9, 0, 0]  # stored 'AIR'
+    a[:3, 3], a[3, 3] = [10, 20, 30], 1
+    vol = Volume(arr, a)
+    ro = Reorientation.of(vol)
+    can = ro.forward(vol)
+    assert orientation_code(vol.affine) == "AIR" and orientation_code(can.affine) == "SPL"
+    np.testing.assert_array_equal(ro.backward_array(can.array), arr)
+    # every voxel sits at the same point in patient space (a left/right flip would move it)
+    for idx in [(0, 0, 0), (4, 5, 6), (1, 2, 3)]:
+        p = (a @ [*idx, 1])[:3]
+        cidx = np.rint(np.linalg.solve(can.affine, [*p, 1])[:3]).astype(int)
+        assert np.allclose((can.affine @ [*cidx, 1])[:3], p)
+        assert can.array[tuple(cidx)] == arr[idx]
+
+
+def _write_layout(src_files, folder: Path, *, flip_cols=False, flip_rows=False, transpose=False, renumber=False):
+    import pydicom
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    folder.mkdir(parents=True)
+    n = len(src_files)
+    for k, f in enumerate(src_files):
+        d = pydicom.dcmread(f)
+        arr = d.pixel_array
+        row, col = np.array(d.ImageOrientationPatient[:3], float), np.array(d.ImageOrientationPatient[3:], float)
+        ps = [float(x) for x in d.PixelSpacing]  # (between rows, between columns)
+        ipp = np.array(d.ImagePositionPatient, float)
+        if flip_cols:
+            ipp, row, arr = ipp + row * ps[1] * (arr.shape[1] - 1), -row, arr[:, ::-1]
+        if flip_rows:
+            ipp, col, arr = ipp + col * ps[0] * (arr.shape[0] - 1), -col, arr[::-1, :]
+        if transpose:
+            row, col, arr, ps = col, row, arr.T, ps[::-1]
+        d.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        d.ImageOrientationPatient = [*map(float, row), *map(float, col)]
+        d.ImagePositionPatient = [float(x) for x in ipp]
+        d.PixelSpacing = ps
+        d.Rows, d.Columns = arr.shape
+        d.PixelData = np.ascontiguousarray(arr).tobytes()
+        d["PixelData"].VR = "OW"
+        d.save_as(folder / f"IM{(n - k if renumber else k + 1):04d}.dcm", enforce_file_format=True)
+
+
+@pytest.mark.real
+def test_real_ct_in_four_layouts_gives_the_same_labels(tmp_path):
+    from scipy import ndimage
+
+    from conftest import real_data
+    from pipeline.geometry import resample_like
+    from pipeline.ingest import read_input
+    from pipeline.ingest.canonical import Reorientation
+    from pipeline.run import segment_in_canonical_order
+    from pipeline.segment import resolve_model, segment
+
+    src = sorted(p for p in real_data("ct_thorax_abdomen_dicom_j2k", "series").iterdir() if p.is_file())
+    layouts = {"stored": {}, "columns_reversed_renumbered": {"flip_cols": True, "renumber": True},
+               "rows_reversed": {"flip_rows": True}, "transposed_columns_reversed": {"transpose": True, "flip_cols": True}}
+    spec = resolve_model("hu_rules")
+    ref_img = ref = None
+    for name, kw in layouts.items():
+        _write_layout(src, tmp_path / name, **kw)
+        vol = read_input(tmp_path / name)
+        seg = segment_in_canonical_order(vol, Reorientation.of(vol), lambda v: segment(v, spec, {}))
+        assert np.allclose(seg.labelmap.volume.affine, vol.affine)  # results on the stored grid
+        if ref is None:
+            ref_img, ref = vol, seg.labelmap.array
+            assert Reorientation.of(vol).identity
+            continue
+        assert not Reorientation.of(vol).identity
+        # the layouts are the same physical image: identical in patient space
+        np.testing.assert_array_equal(resample_like(vol, ref_img, order=0).array, ref_img.array)
+        lab = resample_like(seg.labelmap.volume, ref_img, order=0).array
+        diff = lab != ref
+        edge = np.zeros_like(diff)
+        for u in np.unique(ref):
+            m = ref == u
+            edge |= ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m)
+        assert not (diff & ~edge).any(), f"{name}: {int((diff & ~edge).sum())} voxels differ away from a boundary"
+        assert diff.sum() == 0, f"{name}: {int(diff.sum())} boundary voxels differ"
