@@ -580,3 +580,92 @@ def test_real_ct_in_four_layouts_gives_the_same_labels(tmp_path):
             edge |= ndimage.binary_dilation(m) & ~ndimage.binary_erosion(m)
         assert not (diff & ~edge).any(), f"{name}: {int((diff & ~edge).sum())} voxels differ away from a boundary"
         assert diff.sum() == 0, f"{name}: {int(diff.sum())} boundary voxels differ"
+
+
+# -- item 15: de-identification of real data, refusals, type 1 dummies, dates in free text ------
+
+@pytest.mark.real
+def test_deid_real_jpeg2000_series_writes_valid_files(tmp_path, capsys):
+    import pydicom
+
+    from conftest import real_data
+    from pipeline.cli import main
+    from pipeline.ingest import read_input
+
+    src = real_data("ct_thorax_abdomen_dicom_j2k", "series")
+    assert main(["deid", str(src), str(tmp_path / "out")]) == 0
+    files = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(files) == 20
+    for f in files:
+        d = pydicom.dcmread(f)  # a valid Part-10 file: no force needed
+        assert d.file_meta.MediaStorageSOPInstanceUID == d.SOPInstanceUID != ""
+        assert d.file_meta.MediaStorageSOPClassUID == d.SOPClassUID
+        assert d.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.90"  # pixels untouched
+    vol = read_input(tmp_path / "out")  # the blank study/series UIDs became one study, one series
+    assert vol.shape == (20, 512, 512)
+
+
+def test_deid_refused_file_is_listed_and_exit_code_says_so(tmp_path, capsys):
+    import pydicom
+
+    import batch_helpers as bh
+    from pipeline.cli import main
+
+    files = bh.write_tiny_series(tmp_path / "in", 3, tag="refuse", patient_n=60)
+    d = pydicom.dcmread(files[1])
+    d.SOPInstanceUID = ""
+    del d.file_meta.MediaStorageSOPInstanceUID
+    d.save_as(files[1], enforce_file_format=False)
+    rc = main(["deid", str(tmp_path / "in"), str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert rc == 1 and "1 of them DICOM instances refused" in out and "SOPInstanceUID" in out
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == 2  # the others were written
+
+
+def test_deid_type1_dummies_keep_seg_valid_and_dates_in_text_are_redacted(tmp_path):
+    import subprocess
+
+    import pydicom
+
+    import batch_helpers as bh
+    from conftest import require_tool
+    from pipeline.cli import main
+    from pipeline.deid import deidentify_tree
+    from pipeline.run import run_case
+
+    files = bh.write_study(tmp_path / "src", 61, shape=(12, 64, 64))
+    dob = bh.patient(61)[2]
+    dotted = f"{dob[6:]}.{dob[4:6]}.{dob[:4]}"
+    for f in files:
+        d = pydicom.dcmread(f)
+        d.CommentsOnRadiationDose = f"patient born {dotted}, scanned 2024-03-05"  # LT, kept by the table
+        d.ConvolutionKernel = "B30f"
+        d.save_as(f)
+    scene = run_case(tmp_path / "src", tmp_path / "scene", model="hu_rules", snapshot=False)
+    rep = deidentify_tree(tmp_path / "src", tmp_path / "deid", map_path=tmp_path / "map.json")
+    d = pydicom.dcmread(rep.written[0])
+    assert dotted not in d.CommentsOnRadiationDose and "2024-03-05" not in d.CommentsOnRadiationDose
+    assert d.ConvolutionKernel == "B30f"
+    seg = tmp_path / "seg.dcm"
+    assert main(["export", str(scene.scene_path), "--format", "dicom-seg", "--out", str(seg),
+                 "--deidentify", "--deid-map", str(tmp_path / "map.json")]) == 0
+    tool = require_tool("dciodvfy", "dicom3tools")
+    p = subprocess.run([tool, str(seg)], capture_output=True, text=True)
+    assert [l for l in (p.stdout + p.stderr).splitlines() if l.startswith("Error")] == []
+    s = pydicom.dcmread(seg)
+    assert s.ContentDate == "19000101" and s.DeviceSerialNumber == "ANONYMIZED"
+
+
+def test_deid_uids_do_not_depend_on_the_process():
+    from pipeline.deid import Deidentifier
+
+    a, b = Deidentifier(salt="s"), Deidentifier(salt="s")
+    assert a.uid("1.2.3") == b.uid("1.2.3") != Deidentifier(salt="t").uid("1.2.3")
+
+
+def test_birth_date_spellings_are_redacted_from_logs():
+    from pipeline.batch import phi
+
+    phi.register("19010203")
+    for s in ("03.02.1901", "3.2.1901", "1901-02-03", "02/03/1901", "03/02/1901", "1901/02/03"):
+        assert phi.redact(f"born {s}.") == f"born {phi.REDACTED}.", s
