@@ -669,3 +669,55 @@ def test_birth_date_spellings_are_redacted_from_logs():
     phi.register("19010203")
     for s in ("03.02.1901", "3.2.1901", "1901-02-03", "02/03/1901", "03/02/1901", "1901/02/03"):
         assert phi.redact(f"born {s}.") == f"born {phi.REDACTED}.", s
+
+
+# -- item 14: listener hygiene ------------------------------------------------------------------
+
+def test_listener_logs_rejected_ae_and_idle_connections_cannot_hold_every_slot(tmp_path, caplog):
+    import logging
+    import socket
+    import time
+
+    import pacs_helpers as ph
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    from pipeline.pacs.listener import ListenerOptions, StoreSCP
+    from pipeline.pacs.spool import Spool
+
+    opts = ListenerOptions(port=ph.free_port(), allowed_calling_aets=["STORESCU"], acse_timeout_s=1.0)
+    scp = StoreSCP(Spool(tmp_path / "spool"), opts)
+    port = scp.start()
+
+    def echo(calling="STORESCU", host="127.0.0.1") -> bool:
+        ae = AE(ae_title=calling)
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = 5
+        assoc = ae.associate("127.0.0.1", port, ae_title="SURGITWIN", bind_address=(host, 0))
+        ok = assoc.is_established and assoc.send_c_echo().Status == 0
+        if assoc.is_established:
+            assoc.release()
+        return ok
+
+    idle = []
+    try:
+        with caplog.at_level(logging.WARNING, logger="pipeline.pacs.listener"):
+            assert not echo("INTRUDER")
+            assert any("rejected AE INTRUDER from 127.0.0.1:" in r.getMessage() for r in caplog.records), caplog.text
+            # 16 idle TCP connections (no A-ASSOCIATE-RQ) from one host
+            for _ in range(16):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                idle.append(s)
+            time.sleep(0.3)
+            held = sum(1 for a in scp.server.active_associations if a.requestor.address == "127.0.0.1")
+            assert held <= opts.max_associations_per_peer
+            assert echo(host="127.0.0.2")  # another host still gets in at once
+            assert any(f"limit {opts.max_associations_per_peer} per host" in r.getMessage() for r in caplog.records)
+        # the idle ones are dropped by the ACSE timeout: then this host gets in again
+        for s in idle:
+            assert s.recv(1) == b""  # closed by the listener (blocks at most until its timeout)
+        assert echo()
+    finally:
+        for s in idle:
+            s.close()
+        scp.stop()

@@ -91,6 +91,8 @@ def cmd_listen(args) -> int:
         ae_title=args.ae_title or pcfg.ae_title, port=pcfg.port if args.port is None else args.port,
         bind=args.bind or pcfg.bind, allowed_calling_aets=sorted(set(pcfg.allowed_calling_aets) | set(args.allow)),
         series_idle_s=args.idle or pcfg.series_idle_s, max_associations=pcfg.max_associations,
+        max_associations_per_peer=pcfg.max_associations_per_peer, acse_timeout_s=pcfg.acse_timeout_s,
+        idle_timeout_s=pcfg.idle_timeout_s,
         tls_cert=args.tls_cert or pcfg.tls_cert, tls_key=args.tls_key or pcfg.tls_key, tls_ca=args.tls_ca or pcfg.tls_ca)
     summary = listen(args.out, opts, _batch_options(args, bcfg, pcfg.workers), reporter=make_reporter(args.progress))
     print(summary.text())
