@@ -721,3 +721,64 @@ def test_listener_logs_rejected_ae_and_idle_connections_cannot_hold_every_slot(t
         for s in idle:
             s.close()
         scp.stop()
+
+
+# -- item 10: series completeness in listen ------------------------------------------------------
+
+def test_late_instances_reopen_their_series_and_it_is_processed_whole(tmp_path):
+    import threading
+    import time
+
+    import batch_helpers as bh
+    import pacs_helpers as ph
+    import pydicom
+
+    from pipeline.batch.manifest import Manifest
+    from pipeline.batch.runner import BatchOptions
+    from pipeline.pacs.listener import ListenerOptions, listen
+
+    files = bh.write_study(tmp_path / "study", 62, shape=(12, 64, 64))
+    series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d, part in ((first, files[:6]), (second, files[6:])):
+        d.mkdir()
+        for f in part:
+            os.link(f, d / f.name)
+    out, port = tmp_path / "listen", ph.free_port()
+    ready, stop = threading.Event(), threading.Event()
+    opts = ListenerOptions(port=port, allowed_calling_aets=["STORESCU"], series_idle_s=0.5)
+    bopts = BatchOptions(workers=0, case_fn="pipeline.batch.testing:digest_case", case_kwargs={"delay": 1.0})
+    t = threading.Thread(target=lambda: listen(out, opts, bopts, ready=ready, stop=stop), daemon=True)
+    t.start()
+    assert ready.wait(20)
+
+    def row():
+        with Manifest(out, readonly=True) as m:
+            return m.rows()
+
+    def wait_for(pred, what, limit=60):
+        end = time.monotonic() + limit
+        while time.monotonic() < end:
+            if (out / "manifest.sqlite").exists() and pred():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"{what}: {row() if (out / 'manifest.sqlite').exists() else 'no manifest'}")
+    try:
+        assert ph.storescu(port, [first]).returncode == 0
+        wait_for(lambda: any(r["status"] in ("running", "done") for r in row()), "first half not picked up")
+        assert ph.storescu(port, [second]).returncode == 0  # 'the other half', while the first runs
+        wait_for(lambda: [(r["status"], r["n_files"]) for r in row()] == [("done", 12)], "not reprocessed whole")
+        time.sleep(1.5)  # nothing else may be queued behind it
+    finally:
+        stop.set()
+        t.join(60)
+    (r,) = row()
+    assert r["study"] == series_uid and r["n_files"] == 12 and r["attempts"] == 2
+    digest = json.loads((out / "cases" / series_uid / "digest.json").read_text())["sha256"]
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(Path(r["input"]).iterdir()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    assert len(list(Path(r["input"]).iterdir())) == 12 and digest == h.hexdigest()

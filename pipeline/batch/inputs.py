@@ -57,6 +57,7 @@ class StudyItem:
     series_uids: list[str] = field(default_factory=list)
     n_files: int | None = None
     problem: str | None = None
+    reopened: bool = False  # a live series that got late instances: run again, replacing its result
 
 
 def safe_key(name: str) -> str:

@@ -148,6 +148,11 @@ class Manifest:
                         (phi.redact(input), phi.redact(origin), study))
         return cur.rowcount == 1
 
+    def reopen(self, study: str, input: str, n_files: int | None, why: str) -> None:
+        """A study whose input grew (late instances of a series): pending again with the new input."""
+        self._write("UPDATE studies SET input = ?, n_files = ?, status = CASE WHEN status = 'running' THEN status"
+                    " ELSE 'pending' END, reason = ? WHERE study = ?", (phi.redact(input), n_files, phi.redact(why), study))
+
     def mark_running(self, study: str, run_id: int | None) -> None:
         self._write("UPDATE studies SET status = 'running', reason = '', attempts = attempts + 1, run_id = ?,"
                     " started_at = ?, finished_at = NULL WHERE study = ?", (run_id, time.time(), study))

@@ -169,6 +169,7 @@ class _Coordinator:
         self.this_run = {"done": 0, "failed": 0, "skipped": 0}
         self.threads: int | None = None  # per-study thread cap, set once the executor is known
         self.inflight: dict = {}
+        self.deferred: dict[str, StudyItem] = {}  # newer versions of live studies in flight
         self.deid_salt = None
         self.deid = None
         if opts.deidentify:
@@ -227,10 +228,17 @@ class _Coordinator:
                     if self.opts.deidentify:
                         it.key = hide_uid_key(it.key)
                     self.add_item(it)
+                    if it.reopened:
+                        self.m.reopen(it.key, it.input, it.n_files, "re-opened by late instances: processing it again whole")
                     self.rep.add_total(1)
                     if it.problem:
                         self.fail(it, it.problem)
+                    elif any(x.key == it.key for x, _ in inflight.values()):
+                        self.deferred[it.key] = it  # runs when the older version finishes (never two at once)
                     else:
+                        for q in (queue, quarantine):  # a newer version replaces one still waiting
+                            for old in [x for x in q if x.key == it.key]:
+                                q.remove(old)
                         queue.append(it)
             if needs_restart and not inflight:
                 executor.restart()
@@ -269,12 +277,18 @@ class _Coordinator:
                     else:
                         log.warning("worker died with %s in flight: re-running it alone", item.key)
                         quarantine.append(item)
+                    if item.key in self.deferred:  # a newer version supersedes the crashed one
+                        if item in quarantine:
+                            quarantine.remove(item)
+                        queue.append(self.deferred.pop(item.key))
                     needs_restart = needs_restart or executor.name == "processes"
                     continue
                 except Exception as e:  # noqa: BLE001 - executor-level failure of one task
                     res = {"status": "failed", "reason": f"executor error {type(e).__name__}: {e}"}
                 del inflight[fut]
                 self.record(item.key, res)
+                if item.key in self.deferred:
+                    queue.append(self.deferred.pop(item.key))
 
     def interrupted(self, why: str) -> list[str]:
         """Mark every study in flight ``interrupted`` (Ctrl-C / SIGTERM); returns their keys."""
