@@ -51,6 +51,50 @@ def _case_id(source: dict, input_path: Path) -> str:
     return f"{stem}-{uid[-8:]}" if uid else stem
 
 
+def _fits(declared: list[str], have) -> bool:
+    return not declared or not have or bool(set(declared) & set(have))
+
+
+def check_model_fits(spec, volume, modality: str, where: str) -> str:
+    """Refuse a scan the model was not made for (its declared ``modality`` / ``body_region``).
+
+    Returns a note for the scene; raises :class:`~pipeline.errors.DicomError` naming the input,
+    the rule and the registry models that would fit.
+    """
+    from .errors import DicomError
+    from .ingest.region import scan_regions
+
+    mod = modality.rstrip("?").upper() if modality not in ("unknown", "") else ""
+    regions, evidence = scan_regions(volume) if (not mod or mod == "CT") else (set(), "not checked (not CT)")
+    problems = []
+    if not _fits(spec.modality, [mod] if mod else []):
+        problems.append(f"model '{spec.name}' segments {'/'.join(spec.modality)}; this series is {mod}")
+    if not _fits(spec.body_region, regions):
+        problems.append(f"model '{spec.name}' is made for the {', '.join(spec.body_region)}; this scan shows the "
+                        f"{', '.join(sorted(regions))} ({evidence})")
+    if not problems:
+        return (f"model fits: modality {mod or 'unknown'}, body region {', '.join(sorted(regions)) or 'unknown'}"
+                f" ({evidence})")
+    raise DicomError(f"{'; '.join(problems)}. {_fitting_models(mod, regions)}", path=where,
+                     rule="the scan's modality and body region match the model's declaration")
+
+
+def _fitting_models(mod: str, regions: set) -> str:
+    from .segment.registry import load_model_file, registry_files
+
+    names = []
+    for f in registry_files():
+        try:
+            m = load_model_file(f)
+        except Exception:  # noqa: BLE001 - a broken registry entry is not this scan's problem
+            continue
+        if _fits(m.modality, [mod] if mod else []) and _fits(m.body_region, regions):
+            names.append(m.name)
+    if names:
+        return f"Models that fit: {', '.join(names)} (--model NAME)"
+    return f"No installed model declares {mod or 'this modality'}{' and the ' + ', '.join(sorted(regions)) if regions else ''}"
+
+
 def segment_in_canonical_order(volume, reorient, run_segment):
     """``run_segment(volume)`` on the canonical axis order, its results mapped back to ``volume``'s grid.
 
@@ -125,7 +169,8 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
 
         t0 = time.perf_counter()
         spec = resolve_model(model, overrides=bundle_overrides, trust=trust_bundle)
-        progress("segment", f"model {spec.name} ({spec.backend})")
+        fit_note = check_model_fits(spec, volume, checks.modality, str(input_path))  # refuses in seconds
+        progress("segment", f"model {spec.name} ({spec.backend}); {fit_note}")
         seg_cfg = {k: v for k, v in (cfg.get("segment") or {}).items() if k != "model"}
         seg = segment_in_canonical_order(volume, reorient, lambda v: segment(v, spec, seg_cfg))
         timings["segment"] = time.perf_counter() - t0
@@ -165,7 +210,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
-        scene.extra["input_checks"] = checks.to_dict()
+        scene.extra["input_checks"] = {**checks.to_dict(), "model_fit": fit_note}
         if seg.record.outputs.get("scan_warnings"):
             scene.extra["scan_warnings"] = list(seg.record.outputs["scan_warnings"])
         scene.provenance = records

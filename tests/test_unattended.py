@@ -782,3 +782,45 @@ def test_late_instances_reopen_their_series_and_it_is_processed_whole(tmp_path):
         h.update(f.name.encode())
         h.update(f.read_bytes())
     assert len(list(Path(r["input"]).iterdir())) == 12 and digest == h.hexdigest()
+
+
+# -- item 11: modality and body region checked against the model's declaration ------------------
+
+@pytest.mark.real
+def test_head_ct_is_refused_by_the_abdominal_model_naming_one_that_fits(tmp_path):
+    from conftest import real_data
+    from pipeline.run import run_case
+
+    head = real_data("ct_head_gantry_tilt_ge", "series")
+    with pytest.raises(DicomError) as e:
+        run_case(head, tmp_path / "out", model="abdomen_unet_3mm", snapshot=False)
+    assert e.value.rule == "the scan's modality and body region match the model's declaration"
+    assert "this scan shows the head" in str(e.value) and "Models that fit: hu_rules" in str(e.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_mr_series_is_refused_before_segmenting_and_a_fitting_scan_is_stated(tmp_path):
+    from pipeline.run import run_case
+
+    rng = np.random.default_rng(5)
+    stored = rng.integers(0, 800, (24, 64, 64)).astype(np.int16)
+    ds_.write_series(tmp_path / "mr", stored, np.array([[0.0, 0.0, 3.0 * k] for k in range(24)]),
+                     modality="MR", spacing=(1.0, 1.0))
+    with pytest.raises(DicomError) as e:
+        run_case(tmp_path / "mr", tmp_path / "out", model="abdomen_unet_3mm", snapshot=False)
+    assert "segments CT; this series is MR" in str(e.value) and e.value.path == str(tmp_path / "mr")
+    # a CT that fits: the check is stated in the scene
+    import batch_helpers as bh
+
+    bh.write_study(tmp_path / "ct", 63, shape=(12, 64, 64))
+    run_case(tmp_path / "ct", tmp_path / "scene", model="hu_rules", snapshot=False)
+    fit = json.loads((tmp_path / "scene" / "scene.json").read_text())["input_checks"]["model_fit"]
+    assert fit.startswith("model fits: modality CT, body region abdomen")
+
+
+def test_body_region_words():
+    from pipeline.ingest.region import regions_from_text
+
+    assert regions_from_text("HEAD") == {"head"}
+    assert regions_from_text("", "CT ABDOMEN PELVIS W CONTRAST") == {"abdomen", "pelvis"}
+    assert regions_from_text("CHEST") == {"chest"} and regions_from_text("PARTIALBODY") == set()

@@ -134,6 +134,7 @@ def _describe(ds, modality: str, sop: str) -> dict:
         "photometric": str(c.get(ds, "PhotometricInterpretation", "") or ""),
         "tilt": float(tilt) if c.floats(tilt, 1) is not None else None,
         "between": c.floats(c.get(ds, "SpacingBetweenSlices"), 1), "manufacturer": c.text(c.get(ds, "Manufacturer", "")),
+        "body_part": c.text(c.get(ds, "BodyPartExamined", "")), "study_description": c.text(c.get(ds, "StudyDescription", "")),
     }
 
 
@@ -408,6 +409,7 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
         "series_number": None if m0["series_number"] is None else int(m0["series_number"]),
         "frame_of_reference_uid": None if m0["for_uid"] is None else str(m0["for_uid"]),
         "sop_class_uid": m0["sop_class"], "manufacturer": m0["manufacturer"],
+        "body_part_examined": m0["body_part"], "study_description": m0["study_description"],
         "n_files": len(files), "n_frames": len(labels), "n_slices_read": len(plan.order),
         "files": [ordered[0], ordered[-1]] if len(ordered) > 1 else ordered[:1],
         "transfer_syntaxes": sorted({f.meta["ts"] for f in data}), "decoders": decoders,
