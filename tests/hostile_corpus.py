@@ -233,6 +233,11 @@ def _specs() -> list[tuple]:
                                       + (np.arange(64) % 3).astype(np.int16)) and d, d.name, "tissue"))
     add("strip_4x4", lambda d: (_series(d, np.full((60, 4, 4), 40, np.int16)) and d, d.name, "field of view"))
     add("two_slices", lambda d: (_series(d, _ct_stored()[:2]) and d, d.name, "selection rule"))
+    def mr_into_ct_model(d):
+        rng = np.random.default_rng(3)
+        _series(d, rng.integers(0, 900, SHAPE).astype(np.int16), modality="MR")
+        return d, d.name, "modality and body region match the model"
+    add("mr_series_into_ct_model", mr_into_ct_model)
     add("mr_constant", lambda d: (_series(d, np.full(SHAPE, 300, np.int16), modality="MR") and d, d.name,
                                   "more than one value"))
 
