@@ -40,6 +40,12 @@ class PacsConfig(BaseModel):
     tls_ca: Optional[str] = Field(None, description="listener: PEM CA bundle; senders must present a certificate it signed")
     dicomweb_url: Optional[str] = Field(None, description="default DICOMweb root for pull/push")
     dicomweb_timeout_s: float = Field(60.0, gt=0)
+    dicomweb_user: Optional[str] = Field(None, description="HTTP basic user (the password only from a file or the environment)")
+    dicomweb_password_file: Optional[str] = Field(None, description="file holding the HTTP basic password")
+    dicomweb_token_file: Optional[str] = Field(None, description="file holding a bearer token")
+    dicomweb_cert: Optional[str] = Field(None, description="client certificate (PEM)")
+    dicomweb_key: Optional[str] = Field(None, description="private key of dicomweb_cert (PEM)")
+    dicomweb_ca: Optional[str] = Field(None, description="CA bundle to verify the DICOMweb server with")
 
     @field_validator("ae_title")
     @classmethod

@@ -34,6 +34,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("pull", help="download a study by DICOMweb (QIDO-RS/WADO-RS) and run it")
     p.add_argument("--dicomweb", help="DICOMweb root URL (default pacs.dicomweb_url)")
+    _auth_args(p)
     p.add_argument("--study", required=True, metavar="UID", help="StudyInstanceUID")
     p.add_argument("--out", required=True, help="batch folder: pulled/<StudyUID>/, manifest, cases/")
     p.add_argument("--no-run", action="store_true", help="only download")
@@ -43,6 +44,7 @@ def register(sub) -> None:
     p = sub.add_parser("push", help="store a scene's DICOM SEG into its source study by STOW-RS")
     p.add_argument("scene", help="scene folder or scene.json")
     p.add_argument("--dicomweb", help="DICOMweb root URL (default pacs.dicomweb_url)")
+    _auth_args(p)
     p.add_argument("--source-dicom", metavar="DIR", help="folder with the source series (default: the scene's input, "
                                                           "then the server itself by WADO-RS)")
     p.add_argument("--save", metavar="FILE", help="also keep the SEG file here")
@@ -69,6 +71,27 @@ def _batch_options(args, bcfg, workers_default: int):
                         workers=workers_default if args.workers is None else args.workers,
                         scheduler=args.scheduler or bcfg.scheduler, deidentify=args.deidentify,
                         timeout_s=bcfg.study_timeout_s, argv=["surgitwin", *sys.argv[1:]])
+
+
+def _auth_args(p) -> None:
+    g = p.add_argument_group("DICOMweb authentication (also SURGITWIN_DICOMWEB_USER, _PASSWORD, _PASSWORD_FILE, "
+                             "_TOKEN, _TOKEN_FILE, _CERT, _KEY, _CA)")
+    g.add_argument("--dicomweb-user", metavar="NAME", help="HTTP basic user")
+    g.add_argument("--dicomweb-password-file", metavar="FILE", help="file holding the HTTP basic password")
+    g.add_argument("--dicomweb-token-file", metavar="FILE", help="file holding a bearer token")
+    g.add_argument("--dicomweb-cert", metavar="PEM", help="client certificate (PEM; may hold the key too)")
+    g.add_argument("--dicomweb-key", metavar="PEM", help="private key of --dicomweb-cert")
+    g.add_argument("--dicomweb-ca", metavar="PEM", help="CA bundle to verify the server with")
+
+
+def _auth(args, pcfg):
+    from pipeline.pacs.dicomweb import HttpAuth
+
+    return HttpAuth.from_sources(user=args.dicomweb_user or pcfg.dicomweb_user,
+                                 password_file=args.dicomweb_password_file or pcfg.dicomweb_password_file,
+                                 token_file=args.dicomweb_token_file or pcfg.dicomweb_token_file,
+                                 cert=args.dicomweb_cert or pcfg.dicomweb_cert, key=args.dicomweb_key or pcfg.dicomweb_key,
+                                 ca=args.dicomweb_ca or pcfg.dicomweb_ca)
 
 
 def _url(args, pcfg) -> str:
@@ -110,7 +133,7 @@ def cmd_pull(args) -> int:
     bcfg, pcfg = settings.load(args.config)
     url = _url(args, pcfg)
     dest = Path(args.out) / "pulled" / args.study
-    rep = pull_study(url, args.study, dest, timeout=pcfg.dicomweb_timeout_s)
+    rep = pull_study(url, args.study, dest, timeout=pcfg.dicomweb_timeout_s, auth=_auth(args, pcfg))
     print(f"pulled study {args.study}: {len(rep.files)} instances in {len(rep.series)} series -> {dest}")
     if args.no_run:
         return 0
@@ -127,7 +150,8 @@ def cmd_push(args) -> int:
 
     _, pcfg = settings.load(args.config)
     url = _url(args, pcfg)
-    rep = push_scene(args.scene, url, dicom_dir=args.source_dicom, timeout=pcfg.dicomweb_timeout_s, save_to=args.save)
+    rep = push_scene(args.scene, url, dicom_dir=args.source_dicom, timeout=pcfg.dicomweb_timeout_s, save_to=args.save,
+                     auth=_auth(args, pcfg))
     if args.json:
         print(json.dumps(rep.__dict__, indent=2))
     else:
