@@ -35,6 +35,7 @@ def register(sub) -> None:
     p = sub.add_parser("pull", help="download a study by DICOMweb (QIDO-RS/WADO-RS) and run it")
     p.add_argument("--dicomweb", help="DICOMweb root URL (default pacs.dicomweb_url)")
     _auth_args(p)
+    _dimse_args(p)
     p.add_argument("--study", required=True, metavar="UID", help="StudyInstanceUID")
     p.add_argument("--out", required=True, help="batch folder: pulled/<StudyUID>/, manifest, cases/")
     p.add_argument("--no-run", action="store_true", help="only download")
@@ -45,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("scene", help="scene folder or scene.json")
     p.add_argument("--dicomweb", help="DICOMweb root URL (default pacs.dicomweb_url)")
     _auth_args(p)
+    _dimse_args(p)
     p.add_argument("--source-dicom", metavar="DIR", help="folder with the source series (default: the scene's input, "
                                                           "then the server itself by WADO-RS)")
     p.add_argument("--save", metavar="FILE", help="also keep the SEG file here")
@@ -71,6 +73,24 @@ def _batch_options(args, bcfg, workers_default: int):
                         workers=workers_default if args.workers is None else args.workers,
                         scheduler=args.scheduler or bcfg.scheduler, deidentify=args.deidentify,
                         timeout_s=bcfg.study_timeout_s, argv=["surgitwin", *sys.argv[1:]])
+
+
+def _dimse_args(p) -> None:
+    g = p.add_argument_group("DIMSE instead of DICOMweb (C-FIND/C-GET to pull, C-STORE to push)")
+    g.add_argument("--dimse", metavar="HOST:PORT", help="the PACS's DICOM port")
+    g.add_argument("--called-aet", metavar="AET", help="the PACS's AE title (required with --dimse)")
+    g.add_argument("--calling-aet", metavar="AET", help="our AE title (default pacs.ae_title); the PACS must know it")
+
+
+def _peer(args, pcfg):
+    from pipeline.errors import ConfigError
+    from pipeline.pacs.dimse import Peer
+
+    if args.dicomweb:
+        raise ConfigError("use --dimse or --dicomweb, not both")
+    if not args.called_aet:
+        raise ConfigError("--dimse needs --called-aet (the PACS's AE title)")
+    return Peer.parse(args.dimse, args.called_aet, args.calling_aet or pcfg.ae_title)
 
 
 def _auth_args(p) -> None:
@@ -131,9 +151,13 @@ def cmd_pull(args) -> int:
     from pipeline.pacs.dicomweb import pull_study
 
     bcfg, pcfg = settings.load(args.config)
-    url = _url(args, pcfg)
     dest = Path(args.out) / "pulled" / args.study
-    rep = pull_study(url, args.study, dest, timeout=pcfg.dicomweb_timeout_s, auth=_auth(args, pcfg))
+    if args.dimse:
+        from pipeline.pacs.dimse import pull_study_dimse
+
+        rep = pull_study_dimse(_peer(args, pcfg), args.study, dest)
+    else:
+        rep = pull_study(_url(args, pcfg), args.study, dest, timeout=pcfg.dicomweb_timeout_s, auth=_auth(args, pcfg))
     print(f"pulled study {args.study}: {len(rep.files)} instances in {len(rep.series)} series -> {dest}")
     if args.no_run:
         return 0
@@ -149,12 +173,16 @@ def cmd_push(args) -> int:
     from pipeline.pacs.dicomweb import push_scene
 
     _, pcfg = settings.load(args.config)
-    url = _url(args, pcfg)
-    rep = push_scene(args.scene, url, dicom_dir=args.source_dicom, timeout=pcfg.dicomweb_timeout_s, save_to=args.save,
-                     auth=_auth(args, pcfg))
+    if args.dimse:
+        from pipeline.pacs.dimse import push_scene_dimse
+
+        rep = push_scene_dimse(args.scene, _peer(args, pcfg), dicom_dir=args.source_dicom, save_to=args.save)
+    else:
+        rep = push_scene(args.scene, _url(args, pcfg), dicom_dir=args.source_dicom, timeout=pcfg.dicomweb_timeout_s,
+                         save_to=args.save, auth=_auth(args, pcfg))
     if args.json:
         print(json.dumps(rep.__dict__, indent=2))
     else:
-        print(f"stored SEG {rep.sop_instance_uid} ({len(rep.segments)} segments: {', '.join(rep.segments)}) "
-              f"in study {rep.study_uid} (source headers from {rep.source})")
+        print(f"SEG {rep.sop_instance_uid} ({len(rep.segments)} segments: {', '.join(rep.segments)}) "
+              f"in study {rep.study_uid}: {rep.action} (source headers from {rep.source})")
     return 0

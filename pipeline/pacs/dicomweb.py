@@ -243,6 +243,29 @@ class PushReport:
     sop_instance_uid: str
     segments: list[str]
     source: str  # where the source headers came from: a folder or "WADO-RS"
+    action: str = "stored"  # what the server did (DIMSE push: stored / already there / new version)
+
+
+def stable_seg_uids(seg, scene):
+    """Give the SEG UIDs derived from the scene's source series and the SEG's content.
+
+    The same scene pushed twice is the same instance (a PACS keeps one copy; nothing is
+    duplicated); a changed segmentation of the same source is a new instance of the same series.
+    """
+    import hashlib
+
+    from ..deid import hashed_uid
+
+    src = (scene.source or {}).get("series_instance_uid", "")
+    series = hashed_uid("surgitwin-seg-series", str(src), str(scene.case_id))
+    h = hashlib.sha256(bytes(seg.PixelData))
+    for item in seg.SegmentSequence:
+        h.update(str(item.SegmentLabel).encode() + b"\x00")
+    sop = hashed_uid("surgitwin-seg-instance", series, h.hexdigest())
+    seg.SeriesInstanceUID = series
+    seg.SOPInstanceUID = sop
+    seg.file_meta.MediaStorageSOPInstanceUID = sop
+    return seg
 
 
 def push_scene(scene_path, url: str, *, dicom_dir=None, timeout: float = 60.0, save_to=None,
@@ -279,7 +302,7 @@ def push_scene(scene_path, url: str, *, dicom_dir=None, timeout: float = 60.0, s
         where = "WADO-RS"
     for ds in datasets:
         phi.register_dataset(ds)
-    seg = build_segmentation(scene, datasets)
+    seg = stable_seg_uids(build_segmentation(scene, datasets), scene)  # pushing twice duplicates nothing
     if save_to:
         Path(save_to).parent.mkdir(parents=True, exist_ok=True)
         seg.save_as(str(save_to), enforce_file_format=True)
