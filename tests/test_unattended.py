@@ -351,10 +351,30 @@ def test_fifo_in_batch_input_and_discovery_time_limit(tmp_path, monkeypatch):
 
 # -- item 8: workers die with their coordinator; an older run never overwrites a newer one -------
 
-def _children(pid: int) -> list[int]:
-    import psutil
+def _proc(pid: int) -> tuple[int, str, str] | None:
+    """(parent pid, state letter, command line) of a live process from /proc, or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return None
+    rest = stat[stat.rindex(")") + 2:].split()
+    return int(rest[1]), rest[0], cmd
 
-    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            info = _proc(int(d.name))
+            if info and info[0] == pid:
+                out.append(int(d.name))
+    return out
+
+
+def _running(pid: int) -> bool:
+    info = _proc(pid)
+    return info is not None and info[1] != "Z"
 
 
 @pytest.mark.slow
@@ -363,8 +383,6 @@ def test_workers_die_with_a_killed_coordinator(tmp_path):
     import subprocess
     import sys
     import time
-
-    import psutil
 
     import batch_helpers as bh
 
@@ -382,18 +400,15 @@ def test_workers_die_with_a_killed_coordinator(tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and len(workers) < 2:
             time.sleep(0.2)
-            workers = [p for p in _children(proc.pid)
-                       if "multiprocessing" in " ".join(psutil.Process(p).cmdline()) and "spawn_main" in
-                       " ".join(psutil.Process(p).cmdline())]
+            workers = [p for p in _children(proc.pid) if "spawn_main" in ((_proc(p) or (0, "", ""))[2])]
         assert len(workers) >= 2, "the pool workers did not start"
         time.sleep(1.0)  # they are inside a study now (8 s each)
         os.kill(proc.pid, signal.SIGKILL)  # the coordinator only, not its process group
         proc.wait(timeout=10)
         gone_by = time.monotonic() + 10
-        while time.monotonic() < gone_by and any(psutil.pid_exists(w) and psutil.Process(w).status() != "zombie"
-                                                 for w in workers):
+        while time.monotonic() < gone_by and any(_running(w) for w in workers):
             time.sleep(0.1)
-        alive = [w for w in workers if psutil.pid_exists(w) and psutil.Process(w).status() != "zombie"]
+        alive = [w for w in workers if _running(w)]
         assert not alive, f"workers outlived their coordinator: {alive}"
         assert not list(counter.glob("*.count"))  # and none finished its study
     finally:
