@@ -44,11 +44,19 @@ def main(argv=None) -> int:
     try:
         rc = args.func(args)
     except SurgitwinError as e:
-        print(f"surgitwin {args.command}: error: {e}", file=sys.stderr)
+        rule = f" [rule: {e.rule}]" if e.rule and e.rule not in str(e) else ""
+        print(f"surgitwin {args.command}: error: {e}{rule}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`surgitwin batch status --json | head`): stop quietly; point
+        # stdout at /dev/null so the interpreter's final flush does not fail again
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
     return int(rc or 0)
 
 

@@ -12,7 +12,9 @@ Table E.1-1, "Basic Prof." column):
 * Rules for what the table cannot list: every private element, every public element unknown
   to pydicom's dictionary and the curve (50xx) and overlay (60xx) groups are removed; any
   other person name (PN) is removed; every date and
-  datetime (DA/DT) is removed; every UID (UI) that is not a registered DICOM UID
+  datetime (DA/DT) is removed; free text that is kept (LO, SH, ST, LT, UT) has dates in any
+  common spelling (19010203, 1901-02-03, 03.02.1901, 3/2/1901) and the patient's registered
+  identifiers replaced; every UID (UI) that is not a registered DICOM UID
   (``1.2.840.10008.*``) or a class/transfer-syntax UID is remapped; sequences are cleaned
   recursively.
 * Patient name and ID become one pseudonym ``ANON-<10 hex>`` (a salted hash of the original
@@ -34,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +48,7 @@ BASIC_PROFILE_CODE = ("113100", "DCM", "Basic Application Confidentiality Profil
 PSEUDONYM_PREFIX = "ANON-"
 
 # keyword -> action. "X" remove, "Z" empty, "D" dummy, "U" new UID, "K" keep.
-_X = """AcquisitionComments AcquisitionContextSequence AcquisitionDate AcquisitionDateTime
+_X = """AcquisitionComments AcquisitionContextSequence AcquisitionDate
 AcquisitionDeviceProcessingDescription AcquisitionTime ActualHumanPerformersSequence
 AdditionalPatientHistory AdmissionID AdmittingDate AdmittingDiagnosesCodeSequence
 AdmittingDiagnosesDescription AdmittingTime Allergies Arbitrary AuthorObserverSequence
@@ -53,7 +56,7 @@ BranchOfService CassetteID CommentsOnThePerformedProcedureStep
 ConfidentialityConstraintOnPatientDataDescription ContentCreatorIdentificationCodeSequence
 ContentSequence CountryOfResidence CurrentPatientLocation CurveDate CurveTime
 CustodialOrganizationSequence DataSetTrailingPadding DerivationDescription DetectorID
-DeviceSerialNumber DigitalSignaturesSequence DischargeDiagnosisDescription DistributionAddress
+DigitalSignaturesSequence DischargeDiagnosisDescription DistributionAddress
 DistributionName EthnicGroup FrameComments GantryID GeneratorID HumanPerformerName
 HumanPerformerOrganization IconImageSequence IdentifyingComments ImageComments
 ImagePresentationComments ImagingServiceRequestComments Impressions InstanceCreationDate
@@ -103,11 +106,15 @@ DateOfSecondaryCapture TimeOfSecondaryCapture InstitutionalDepartmentTypeCodeSeq
 PatientTelecomInformation ReferencedPatientPhotoSequence
 IssuerOfPatientIDQualifiersSequence ScheduledProcedureStepID StorageMediaFileSetID
 ReasonForTheRequestedProcedure DeviceDescription LabelText"""
-_Z = """AccessionNumber ContentCreatorName ContentDate ContentTime ContrastBolusAgent
+_Z = """AccessionNumber ContentCreatorName ContrastBolusAgent
 FillerOrderNumberImagingServiceRequest PatientBirthDate PatientSex
 PlacerOrderNumberImagingServiceRequest ReferringPhysicianName StudyDate StudyID StudyTime
 VerifyingObserverIdentificationCodeSequence"""
-_D = "PersonName VerifyingObserverName PersonIdentificationCodeSequence"
+# Dummies also where the table allows removal but an IOD we write or read needs the attribute
+# (type 1: DeviceSerialNumber in Enhanced General Equipment; ContentDate/Time in SEG and
+# enhanced images; AcquisitionDateTime in Enhanced CT/MR): "X/Z/D", "Z/D", "X/D" -> D.
+_D = """PersonName VerifyingObserverName PersonIdentificationCodeSequence DeviceSerialNumber ContentDate
+ContentTime AcquisitionDateTime"""
 _U = """ConcatenationUID ContextGroupExtensionCreatorUID CreatorVersionUID DeviceUID
 DimensionOrganizationUID DoseReferenceUID FailedSOPInstanceUIDList FiducialUID
 FrameOfReferenceUID InstanceCreatorUID IrradiationEventUID LargePaletteColorLookupTableUID
@@ -128,6 +135,30 @@ _META_REMOVE = ("SourceApplicationEntityTitle", "SendingApplicationEntityTitle",
                 "ReceivingApplicationEntityTitle", "PrivateInformation", "PrivateInformationCreatorUID")
 _DUMMY = {"PN": "ANONYMOUS", "DA": "19000101", "TM": "000000", "DT": "19000101000000",
           "LO": "ANONYMIZED", "SH": "ANON", "LT": "", "ST": "", "UT": "", "CS": "", "AS": "000Y"}
+
+
+_TEXT_VRS = ("LO", "SH", "ST", "LT", "UT")
+_D2, _M2, _Y4 = r"(?:0?[1-9]|[12]\d|3[01])", r"(?:0?[1-9]|1[0-2])", r"(?:1[89]\d{2}|20\d{2})"
+# Dates written in free text: 19010203, 1901-02-03, 1901/2/3, 03.02.1901, 3/2/1901, 03-02-1901
+DATE_IN_TEXT = re.compile(
+    rf"(?<![\w.]){_Y4}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])(?![\w.])"
+    rf"|(?<![\w.]){_Y4}[-./]{_M2}[-./]{_D2}(?![\w.])"
+    rf"|(?<![\w.]){_D2}[-./]{_D2}[-./]{_Y4}(?![\w.])")
+TEXT_DATE_REPLACEMENT = "[DATE]"
+
+
+def scrub_text(text: str) -> str:
+    """Free text kept by the profile, with dates (any common spelling) and every identifier
+    registered for the patient (names, IDs, birth date) replaced."""
+    from .batch import phi
+
+    return phi.redact(DATE_IN_TEXT.sub(TEXT_DATE_REPLACEMENT, text))
+
+
+def hashed_uid(*parts: str) -> str:
+    """A ``2.25.`` UID (128 bits of SHA-256 of ``parts``): the same parts give the same UID."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()[:16]
+    return f"2.25.{int.from_bytes(digest, 'big')}"
 
 
 @dataclass
@@ -159,9 +190,9 @@ class Deidentifier:
             return old
         new = self.uid_map.get(old)
         if new is None:
-            from pydicom.uid import generate_uid
-
-            new = str(generate_uid(prefix=None, entropy_srcs=[self.salt, old]))
+            # derived from salt and UID (pydicom's generate_uid ignores its entropy sources
+            # under the 2.25 root): every worker of a batch maps a UID the same way
+            new = hashed_uid(self.salt, old)
             self.uid_map[old] = new
         return new
 
@@ -242,6 +273,8 @@ class Deidentifier:
             return "X"
         if vr == "UI":
             return "K" if elem.keyword in _KEEP_UIDS else "U"
+        if vr in _TEXT_VRS:
+            return "T"  # kept free text: dates and registered identifiers scrubbed
         return "K"
 
     def _apply(self, ds, elem, action: str) -> None:
@@ -261,6 +294,12 @@ class Deidentifier:
         elif action == "recurse":
             for item in elem.value:
                 self._clean(item)
+        elif action == "T":
+            v = elem.value
+            if isinstance(v, str):
+                elem.value = scrub_text(v)
+            elif isinstance(v, (list, tuple)) or type(v).__name__ == "MultiValue":
+                elem.value = [scrub_text(str(x)) for x in v]
 
     def _map_uids(self, value):
         if value is None or value == "":
@@ -321,21 +360,24 @@ def save_mapping(path, mapping: dict) -> None:
 
 @dataclass
 class DeidReport:
-    """What :func:`deidentify_tree` did. ``written``: output files; ``skipped``: (file, reason)."""
+    """What :func:`deidentify_tree` did. ``written``: output files; ``skipped``: (file, reason) for
+    everything not written (non-DICOM files and FIFOs included); ``refused``: the DICOM
+    instances among them that could not be de-identified."""
 
     written: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    refused: list[tuple[str, str]] = field(default_factory=list)  # DICOM files that could not be processed
     studies: dict[str, int] = field(default_factory=dict)  # new StudyInstanceUID -> instances
 
 
-def _input_files(src: Path) -> list[Path]:
-    if src.is_file():
-        return [src]
-    files = []
-    for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
-    return files
+def _input_files(src: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Regular files under ``src`` and (path, reason) for what is never opened (FIFOs...)."""
+    from .ingest._common import not_regular, walk_files
+
+    if not src.is_dir():
+        why = not_regular(src)
+        return ([], [(str(src), why)]) if why else ([src], [])
+    return walk_files(src)
 
 
 def deidentify_file(src, out_dir, deid: Deidentifier) -> Path:
@@ -350,20 +392,80 @@ def deidentify_file(src, out_dir, deid: Deidentifier) -> Path:
     src = Path(src)
     try:
         ds = pydicom.dcmread(str(src))
-    except (InvalidDicomError, OSError, EOFError, ValueError) as e:
-        raise DicomError(f"not a readable DICOM file ({type(e).__name__})", path=str(src)) from None
+    except InvalidDicomError:
+        try:  # a raw dataset without preamble and file meta (many real exports)
+            from .ingest._common import sniff_dicom
+
+            if sniff_dicom(src):
+                raise DicomError(f"not a readable DICOM file ({sniff_dicom(src)})", path=str(src),
+                                 rule="input files must be DICOM")
+            ds = pydicom.dcmread(str(src), force=True)
+        except DicomError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise DicomError(f"not a readable DICOM file ({type(e).__name__})", path=str(src),
+                             rule="input files must be DICOM") from None
+    except (OSError, EOFError, ValueError) as e:
+        raise DicomError(f"not a readable DICOM file ({type(e).__name__})", path=str(src),
+                         rule="input files must be DICOM") from None
     if "DirectoryRecordSequence" in ds:
         raise DicomError("DICOMDIR skipped: its records repeat patient identity and point at the original paths",
                          path=str(src))
-    if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds or "SeriesInstanceUID" not in ds:
-        raise DicomError("DICOM instance must have SOP, study and series instance UIDs", path=str(src))
+    _complete_uids(ds, src)
     deid.dataset(ds, where=str(src))
+    _complete_meta(ds)
     target = Path(out_dir) / str(ds.StudyInstanceUID) / str(ds.SeriesInstanceUID) / f"{ds.SOPInstanceUID}.dcm"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".tmp-{os.getpid()}-{target.name}")
-    ds.save_as(str(tmp), enforce_file_format=True)
-    os.replace(tmp, target)
+    try:
+        ds.save_as(str(tmp), enforce_file_format=True)
+        os.replace(tmp, target)
+    except Exception as e:  # noqa: BLE001 - this file is refused with its reason; the tree goes on
+        tmp.unlink(missing_ok=True)
+        raise DicomError(f"cannot write the de-identified instance: {type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]}", path=str(src),
+                         rule="a de-identified instance is a valid DICOM file") from None
     return target
+
+
+def _complete_uids(ds, src: Path) -> None:
+    """Fill an empty SOP Instance/Class UID from the file meta (or the reverse); refuse without them."""
+    meta = getattr(ds, "file_meta", None)
+    for kw, meta_kw in (("SOPInstanceUID", "MediaStorageSOPInstanceUID"), ("SOPClassUID", "MediaStorageSOPClassUID")):
+        if not str(ds.get(kw, "") or "").strip() and meta is not None and str(meta.get(meta_kw, "") or "").strip():
+            setattr(ds, kw, str(meta.get(meta_kw)))
+    # Blank study/series UIDs (exports that blanked them): the same stand-in for every file of
+    # the folder (series: also FrameOfReference, number, modality: what the index groups by),
+    # remapped like any UID, so the de-identified series stays one series.
+    group = {"StudyInstanceUID": [str(src.parent)],
+             "SeriesInstanceUID": [str(src.parent), str(ds.get("FrameOfReferenceUID", "") or ""),
+                                   str(ds.get("SeriesNumber", "") or ""), str(ds.get("Modality", "") or "")]}
+    for kw, parts in group.items():
+        if not str(ds.get(kw, "") or "").strip():
+            setattr(ds, kw, hashed_uid(f"surgitwin-no-{kw}", *parts))
+    missing = [kw for kw in ("SOPInstanceUID", "SOPClassUID", "StudyInstanceUID", "SeriesInstanceUID")
+               if not str(ds.get(kw, "") or "").strip()]
+    if missing:
+        raise DicomError(f"DICOM instance must have SOP class, SOP instance, study and series UIDs; "
+                         f"{', '.join(missing)} missing or empty", path=str(src),
+                         rule="PS3.3: SOPClassUID, SOPInstanceUID, StudyInstanceUID, SeriesInstanceUID are type 1")
+
+
+def _complete_meta(ds) -> None:
+    """Valid file meta for every output: SOP class/instance from the dataset, a transfer syntax
+    (inferred from how a header-less file was encoded)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    meta = ds.file_meta
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if not str(meta.get("TransferSyntaxUID", "") or ""):
+        implicit, little = getattr(ds, "original_encoding", (None, None)) or (None, None)
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian) if little is not False \
+            else ExplicitVRBigEndian
 
 
 def deidentify_datasets(datasets, *, map_path=None, allow_burned_in: bool = False) -> list:
@@ -412,11 +514,21 @@ def deidentify_tree(src, out_dir, *, deid: Deidentifier | None = None, map_path=
         deid = (Deidentifier.from_mapping(saved, allow_burned_in=allow_burned_in) if saved
                 else Deidentifier(allow_burned_in=allow_burned_in))
     report = DeidReport()
-    for f in _input_files(src):
+    files, report.skipped = _input_files(src)
+    for f in files:
         try:
             out = deidentify_file(f, out_dir, deid)
         except DicomError as e:
             report.skipped.append((str(f), str(e)))
+            if e.rule != "input files must be DICOM" and not str(e).startswith("DICOMDIR skipped"):
+                report.refused.append((str(f), str(e)))
+            continue
+        except Exception as e:  # noqa: BLE001 - one file's failure never aborts the tree
+            from .batch import phi
+
+            why = phi.redact(f"{f}: cannot be de-identified: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+            report.skipped.append((str(f), why))
+            report.refused.append((str(f), why))
             continue
         report.written.append(str(out))
         study = out.parent.parent.name

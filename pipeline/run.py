@@ -76,6 +76,70 @@ def _write_images(folder: Path, volume, labelmap, uncertainty) -> str | None:
     return "uncertainty.nii.gz"
 
 
+def _fits(declared: list[str], have) -> bool:
+    return not declared or not have or bool(set(declared) & set(have))
+
+
+def check_model_fits(spec, volume, modality: str, where: str) -> str:
+    """Refuse a scan the model was not made for (its declared ``modality`` / ``body_region``).
+
+    Returns a note for the scene; raises :class:`~pipeline.errors.DicomError` naming the input,
+    the rule and the registry models that would fit.
+    """
+    from .errors import DicomError
+    from .ingest.region import scan_regions
+
+    mod = modality.rstrip("?").upper() if modality not in ("unknown", "") else ""
+    regions, evidence = scan_regions(volume) if (not mod or mod == "CT") else (set(), "not checked (not CT)")
+    problems = []
+    if not _fits(spec.modality, [mod] if mod else []):
+        problems.append(f"model '{spec.name}' segments {'/'.join(spec.modality)}; this series is {mod}")
+    if not _fits(spec.body_region, regions):
+        problems.append(f"model '{spec.name}' is made for the {', '.join(spec.body_region)}; this scan shows the "
+                        f"{', '.join(sorted(regions))} ({evidence})")
+    if not problems:
+        return (f"model fits: modality {mod or 'unknown'}, body region {', '.join(sorted(regions)) or 'unknown'}"
+                f" ({evidence})")
+    raise DicomError(f"{'; '.join(problems)}. {_fitting_models(mod, regions)}", path=where,
+                     rule="the scan's modality and body region match the model's declaration")
+
+
+def _fitting_models(mod: str, regions: set) -> str:
+    from .segment.registry import load_model_file, registry_files
+
+    names = []
+    for f in registry_files():
+        try:
+            m = load_model_file(f)
+        except Exception:  # noqa: BLE001 - a broken registry entry is not this scan's problem
+            continue
+        if _fits(m.modality, [mod] if mod else []) and _fits(m.body_region, regions):
+            names.append(m.name)
+    if names:
+        return f"Models that fit: {', '.join(names)} (--model NAME)"
+    return f"No installed model declares {mod or 'this modality'}{' and the ' + ', '.join(sorted(regions)) if regions else ''}"
+
+
+def segment_in_canonical_order(volume, reorient, run_segment):
+    """``run_segment(volume)`` on the canonical axis order, its results mapped back to ``volume``'s grid.
+
+    The answer does not depend on how the scan was stored (see :mod:`pipeline.ingest.canonical`):
+    the same physical CT stored with columns reversed or slices numbered from the other end gives
+    the same labels, voxel for voxel in patient space.
+    """
+    import dataclasses
+
+    from .types import LabelMap
+
+    seg = run_segment(reorient.forward(volume))
+    if reorient.identity:
+        return seg
+    lm = LabelMap(reorient.backward(seg.labelmap.volume, volume), seg.labelmap.labels)
+    unc = None if seg.uncertainty is None else reorient.backward(seg.uncertainty, volume)
+    probs = None if seg.probabilities is None else reorient.backward_array(seg.probabilities)
+    return dataclasses.replace(seg, labelmap=lm, uncertainty=unc, probabilities=probs)
+
+
 def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
              snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
              case_id: str | None = None) -> CaseResult:
@@ -109,24 +173,34 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             volume = read_input(input_path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
         timings["ingest"] = time.perf_counter() - t0
         src = dict(volume.source)
+        from .ingest.canonical import Reorientation
+
+        reorient = Reorientation.of(volume)
         records.append(StageRecord(
             "ingest", software_versions("pydicom", "SimpleITK"), config_hash(cfg.get("selection")),
             inputs={k: src.get(k) for k in ("study_instance_uid", "series_instance_uid", "input", "n_files") if k in src},
             outputs={"shape": list(volume.shape), "spacing_mm": [round(float(s), 4) for s in volume.spacing],
                      "affine_lps": np.round(volume.affine, 6).tolist()},
-            duration_s=round(timings["ingest"], 3), notes=tuple(src.get("notes", ())), peak_rss_mb=peaks.mb["ingest"],
+            duration_s=round(timings["ingest"], 3), notes=(*src.get("notes", ()), reorient.note()),
+            peak_rss_mb=peaks.mb["ingest"],
         ))
         progress("ingest", f"{volume.shape} voxels, spacing {np.round(volume.spacing, 3).tolist()} mm")
+        from .ingest.plausible import check_volume
+
+        checks = check_volume(volume, str(input_path))  # refuses what cannot be a patient scan
+        for w in checks.warnings:
+            progress("ingest", f"warning: {w}")
 
         # 2. segment -----------------------------------------------------------------------
         from .segment import resolve_model, segment
 
         t0 = time.perf_counter()
         spec = resolve_model(model, overrides=bundle_overrides, trust=trust_bundle)
-        progress("segment", f"model {spec.name} ({spec.backend})")
+        fit_note = check_model_fits(spec, volume, checks.modality, str(input_path))  # refuses in seconds
+        progress("segment", f"model {spec.name} ({spec.backend}); {fit_note}")
         seg_cfg = {k: v for k, v in (cfg.get("segment") or {}).items() if k != "model"}
         with peaks.stage("segment"):
-            seg = segment(volume, spec, seg_cfg)
+            seg = segment_in_canonical_order(volume, reorient, lambda v: segment(v, spec, seg_cfg))
         timings["segment"] = time.perf_counter() - t0
         records.append(dataclasses.replace(seg.record, peak_rss_mb=peaks.mb["segment"]))
         labelmap = seg.labelmap
@@ -162,6 +236,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
+        scene.extra["input_checks"] = {**checks.to_dict(), "model_fit": fit_note}
         if seg.record.outputs.get("scan_warnings"):
             scene.extra["scan_warnings"] = list(seg.record.outputs["scan_warnings"])
         scene.provenance = records
@@ -173,6 +248,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         snap = None
         warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
         warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
+        warnings += [f"input: {w}" for w in checks.warnings]
         if snapshot:
             t0 = time.perf_counter()
             try:

@@ -63,9 +63,10 @@ class Orthanc:
     def dicomweb(self) -> str:
         return f"{self.url}/dicom-web"
 
-    def upload(self, files) -> set[str]:
+    def upload(self, files, auth=None) -> set[str]:
         """POST files to /instances (Orthanc REST); returns the study UIDs stored."""
         s = session()
+        s.auth = auth
         studies = set()
         for f in files:
             r = s.post(f"{self.url}/instances", data=Path(f).read_bytes(), timeout=30)
@@ -84,7 +85,8 @@ class Orthanc:
                 self.proc.wait(timeout=5)
 
 
-def start_orthanc(folder: Path, *, aet: str = "ORTHANC", modalities: dict | None = None) -> Orthanc:
+def start_orthanc(folder: Path, *, aet: str = "ORTHANC", modalities: dict | None = None,
+                  extra: dict | None = None) -> Orthanc:
     exe = require_tool("Orthanc", "orthanc")
     if not DICOMWEB_PLUGIN.exists():
         import pytest
@@ -102,6 +104,7 @@ def start_orthanc(folder: Path, *, aet: str = "ORTHANC", modalities: dict | None
         "SaveJobs": False, "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False, "StudiesMetadata": "Full"},
     }
+    cfg.update(extra or {})  # e.g. AuthenticationEnabled + RegisteredUsers
     (folder / "orthanc.json").write_text(json.dumps(cfg, indent=1))
     log = open(folder / "orthanc.log", "wb")
     proc = subprocess.Popen([exe, str(folder / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT,
@@ -113,7 +116,7 @@ def start_orthanc(folder: Path, *, aet: str = "ORTHANC", modalities: dict | None
         if proc.poll() is not None:
             raise RuntimeError(f"Orthanc exited with {proc.returncode}: {(folder / 'orthanc.log').read_text()[-2000:]}")
         try:
-            if s.get(f"{o.url}/system", timeout=1).ok:
+            if s.get(f"{o.url}/system", timeout=1).status_code in (200, 401):  # 401: up, with authentication
                 return o
         except Exception:  # noqa: BLE001 - not up yet
             pass

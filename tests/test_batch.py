@@ -66,11 +66,12 @@ def test_statuses_with_real_pipeline(real_batch):
     assert status["mixed_phases"] == "failed" and "FrameOfReferenceUID" in rows["mixed_phases"]["reason"]
     assert status["non_image_only"] == "skipped"
     assert "non-image" in rows["non_image_only"]["reason"] and "2 SR" in rows["non_image_only"]["reason"]
-    assert status["two_slices_only"] == "skipped"  # a 2-slice CT: no selection rule accepts it
+    # a 2-slice CT is an image series no selection rule accepts: a failure with its reason, not a skip
+    assert status["two_slices_only"] == "failed"
     assert "no series matches the selection rules" in rows["two_slices_only"]["reason"]
     assert "NumberOfSlices" in rows["two_slices_only"]["reason"]
     assert status["empty_dir"] == "failed" and "empty" in rows["empty_dir"]["reason"]
-    assert summary.totals == {"pending": 0, "running": 0, "done": 5, "failed": 4, "skipped": 2}
+    assert summary.totals == {"pending": 0, "running": 0, "interrupted": 0, "done": 5, "failed": 5, "skipped": 1}
     assert not summary.ok
     # done rows: a loadable scene, per-stage timings, versions, the source UIDs
     from pipeline.scene import load_scene

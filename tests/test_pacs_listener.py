@@ -121,9 +121,10 @@ def test_spool_rejects_uids_that_are_not_uids(tmp_path):
     assert p.read_bytes() == b"again" and len(list(p.parent.iterdir())) == 1
     (item,) = sp.poll()
     assert item.key == "1.2.3.4" and item.n_files == 1 and Path(item.input).parent == tmp_path / "spool" / "ready"
-    sp.store("1.2.3", "1.2.3.4", "1.2.3.4.6", b"late")  # a late instance becomes a second item
+    sp.store("1.2.3", "1.2.3.4", "1.2.3.4.6", b"late")  # a late instance re-opens the series (issue 12)
     (late,) = sp.poll()
-    assert late.key == "1.2.3.4-2" and late.n_files == 1
+    assert late.key == "1.2.3.4" and late.n_files == 2 and late.reopened
+    assert sorted(f.name for f in Path(late.input).iterdir()) == ["1.2.3.4.5.dcm", "1.2.3.4.6.dcm"]
 
 
 def test_acknowledged_instances_survive_sigkill_and_restart_finishes_them(tmp_path):

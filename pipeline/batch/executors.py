@@ -86,7 +86,8 @@ class ProcessExecutor:
         self._pool = self._new()
 
     def _new(self) -> cf.ProcessPoolExecutor:
-        return cf.ProcessPoolExecutor(max_workers=self.slots, mp_context=self._ctx, initializer=_worker_init)
+        return cf.ProcessPoolExecutor(max_workers=self.slots, mp_context=self._ctx, initializer=_worker_init,
+                                      initargs=(os.getpid(),))
 
     def submit(self, fn: Callable, task: Any) -> cf.Future:
         return self._pool.submit(fn, task)
@@ -111,8 +112,8 @@ class ProcessExecutor:
 
     def close(self, cancel: bool = False) -> None:
         if cancel:
-            # Stop running studies now (Ctrl-C / SIGTERM): their rows stay 'running' and
-            # --resume re-runs them; nothing half-written is ever published.
+            # Stop running studies now (Ctrl-C / SIGTERM): the coordinator marks their rows
+            # 'interrupted' and --resume re-runs them; nothing half-written is ever published.
             procs = list(getattr(self._pool, "_processes", {}).values())
             self._pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
@@ -127,7 +128,47 @@ class ProcessExecutor:
         return f"process pool, {self.slots} workers"
 
 
-def _worker_init() -> None:
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> str:
+    """Make this process end when ``parent_pid`` (the coordinator) dies, even by kill -9.
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL), then a check that the parent did not die before
+    the call. Elsewhere: a daemon thread that polls the parent pid. Returns which one is used.
+    An orphaned worker would otherwise go on and publish results a resumed batch may already
+    have replaced (publication also checks the run epoch: :func:`pipeline.batch.run_case.publish`).
+    """
+    import signal
+    import sys
+
+    how = "watchdog"
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                how = "pdeathsig"
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the coordinator died before we got here
+        os._exit(1)
+    if how == "watchdog":
+        import threading
+
+        def watch():
+            while True:
+                time.sleep(1.0)
+                if os.getppid() != parent_pid:
+                    os._exit(1)
+        threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+    return how
+
+
+def _worker_init(parent_pid: int | None = None) -> None:
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     # Studies run one per process: keep each process's BLAS/torch/VTK threads to one so N
     # workers use N cores instead of N x cores threads fighting over them.
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

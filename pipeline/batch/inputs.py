@@ -22,12 +22,18 @@ import csv
 import logging
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import SurgitwinError
+from ..ingest._common import not_regular
 from . import phi
 
 log = logging.getLogger(__name__)
+DISCOVERY_GRACE_S = 5.0  # after the time limit, how long a stuck discovery thread is waited for
+NO_STUDY_UID = "(no StudyInstanceUID"  # how the index names files without one
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -51,6 +57,7 @@ class StudyItem:
     series_uids: list[str] = field(default_factory=list)
     n_files: int | None = None
     problem: str | None = None
+    reopened: bool = False  # a live series that got late instances: run again, replacing its result
 
 
 def safe_key(name: str) -> str:
@@ -129,10 +136,10 @@ def _stage(files: list[str], folder: Path) -> Path:
     return folder
 
 
-def _from_folder(folder: Path, origin: str, stage_root: Path) -> list[StudyItem]:
+def _from_folder(folder: Path, origin: str, stage_root: Path, deadline: float | None = None) -> list[StudyItem]:
     from ..ingest import index_folder
 
-    index = index_folder(folder)
+    index = index_folder(folder, deadline=deadline)
     if not index:
         images = sorted(p for p in folder.rglob("*") if p.is_file() and _is_image_file(p))
         if images:
@@ -143,12 +150,15 @@ def _from_folder(folder: Path, origin: str, stage_root: Path) -> list[StudyItem]
         return [StudyItem(folder.name, str(folder), origin, problem=why)]
     if index.skipped:
         log.info("%s: %d files are not DICOM instances and were left out", folder, len(index.skipped))
-    if len(index) == 1:
-        st = index[0]
-        files = [f for s in st.series for f in s.files]
+    # Files whose header has no StudyInstanceUID (cut short before it, or blanked) are no study
+    # of their own: with at most one real study the named folder is one item under its name.
+    real = [st for st in index if not st.study_uid.startswith(NO_STUDY_UID)]
+    if len(real) <= 1:
+        files = [f for st in index for s in st.series for f in s.files]
         _register_study_phi(files)
-        return [StudyItem(folder.name, str(folder), origin, st.study_uid,
-                          sorted({s.series_uid for s in st.series}), len(files))]
+        st = real[0] if real else index[0]
+        return [StudyItem(folder.name, str(folder), origin, None if not real else st.study_uid,
+                          sorted({s.series_uid for s in st.series if s.series_uid}), len(files))]
     items = []
     study_files = {st.study_uid: [f for s in st.series for f in s.files] for st in index}
     for st in index:
@@ -159,16 +169,48 @@ def _from_folder(folder: Path, origin: str, stage_root: Path) -> list[StudyItem]
             common = common.parent
         others = [f for uid, fs in study_files.items() if uid != st.study_uid for f in fs]
         exclusive = common != folder and not any(Path(f).is_relative_to(common) for f in others)
+        no_uid = st.study_uid.startswith(NO_STUDY_UID)
         if exclusive:
             key, inp = common.name, str(common)
         else:
-            key = st.study_uid
+            key = f"{folder.name}_no_StudyInstanceUID" if no_uid else st.study_uid
             inp = str(_stage(files, stage_root / safe_key(key)))
-        items.append(StudyItem(key, inp, origin, st.study_uid, sorted({s.series_uid for s in st.series}), len(files)))
+        items.append(StudyItem(key, inp, origin, None if no_uid else st.study_uid,
+                               sorted({s.series_uid for s in st.series if s.series_uid}), len(files)))
     return items
 
 
-def discover(inputs: list[str], stage_root, *, hide_uids: bool = False) -> list[StudyItem]:
+def _folder_items(folder: Path, origin: str, stage_root: Path, time_limit: float | None) -> list[StudyItem]:
+    """:func:`_from_folder` under a time limit; any failure fails this input only (one row).
+
+    The index checks the deadline between files; a thread that is stuck in one system call
+    (a hung network mount) is abandoned (daemon) and the input reported failed.
+    """
+    box: dict = {}
+
+    def work():
+        try:
+            deadline = None if time_limit is None else time.monotonic() + time_limit
+            box["items"] = _from_folder(folder, origin, stage_root, deadline)
+        except Exception as e:  # noqa: BLE001 - reported as this input's failure
+            box["error"] = e
+
+    t = threading.Thread(target=work, name=f"discover-{folder.name}", daemon=True)
+    t.start()
+    t.join(None if time_limit is None else time_limit + DISCOVERY_GRACE_S)
+    if t.is_alive():
+        why = f"discovery did not finish within {time_limit:g} s (a file or mount that does not answer?)"
+    elif "error" in box:
+        e = box["error"]
+        why = str(e) if isinstance(e, SurgitwinError) else f"discovery failed: {type(e).__name__}: {e}"
+    else:
+        return box["items"]
+    log.warning("%s: %s", folder, why)
+    return [StudyItem(folder.name, str(folder), origin, problem=why)]
+
+
+def discover(inputs: list[str], stage_root, *, hide_uids: bool = False,
+             time_limit: float | None = None) -> list[StudyItem]:
     """One :class:`StudyItem` per study found in ``inputs``; keys unique and stable across runs.
 
     Parameters
@@ -177,6 +219,8 @@ def discover(inputs: list[str], stage_root, *, hide_uids: bool = False) -> list[
     stage_root : folder for linked inputs of studies that share folders (``DIR/inputs``)
     hide_uids : rename keys that are UIDs to ``study-<16 hex of the UID's SHA-256>``
         (``--deidentify``: output folder names must not carry original UIDs)
+    time_limit : seconds discovery may take per named folder; past it (or on any error) the
+        folder is one failed item with the reason, and the other inputs go on
     """
     stage_root = Path(stage_root)
     raw: list[StudyItem] = []
@@ -191,10 +235,12 @@ def discover(inputs: list[str], stage_root, *, hide_uids: bool = False) -> list[
                     raw.append(StudyItem(name or q.name, path, given, problem="input listed in the CSV does not exist"))
                 else:
                     raw.append(StudyItem(name or q.name.split(".")[0] if q.is_file() else name or q.name, path, given))
+        elif not p.is_dir() and not_regular(p):
+            raw.append(StudyItem(p.name.split(".")[0] or p.name, str(p), given, problem=f"input is {not_regular(p)}"))
         elif p.is_file():
             raw.append(StudyItem(p.name.split(".")[0], str(p), given))
         else:
-            raw.extend(_from_folder(p, given, stage_root))
+            raw.extend(_folder_items(p, given, stage_root, time_limit))
     if hide_uids:
         for it in raw:
             it.key = hide_uid_key(it.key)

@@ -11,7 +11,8 @@ study         key of the study (folder name, CSV id or StudyInstanceUID); primar
 input         path handed to the case function (a folder, a file, or a staged folder of links)
 origin        what the user named on the command line (folder, CSV, DICOM tree, PACS)
 study_uid     StudyInstanceUID when the input is DICOM; ``series_uids``: JSON list
-status        ``pending`` | ``running`` | ``done`` | ``failed`` | ``skipped``
+status        ``pending`` | ``running`` | ``interrupted`` (in flight at Ctrl-C / SIGTERM; --resume
+              re-runs it) | ``done`` | ``failed`` | ``skipped``
 reason        why a study failed or was skipped ("" when done); redacted, never PHI
 timings       JSON {stage: seconds} from the case function plus ``total`` and ``queue``
 outputs       JSON {name: path}: ``scene`` (the scene folder), ``log`` (the study's log)
@@ -42,7 +43,7 @@ from . import phi
 MANIFEST_FILE = "manifest.sqlite"
 JSONL_FILE = "manifest.jsonl"
 SCHEMA_VERSION = "1"
-STATUSES = ("pending", "running", "done", "failed", "skipped")
+STATUSES = ("pending", "running", "interrupted", "done", "failed", "skipped")
 FINAL = frozenset({"done", "failed", "skipped"})
 _JSON_COLS = ("series_uids", "timings", "outputs", "versions")
 
@@ -51,7 +52,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS studies (
     study TEXT PRIMARY KEY, input TEXT NOT NULL, origin TEXT NOT NULL DEFAULT '',
     study_uid TEXT, series_uids TEXT NOT NULL DEFAULT '[]', n_files INTEGER,
-    status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed','skipped')),
+    status TEXT NOT NULL CHECK (status IN ('pending','running','interrupted','done','failed','skipped')),
     reason TEXT NOT NULL DEFAULT '', timings TEXT NOT NULL DEFAULT '{}',
     outputs TEXT NOT NULL DEFAULT '{}', versions TEXT NOT NULL DEFAULT '{}',
     attempts INTEGER NOT NULL DEFAULT 0, worker TEXT NOT NULL DEFAULT '', run_id INTEGER,
@@ -97,8 +98,26 @@ class Manifest:
             # FULL: a row marked done survives power loss once the call returns.
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(_SCHEMA)
+            self._migrate()
             self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         self.db.row_factory = sqlite3.Row
+
+    def _migrate(self) -> None:
+        """Manifests written before 'interrupted' existed: widen the status CHECK (table rebuilt once)."""
+        sql = self.db.execute("SELECT sql FROM sqlite_master WHERE name = 'studies'").fetchone()[0]
+        if "'interrupted'" in sql:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("ALTER TABLE studies RENAME TO studies_old")
+            self.db.execute(_SCHEMA.split("CREATE INDEX")[0].split(";", 1)[1].strip().rstrip(";"))
+            self.db.execute("INSERT INTO studies SELECT * FROM studies_old")
+            self.db.execute("DROP TABLE studies_old")
+            self.db.execute("CREATE INDEX IF NOT EXISTS studies_status ON studies(status)")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -129,6 +148,11 @@ class Manifest:
                         (phi.redact(input), phi.redact(origin), study))
         return cur.rowcount == 1
 
+    def reopen(self, study: str, input: str, n_files: int | None, why: str) -> None:
+        """A study whose input grew (late instances of a series): pending again with the new input."""
+        self._write("UPDATE studies SET input = ?, n_files = ?, status = CASE WHEN status = 'running' THEN status"
+                    " ELSE 'pending' END, reason = ? WHERE study = ?", (phi.redact(input), n_files, phi.redact(why), study))
+
     def mark_running(self, study: str, run_id: int | None) -> None:
         self._write("UPDATE studies SET status = 'running', reason = '', attempts = attempts + 1, run_id = ?,"
                     " started_at = ?, finished_at = NULL WHERE study = ?", (run_id, time.time(), study))
@@ -149,9 +173,14 @@ class Manifest:
         """Put a study back to ``pending`` (its recorded result can no longer be trusted)."""
         self._write("UPDATE studies SET status = 'pending', reason = ? WHERE study = ?", (phi.redact(why), study))
 
+    def mark_interrupted(self, study: str, why: str) -> None:
+        """A study that was in flight when the run was stopped (Ctrl-C, SIGTERM)."""
+        self._write("UPDATE studies SET status = 'interrupted', reason = ?, finished_at = ? WHERE study = ?"
+                    " AND status = 'running'", (phi.redact(why), time.time(), study))
+
     def reset_unfinished(self) -> int:
-        """Rows left ``running`` by a killed run go back to ``pending``; returns how many."""
-        return self._write("UPDATE studies SET status = 'pending' WHERE status = 'running'").rowcount
+        """Rows left ``running`` by a killed run, or ``interrupted``, go back to ``pending``; returns how many."""
+        return self._write("UPDATE studies SET status = 'pending' WHERE status IN ('running', 'interrupted')").rowcount
 
     def start_run(self, *, argv: list[str], executor: str, workers: int, software: dict) -> int:
         cur = self._write(

@@ -50,8 +50,11 @@ def _variants(value: str) -> set[str]:
             out.add(f"{parts[1]} {parts[0]}")
             out.add(f"{parts[0]} {parts[1]}")
             out.add(f"{parts[0]}, {parts[1]}")
-    if re.fullmatch(r"\d{8}", v):  # DA: also the ISO spelling a log might use
-        out.add(f"{v[:4]}-{v[4:6]}-{v[6:]}")
+    if re.fullmatch(r"\d{8}", v):  # DA: also the spellings free text and logs use
+        y, m, d = v[:4], v[4:6], v[6:]
+        for mm, dd in {(m, d), (m.lstrip("0") or "0", d.lstrip("0") or "0")}:
+            out.update({f"{y}-{mm}-{dd}", f"{y}/{mm}/{dd}", f"{y}.{mm}.{dd}", f"{dd}.{mm}.{y}",
+                        f"{dd}/{mm}/{y}", f"{mm}/{dd}/{y}", f"{dd}-{mm}-{y}"})
     return {x for x in out if len(x) >= 2}
 
 

@@ -8,7 +8,8 @@ For one task it
 1. opens the study's own log (``DIR/logs/<key>.log``, PHI-filtered) and registers the
    study's patient values so no log line or reason can carry them;
 2. checks the input holds at least one image series; if it holds only non-image objects
-   (SR, PR, SEG, KO, ...) the study is ``skipped`` with what it found;
+   (SR, PR, SEG, KO, ...) or only localizers the study is ``skipped`` with what it found; image
+   series that cannot be used (truncated headers, none the selection rules accept) fail it;
 3. with ``--deidentify``, writes a de-identified copy of the input (PS3.15 Basic profile,
    salt shared by the whole run) and processes that;
 4. calls the case function ``case_fn(input, staging_dir, **kwargs)`` — by default
@@ -113,14 +114,16 @@ def fn_name(fn) -> str:
 
 # -- input checks ----------------------------------------------------------------------------
 
-def survey(input_path: Path, *, selection_config=None, check_selection: bool = False) -> str | None:
-    """Register the input's patient values; return a skip reason when there is nothing to process.
+def survey(input_path: Path, *, selection_config=None, check_selection: bool = False) -> tuple[str, str] | None:
+    """Register the input's patient values; say whether there is anything to process.
 
-    Nothing to process: only non-image objects (SR, KO, PR, SEG, ...) or, with
-    ``check_selection`` (the default pipeline), no series that the selection rules of
-    ``selection_config`` (a pipeline YAML; default configs/pipeline.yaml) accept — e.g. a
-    scout sent on its own to the listener. A broken series that *would* be selected is not
-    skipped: the reader fails it with its reason.
+    Returns None (process it), ``("skipped", reason)`` when the input holds nothing meant for
+    processing — only non-image objects (SR, KO, PR, SEG, ...) or only localizers (a scout
+    sent on its own to the listener) — or ``("failed", reason)`` when it holds image series
+    that cannot be used: image instances whose headers stop before their pixel module
+    (truncated files), or, with ``check_selection`` (the default pipeline), image series that
+    no selection rule of ``selection_config`` accepts (a 2-slice CT). An unusable image
+    series is a failure with its reason, never a skip.
     """
     import pydicom
 
@@ -141,15 +144,23 @@ def survey(input_path: Path, *, selection_config=None, check_selection: bool = F
     series = index.all_series()
     if not series:
         return None
-    if not any(s.is_image for s in series):
+    from ..ingest._common import is_non_image
+
+    broken = [s for s in series if not s.is_image and not is_non_image(s.modality, s.sop_class)]
+    usable = [s for s in series if s.is_image]
+    if broken and not usable:
+        s = broken[0]
+        n = sum(b.n_instances for b in broken)
+        return ("failed", f"{n} instance(s) of {s.modality or s.sop_class_name or 'an unknown'} image series have no "
+                          f"image pixel module (Rows/Columns): their headers stop early (truncated files?), e.g. "
+                          f"{s.files[0]} [rule: image instances carry Rows, Columns and Pixel Data]")
+    if not usable:
         kinds: dict[str, int] = {}
         for s in series:
             name = s.modality or s.sop_class_name or "unknown"
-            if s.rows is None and s.modality.upper() not in ("SR", "KO", "PR", "DOC", "RTSTRUCT", "RTPLAN"):
-                name += " without Rows/Columns"
             kinds[name] = kinds.get(name, 0) + s.n_instances
         found = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-        return f"no image series to process: the input holds only non-image objects ({found} instances)"
+        return ("skipped", f"no image series to process: the input holds only non-image objects ({found} instances)")
     if check_selection:
         from ..config import load_pipeline_config
         from ..ingest import select_series
@@ -160,23 +171,46 @@ def survey(input_path: Path, *, selection_config=None, check_selection: bool = F
         if not any(x.selected for x in sels):
             why = "; ".join(f"{x.series.modality} '{x.series.description}' ({x.series.n_frames} slices): "
                             f"{x.reasons[0] if x.reasons else x.status}" for x in sels[:6])
-            return f"no series matches the selection rules: {why}"
+            if all(s.is_localizer for s in usable):
+                return ("skipped", f"only localizer images (scouts), nothing to segment: {why}")
+            return ("failed", f"no series matches the selection rules: {why}")
     return None
 
 
 # -- publication -----------------------------------------------------------------------------
 
 
-def publish(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging`` with renames only (an old result is moved aside first)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
-        os.replace(final, old)
-        os.replace(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, final)
-    _fsync_dir(final.parent)
+class Superseded(SurgitwinError):
+    """A newer batch run already published this case; an older run must not replace it."""
+
+
+def publish(staging: Path, final: Path, epoch: int | None = None) -> None:
+    """Replace ``final`` by ``staging`` with renames only (an old result is moved aside first).
+
+    ``epoch`` is the batch run (its run_id) this result belongs to. Under a lock on the folder, a
+    published case of a newer run is never replaced by an older one (a worker orphaned by a
+    killed coordinator, finishing after the resumed batch published): :class:`Superseded`.
+    """
+    import fcntl
+
+    fd = os.open(final.parent, os.O_RDONLY)  # flock on the cases folder: publications are renames, short
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        have = (read_marker(final) or {}).get("epoch") if final.exists() else None
+        if epoch is not None and isinstance(have, int) and have > epoch:
+            raise Superseded(f"case '{final.name}' was published by a newer batch run ({have}) than this one "
+                             f"({epoch}); this result is discarded", path=str(final),
+                             rule="an older run never overwrites a newer publication")
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
+            os.replace(final, old)
+            os.replace(staging, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, final)
+        _fsync_dir(final.parent)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def read_marker(case_dir: Path) -> dict | None:
@@ -235,7 +269,7 @@ def execute(task: dict) -> dict:
     """Run one study (see module doc). Never raises; returns the manifest update.
 
     ``task`` keys: key, input, cases_dir, logs_dir, work_dir, case_fn, case_kwargs,
-    fingerprint, deid (None or {salt, allow_burned_in, return_map}), timeout_s, threads (None or
+    fingerprint, epoch (the batch run_id: checked at publication), deid (None or {salt, allow_burned_in, return_map}), timeout_s, threads (None or
     the most threads the study may use: exported as SURGITWIN_MAX_THREADS for the segment stage).
     """
     key = task["key"]
@@ -263,11 +297,11 @@ def execute(task: dict) -> dict:
         inp = Path(task["input"])
         log.info("study %s: input %s (worker %s)", key, inp, worker)
         default_fn = task["case_fn"] == DEFAULT_CASE_FN
-        skip = survey(inp, selection_config=(task.get("case_kwargs") or {}).get("config"),
-                      check_selection=default_fn) if inp.exists() else None
-        if skip:
-            log.info("study %s skipped: %s", key, skip)
-            out.update(status="skipped", reason=skip)
+        verdict = survey(inp, selection_config=(task.get("case_kwargs") or {}).get("config"),
+                         check_selection=default_fn) if inp.exists() else None
+        if verdict:
+            log.info("study %s %s: %s", key, *verdict)
+            out.update(status=verdict[0], reason=verdict[1])
             return out
         with _Alarm(task.get("timeout_s"), key):
             deid = task.get("deid")
@@ -300,8 +334,9 @@ def execute(task: dict) -> dict:
             raise SurgitwinError("case function reported done but wrote no output folder")
         final = cases_dir / key
         _write_marker(staging, {"study": key, "fingerprint": task.get("fingerprint"), "status": "done",
-                                "timings": out["timings"], "versions": out["versions"], "finished_at": time.time()})
-        publish(staging, final)
+                                "epoch": task.get("epoch"), "timings": out["timings"], "versions": out["versions"],
+                                "finished_at": time.time()})
+        publish(staging, final, task.get("epoch"))
         out["outputs"]["scene"] = str(final)
         out.update(status="done", reason="")
         warnings = res.get("warnings") or []

@@ -58,6 +58,7 @@ class BatchOptions:
     deid_map: str | None = None
     allow_burned_in: bool = False
     timeout_s: float | None = None
+    discovery_timeout_s: float | None = 300.0  # per named input folder
     case_fn: Any = DEFAULT_CASE_FN
     case_kwargs: dict = field(default_factory=dict)
     argv: list[str] = field(default_factory=list)
@@ -88,6 +89,7 @@ class BatchSummary:
         rate = n / self.elapsed_s * 60 if self.elapsed_s > 0 else 0.0
         t = self.totals
         lines = [f"batch {self.out_dir}: {t['done']} done, {t['failed']} failed, {t['skipped']} skipped"
+                 + (f", {t['interrupted']} interrupted" if t.get("interrupted") else "")
                  + (f", {t['pending'] + t['running']} not run" if t["pending"] + t["running"] else "")
                  + f" — this run: {n} studies in {self.elapsed_s:.1f} s ({rate:.1f}/min, {self.executor})"
                  + (f", {self.already_done} already done" if self.already_done else "")
@@ -166,6 +168,8 @@ class _Coordinator:
         self.out, self.opts, self.m, self.rep, self.run_id = out, opts, manifest, reporter, run_id
         self.this_run = {"done": 0, "failed": 0, "skipped": 0}
         self.threads: int | None = None  # per-study thread cap, set once the executor is known
+        self.inflight: dict = {}
+        self.deferred: dict[str, StudyItem] = {}  # newer versions of live studies in flight
         self.deid_salt = None
         self.deid = None
         if opts.deidentify:
@@ -189,7 +193,7 @@ class _Coordinator:
             "key": item.key, "input": item.input, "cases_dir": str(self.out / "cases"),
             "logs_dir": str(self.out / "logs"), "work_dir": str(self.out / "work"),
             "case_fn": self.opts.case_fn, "case_kwargs": kw, "timeout_s": self.opts.timeout_s,
-            "fingerprint": _fingerprint(item.input, self.opts), "threads": self.threads,
+            "fingerprint": _fingerprint(item.input, self.opts), "threads": self.threads, "epoch": self.run_id,
             "deid": None if not self.opts.deidentify else {
                 "salt": self.deid_salt, "allow_burned_in": self.opts.allow_burned_in,
                 "return_map": bool(self.opts.deid_map)},
@@ -215,7 +219,7 @@ class _Coordinator:
 
     def run(self, executor, queue: collections.deque, live: LiveSource | None) -> None:
         quarantine: collections.deque = collections.deque()
-        inflight: dict = {}
+        inflight: dict = self.inflight  # future -> (item, alone); what Ctrl-C marks interrupted
         crashes: collections.Counter = collections.Counter()
         needs_restart = False
         while True:
@@ -224,10 +228,17 @@ class _Coordinator:
                     if self.opts.deidentify:
                         it.key = hide_uid_key(it.key)
                     self.add_item(it)
+                    if it.reopened:
+                        self.m.reopen(it.key, it.input, it.n_files, "re-opened by late instances: processing it again whole")
                     self.rep.add_total(1)
                     if it.problem:
                         self.fail(it, it.problem)
+                    elif any(x.key == it.key for x, _ in inflight.values()):
+                        self.deferred[it.key] = it  # runs when the older version finishes (never two at once)
                     else:
+                        for q in (queue, quarantine):  # a newer version replaces one still waiting
+                            for old in [x for x in q if x.key == it.key]:
+                                q.remove(old)
                         queue.append(it)
             if needs_restart and not inflight:
                 executor.restart()
@@ -254,10 +265,11 @@ class _Coordinator:
                     continue
                 return
             for fut in executor.wait(list(inflight), POLL_S):
-                item, alone = inflight.pop(fut)
+                item, alone = inflight[fut]
                 try:
-                    res = executor.result(fut)
+                    res = executor.result(fut)  # KeyboardInterrupt here leaves the item in flight
                 except WorkerLost as e:
+                    del inflight[fut]
                     crashes[item.key] += 1
                     if alone or crashes[item.key] >= 2 or executor.name == "dask":
                         self.fail(item, f"{e}: the study crashed its worker (segfault or out of memory?); "
@@ -265,11 +277,26 @@ class _Coordinator:
                     else:
                         log.warning("worker died with %s in flight: re-running it alone", item.key)
                         quarantine.append(item)
+                    if item.key in self.deferred:  # a newer version supersedes the crashed one
+                        if item in quarantine:
+                            quarantine.remove(item)
+                        queue.append(self.deferred.pop(item.key))
                     needs_restart = needs_restart or executor.name == "processes"
                     continue
                 except Exception as e:  # noqa: BLE001 - executor-level failure of one task
                     res = {"status": "failed", "reason": f"executor error {type(e).__name__}: {e}"}
+                del inflight[fut]
                 self.record(item.key, res)
+                if item.key in self.deferred:
+                    queue.append(self.deferred.pop(item.key))
+
+    def interrupted(self, why: str) -> list[str]:
+        """Mark every study in flight ``interrupted`` (Ctrl-C / SIGTERM); returns their keys."""
+        keys = [item.key for item, _ in self.inflight.values()]
+        for k in keys:
+            self.m.mark_interrupted(k, why)
+        self.inflight.clear()
+        return keys
 
     def add_item(self, it: StudyItem) -> None:
         self.m.add(it.key, it.input, origin=it.origin, study_uid=it.study_uid, series_uids=it.series_uids,
@@ -352,7 +379,8 @@ def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *
             reset = m.reset_unfinished()
             if left or reset:
                 log.info("resume: removed %d temporary folders, %d studies were left running by a killed run", left, reset)
-            items = discover(inputs, out / "inputs", hide_uids=opts.deidentify) if inputs else []
+            items = discover(inputs, out / "inputs", hide_uids=opts.deidentify,
+                             time_limit=opts.discovery_timeout_s) if inputs else []
             if opts.resume:  # the batch is everything in the manifest plus what is named now
                 items += _items_from_manifest(m, {it.key: it for it in items})
             by_key = {it.key: it for it in items}
@@ -381,9 +409,11 @@ def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *
                 coord.run(executor, queue, live)
             except KeyboardInterrupt:
                 interrupted = True
-                log.warning("batch interrupted: studies in flight stay 'running' and are re-run by --resume")
                 executor.close(cancel=True)
                 executor = None
+                keys = coord.interrupted("interrupted (Ctrl-C or SIGTERM) while running; --resume runs it again")
+                log.warning("batch interrupted: %d studies in flight marked interrupted (%s); --resume re-runs them",
+                            len(keys), ", ".join(keys) or "none")
             finally:
                 restore()
             if coord.deid is not None and opts.deid_map:

@@ -33,7 +33,9 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="status: print the manifest as JSON; batch: print the summary as JSON")
     p.set_defaults(func=cmd_batch)
 
-    p = sub.add_parser("deid", help="de-identify DICOM files (PS3.15 Basic Application Confidentiality Profile)")
+    p = sub.add_parser("deid", help="de-identify DICOM files (PS3.15 Basic Application Confidentiality Profile)",
+                       description="Exit status: 0 when every DICOM instance was written, 1 when any was refused "
+                                   "(each is listed with its reason) or nothing was written.")
     p.add_argument("input", help="DICOM file or folder (walked recursively)")
     p.add_argument("out", help="output folder: <StudyUID>/<SeriesUID>/<SOPUID>.dcm with new UIDs")
     p.add_argument("--map", metavar="FILE", help="read/update the re-identification table here (PHI; mode 0600)")
@@ -79,7 +81,7 @@ def cmd_batch(args) -> int:
         workers=bcfg.workers if args.workers is None else args.workers,
         scheduler=args.scheduler or bcfg.scheduler, resume=args.resume, deidentify=args.deidentify,
         deid_map=args.deid_map, allow_burned_in=args.allow_burned_in,
-        timeout_s=args.timeout or bcfg.study_timeout_s, case_fn=args.case_fn or DEFAULT_CASE_FN, case_kwargs=case_kwargs,
+        timeout_s=args.timeout or bcfg.study_timeout_s, discovery_timeout_s=bcfg.discovery_timeout_s, case_fn=args.case_fn or DEFAULT_CASE_FN, case_kwargs=case_kwargs,
         argv=["surgitwin", *sys.argv[1:]])
     summary = run_batch(args.inputs, args.out, opts, reporter=make_reporter(args.progress or bcfg.progress))
     if args.json:
@@ -115,15 +117,16 @@ def cmd_deid(args) -> int:
 
     rep = deidentify_tree(args.input, args.out, map_path=args.map, allow_burned_in=args.allow_burned_in)
     if args.json:
-        print(json.dumps({"written": len(rep.written), "studies": rep.studies,
+        print(json.dumps({"written": len(rep.written), "studies": rep.studies, "refused": len(rep.refused),
                           "skipped": [{"file": f, "reason": r} for f, r in rep.skipped]}, indent=2))
     else:
         print(f"de-identified {len(rep.written)} instances into {args.out} "
-              f"({len(rep.studies)} studies); {len(rep.skipped)} files not written")
+              f"({len(rep.studies)} studies); {len(rep.skipped)} files not written, "
+              f"{len(rep.refused)} of them DICOM instances refused")
         for f, r in rep.skipped[:20]:
             print(f"  skipped {r}")
         if len(rep.skipped) > 20:
             print(f"  ... and {len(rep.skipped) - 20} more")
         if not args.map:
             print("no mapping table kept (use --map FILE to keep one)")
-    return 0 if rep.written else 1
+    return 0 if rep.written and not rep.refused else 1  # 1: nothing written, or DICOM instances refused

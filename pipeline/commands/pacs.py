@@ -34,6 +34,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("pull", help="download a study by DICOMweb (QIDO-RS/WADO-RS) and run it")
     p.add_argument("--dicomweb", help="DICOMweb root URL (default pacs.dicomweb_url)")
+    _auth_args(p)
+    _dimse_args(p)
     p.add_argument("--study", required=True, metavar="UID", help="StudyInstanceUID")
     p.add_argument("--out", required=True, help="batch folder: pulled/<StudyUID>/, manifest, cases/")
     p.add_argument("--no-run", action="store_true", help="only download")
@@ -43,6 +45,8 @@ def register(sub) -> None:
     p = sub.add_parser("push", help="store a scene's DICOM SEG into its source study by STOW-RS")
     p.add_argument("scene", help="scene folder or scene.json")
     p.add_argument("--dicomweb", help="DICOMweb root URL (default pacs.dicomweb_url)")
+    _auth_args(p)
+    _dimse_args(p)
     p.add_argument("--source-dicom", metavar="DIR", help="folder with the source series (default: the scene's input, "
                                                           "then the server itself by WADO-RS)")
     p.add_argument("--save", metavar="FILE", help="also keep the SEG file here")
@@ -71,6 +75,45 @@ def _batch_options(args, bcfg, workers_default: int):
                         timeout_s=bcfg.study_timeout_s, argv=["surgitwin", *sys.argv[1:]])
 
 
+def _dimse_args(p) -> None:
+    g = p.add_argument_group("DIMSE instead of DICOMweb (C-FIND/C-GET to pull, C-STORE to push)")
+    g.add_argument("--dimse", metavar="HOST:PORT", help="the PACS's DICOM port")
+    g.add_argument("--called-aet", metavar="AET", help="the PACS's AE title (required with --dimse)")
+    g.add_argument("--calling-aet", metavar="AET", help="our AE title (default pacs.ae_title); the PACS must know it")
+
+
+def _peer(args, pcfg):
+    from pipeline.errors import ConfigError
+    from pipeline.pacs.dimse import Peer
+
+    if args.dicomweb:
+        raise ConfigError("use --dimse or --dicomweb, not both")
+    if not args.called_aet:
+        raise ConfigError("--dimse needs --called-aet (the PACS's AE title)")
+    return Peer.parse(args.dimse, args.called_aet, args.calling_aet or pcfg.ae_title)
+
+
+def _auth_args(p) -> None:
+    g = p.add_argument_group("DICOMweb authentication (also SURGITWIN_DICOMWEB_USER, _PASSWORD, _PASSWORD_FILE, "
+                             "_TOKEN, _TOKEN_FILE, _CERT, _KEY, _CA)")
+    g.add_argument("--dicomweb-user", metavar="NAME", help="HTTP basic user")
+    g.add_argument("--dicomweb-password-file", metavar="FILE", help="file holding the HTTP basic password")
+    g.add_argument("--dicomweb-token-file", metavar="FILE", help="file holding a bearer token")
+    g.add_argument("--dicomweb-cert", metavar="PEM", help="client certificate (PEM; may hold the key too)")
+    g.add_argument("--dicomweb-key", metavar="PEM", help="private key of --dicomweb-cert")
+    g.add_argument("--dicomweb-ca", metavar="PEM", help="CA bundle to verify the server with")
+
+
+def _auth(args, pcfg):
+    from pipeline.pacs.dicomweb import HttpAuth
+
+    return HttpAuth.from_sources(user=args.dicomweb_user or pcfg.dicomweb_user,
+                                 password_file=args.dicomweb_password_file or pcfg.dicomweb_password_file,
+                                 token_file=args.dicomweb_token_file or pcfg.dicomweb_token_file,
+                                 cert=args.dicomweb_cert or pcfg.dicomweb_cert, key=args.dicomweb_key or pcfg.dicomweb_key,
+                                 ca=args.dicomweb_ca or pcfg.dicomweb_ca)
+
+
 def _url(args, pcfg) -> str:
     from pipeline.errors import ConfigError
 
@@ -91,6 +134,8 @@ def cmd_listen(args) -> int:
         ae_title=args.ae_title or pcfg.ae_title, port=pcfg.port if args.port is None else args.port,
         bind=args.bind or pcfg.bind, allowed_calling_aets=sorted(set(pcfg.allowed_calling_aets) | set(args.allow)),
         series_idle_s=args.idle or pcfg.series_idle_s, max_associations=pcfg.max_associations,
+        max_associations_per_peer=pcfg.max_associations_per_peer, acse_timeout_s=pcfg.acse_timeout_s,
+        idle_timeout_s=pcfg.idle_timeout_s,
         tls_cert=args.tls_cert or pcfg.tls_cert, tls_key=args.tls_key or pcfg.tls_key, tls_ca=args.tls_ca or pcfg.tls_ca)
     summary = listen(args.out, opts, _batch_options(args, bcfg, pcfg.workers), reporter=make_reporter(args.progress))
     print(summary.text())
@@ -106,9 +151,13 @@ def cmd_pull(args) -> int:
     from pipeline.pacs.dicomweb import pull_study
 
     bcfg, pcfg = settings.load(args.config)
-    url = _url(args, pcfg)
     dest = Path(args.out) / "pulled" / args.study
-    rep = pull_study(url, args.study, dest, timeout=pcfg.dicomweb_timeout_s)
+    if args.dimse:
+        from pipeline.pacs.dimse import pull_study_dimse
+
+        rep = pull_study_dimse(_peer(args, pcfg), args.study, dest)
+    else:
+        rep = pull_study(_url(args, pcfg), args.study, dest, timeout=pcfg.dicomweb_timeout_s, auth=_auth(args, pcfg))
     print(f"pulled study {args.study}: {len(rep.files)} instances in {len(rep.series)} series -> {dest}")
     if args.no_run:
         return 0
@@ -124,11 +173,16 @@ def cmd_push(args) -> int:
     from pipeline.pacs.dicomweb import push_scene
 
     _, pcfg = settings.load(args.config)
-    url = _url(args, pcfg)
-    rep = push_scene(args.scene, url, dicom_dir=args.source_dicom, timeout=pcfg.dicomweb_timeout_s, save_to=args.save)
+    if args.dimse:
+        from pipeline.pacs.dimse import push_scene_dimse
+
+        rep = push_scene_dimse(args.scene, _peer(args, pcfg), dicom_dir=args.source_dicom, save_to=args.save)
+    else:
+        rep = push_scene(args.scene, _url(args, pcfg), dicom_dir=args.source_dicom, timeout=pcfg.dicomweb_timeout_s,
+                         save_to=args.save, auth=_auth(args, pcfg))
     if args.json:
         print(json.dumps(rep.__dict__, indent=2))
     else:
-        print(f"stored SEG {rep.sop_instance_uid} ({len(rep.segments)} segments: {', '.join(rep.segments)}) "
-              f"in study {rep.study_uid} (source headers from {rep.source})")
+        print(f"SEG {rep.sop_instance_uid} ({len(rep.segments)} segments: {', '.join(rep.segments)}) "
+              f"in study {rep.study_uid}: {rep.action} (source headers from {rep.source})")
     return 0

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 import struct
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,49 @@ def quiet_pydicom():
             log.setLevel(level)
 
 
+def not_regular(path) -> str | None:
+    """None for a regular file (symlinks followed), else why it must never be opened.
+
+    Opening a named pipe (FIFO) blocks until a writer appears: forever, in an unattended run.
+    Sockets and devices are no scans either.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("named pipe (FIFO)" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "folder" if stat.S_ISDIR(mode)
+            else "special file")
+    return f"not a regular file ({kind}): never opened"
+
+
+def walk_files(root, *, deadline: float | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Regular files under ``root`` (sorted, dot-names and symlinked folders left out) and
+    (path, reason) for everything else. ``deadline`` (time.monotonic()) bounds the walk: a
+    :class:`DicomError` names the folder when it is passed."""
+    from ..errors import DicomError
+
+    files: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DicomError(f"listing the folder exceeded its time limit after {len(files)} files (at {dirpath})",
+                             path=str(root), rule="discovery finishes within its time limit per input")
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if f.startswith("."):
+                continue
+            p = Path(dirpath) / f
+            why = not_regular(p)
+            if why:
+                skipped.append((str(p), why))
+            else:
+                files.append(p)
+    return files, skipped
+
+
 def sniff_dicom(path: Path) -> str | None:
     """Cheap check before pydicom: None if the file may be DICOM, else the reason it is not.
 
@@ -53,6 +99,9 @@ def sniff_dicom(path: Path) -> str | None:
     NIfTI, PNG, ZIP... do not. Parsing garbage with ``force=True`` can produce nonsense
     datasets, so this filter is what keeps ``force=True`` safe.
     """
+    why = not_regular(path)
+    if why:
+        return why
     try:
         with open(path, "rb") as f:
             head = f.read(132)

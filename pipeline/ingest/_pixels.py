@@ -65,10 +65,15 @@ def _native(ds, h: dict, path: str, frames: int, rows: int, cols: int) -> np.nda
     dtype = np.dtype(("i" if signed else "u") + str(ba // 8)).newbyteorder("<")
     count = frames * rows * cols
     need = count * dtype.itemsize
-    if len(data) < need:
+    # DICOM pads an odd length with one byte; any other difference means the header does not
+    # describe the data (BitsAllocated 8 over 16-bit pixels, wrong Rows/Columns/NumberOfFrames)
+    # or the file is truncated: reading it anyway gives a garbage volume.
+    if len(data) not in (need, need + (need % 2)):
+        what = "the file is truncated or its header is wrong" if len(data) < need else (
+            f"{len(data) - need} bytes too many: BitsAllocated, Rows, Columns or NumberOfFrames do not describe the data")
         raise DicomError(f"Pixel Data holds {len(data)} bytes; {frames} frame(s) x {rows} x {cols} x {ba} bits "
-                         f"need {need}: the file is truncated or its header is wrong",
-                         path=path, rule="len(PixelData) >= NumberOfFrames*Rows*Columns*BitsAllocated/8")
+                         f"need {need}: {what}",
+                         path=path, rule="len(PixelData) == NumberOfFrames*Rows*Columns*BitsAllocated/8 (+1 pad byte)")
     arr = np.frombuffer(data, dtype=dtype, count=count).reshape(frames, rows, cols)
     bs = h["bs"] if h["bs"] is not None else ba
     if 0 < bs < ba:

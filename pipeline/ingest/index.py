@@ -12,8 +12,8 @@ Files that are not DICOM (text, NIfTI, the DICOMDIR itself) are not errors: they
 from __future__ import annotations
 
 import hashlib
-import os
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +287,7 @@ def _int(v, default=1 << 30):
         return default
 
 
-def index_folder(path, *, max_workers: int = 4) -> Index:
+def index_folder(path, *, max_workers: int = 4, deadline: float | None = None) -> Index:
     """Walk ``path`` recursively and group its DICOM instances into studies and series.
 
     Parameters
@@ -296,6 +296,10 @@ def index_folder(path, *, max_workers: int = 4) -> Index:
         A folder (walked recursively, symlinks not followed) or a single file.
     max_workers : int
         Threads reading headers (file IO overlaps; parsing is GIL-bound).
+    deadline : float, optional
+        ``time.monotonic()`` value after which indexing stops with a :class:`DicomError`
+        (batch discovery's time limit per input). Only regular files are ever opened: a named
+        pipe, socket or device is listed in ``skipped``.
 
     Returns
     -------
@@ -306,17 +310,22 @@ def index_folder(path, *, max_workers: int = 4) -> Index:
     root = Path(path)
     if not root.exists():
         raise DicomError("folder to index does not exist", path=str(root), rule="input must exist")
-    if root.is_file():
-        files = [root]
-    else:
-        files = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            files.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    not_files: list[tuple[str, str]] = []
+    if root.is_dir():
+        files, not_files = c.walk_files(root, deadline=deadline)
+    else:  # a file (symlinks followed); a FIFO or device is listed, never opened
+        why = c.not_regular(root)
+        files, not_files = ([], [(str(root), why)]) if why else ([root], [])
     with c.quiet_pydicom():
         with ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-            results = list(pool.map(_read_header, files))
-        skipped = [r for r in results if isinstance(r, tuple)]
+            results = []
+            for r in pool.map(_read_header, files):
+                results.append(r)
+                if deadline is not None and time.monotonic() > deadline:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise DicomError(f"reading headers exceeded its time limit after {len(results)} of {len(files)} "
+                                     f"files", path=str(root), rule="discovery finishes within its time limit per input")
+        skipped = not_files + [r for r in results if isinstance(r, tuple)]
         headers = [r for r in results if isinstance(r, dict)]
         studies: dict[str, dict] = {}
         for h in headers:

@@ -32,7 +32,9 @@ from . import _common as c
 from ._common import quiet_pydicom
 from ._pixels import decode, stored_bounds, transfer_syntax
 from ._stack import plan_stack, regrid
+from .imagefile import NIFTI_SUFFIXES, check_nifti
 
+MISSING_RULE = "no missing slices (gap = k x spacing)"
 IMAGE_FILE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 OPTION_DEFAULTS: dict[str, Any] = {"on_uneven": "resample", "uneven_spacing": "median", "on_missing": "error",
                                    "on_tilt": "resample", "spacing_tolerance": 0.01, "max_workers": 4}
@@ -132,6 +134,7 @@ def _describe(ds, modality: str, sop: str) -> dict:
         "photometric": str(c.get(ds, "PhotometricInterpretation", "") or ""),
         "tilt": float(tilt) if c.floats(tilt, 1) is not None else None,
         "between": c.floats(c.get(ds, "SpacingBetweenSlices"), 1), "manufacturer": c.text(c.get(ds, "Manufacturer", "")),
+        "body_part": c.text(c.get(ds, "BodyPartExamined", "")), "study_description": c.text(c.get(ds, "StudyDescription", "")),
     }
 
 
@@ -350,7 +353,8 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
             raise errors[0]
         listed = "; ".join(str(e) for e in errors[:5]) + (f"; and {len(errors) - 5} more" if len(errors) > 5 else "")
         raise DicomError(f"{len(errors)} of {len(files)} files of the series cannot be read: {listed}",
-                         path=errors[0].path, rule="every instance of a series must be readable")
+                         path=errors[0].path, rule="every instance of a series must be readable"
+                         + (f" ({errors[0].rule})" if errors[0].rule else ""))
     data: list[_File] = results  # type: ignore[assignment]
     where = _series_name(data[0].meta, files)
     _check_consistent(data, where)
@@ -405,6 +409,7 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
         "series_number": None if m0["series_number"] is None else int(m0["series_number"]),
         "frame_of_reference_uid": None if m0["for_uid"] is None else str(m0["for_uid"]),
         "sop_class_uid": m0["sop_class"], "manufacturer": m0["manufacturer"],
+        "body_part_examined": m0["body_part"], "study_description": m0["study_description"],
         "n_files": len(files), "n_frames": len(labels), "n_slices_read": len(plan.order),
         "files": [ordered[0], ordered[-1]] if len(ordered) > 1 else ordered[:1],
         "transfer_syntaxes": sorted({f.meta["ts"] for f in data}), "decoders": decoders,
@@ -412,6 +417,56 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
         "resampled": plan.resampled, "notes": notes,
     }
     return Volume(arr, affine, source_info["frame_of_reference_uid"], source_info)
+
+
+def damaged_files(studies) -> list[tuple[str, str]]:
+    """(file, reason) for files of an index that look like DICOM instances but cannot be used.
+
+    A file the index skipped although it passed the DICOM sniff (a header that does not
+    parse), and image instances whose header stops before Rows/Columns (cut short).
+    """
+    out = [(f, why) for f, why in studies.skipped
+           if why.startswith(("unreadable DICOM header", "not a DICOM instance"))]
+    for s in studies.all_series():
+        if not s.is_image and not c.is_non_image(s.modality, s.sop_class):
+            out += [(f, "image instance without Rows/Columns: its header stops early (truncated?)") for f in s.files]
+    return out
+
+
+def _refuse_damaged_neighbours(studies, series) -> None:
+    """A damaged file next to the chosen series is probably one of its instances: refuse.
+
+    Without this, the index drops it and the series reads with a hole (or, at an end, silently
+    one slice short); the error must name the corrupt file, not suggest interpolating over it.
+    """
+    dirs = {os.path.dirname(os.path.abspath(f)) for f in series.files}
+    bad = [(f, why) for f, why in damaged_files(studies) if os.path.dirname(os.path.abspath(f)) in dirs]
+    if not bad:
+        return
+    listed = "; ".join(f"{os.path.basename(f)}: {why}" for f, why in bad[:5]) + (
+        f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise DicomError(f"series {series.series_uid or series.key} ({series.n_instances} readable files): {len(bad)} "
+                     f"file(s) in its folder look like DICOM instances but cannot be read, so the series is "
+                     f"probably incomplete: {listed}", path=bad[0][0],
+                     rule="every instance of a series must be readable")
+
+
+def _explain_missing(e: DicomError, studies, series) -> None:
+    """Slices missing from a series while files of the same SeriesInstanceUID sit in another
+    stack (a different Rows/Columns, no orientation...): those files are the cause. Name them,
+    and never suggest interpolating over them."""
+    others = [s for s in studies.all_series() if s is not series and s.series_uid
+              and s.series_uid == series.series_uid and s.study_uid == series.study_uid]
+    if not others:
+        return
+    def what(s) -> str:
+        shape = f"{s.rows}x{s.cols}" if s.rows else "no Rows/Columns"
+        return f"{', '.join(os.path.basename(f) for f in s.files[:3])} ({shape}, orientation {s.orientation})"
+    core = str(e).split(" Pass on_missing=")[0].rstrip(".")
+    raise DicomError(f"{core}; file(s) of the same series that do not fit its stack ({series.rows}x{series.cols}, "
+                     f"{series.orientation}) are the likely cause: {'; '.join(what(s) for s in others[:5])}",
+                     path=others[0].files[0], rule="every instance of a series must be readable "
+                     "(one damaged file must not become a gap to interpolate over)") from None
 
 
 def read_input(path, *, rules=None, series_uid: str | None = None, options: dict | None = None) -> Volume:
@@ -432,8 +487,12 @@ def read_input(path, *, rules=None, series_uid: str | None = None, options: dict
     opts = load_ingest_options() if options is None else check_options({**OPTION_DEFAULTS, **options}, "options")
     if not p.exists():
         raise DicomError("input does not exist", path=str(p), rule="input must exist")
+    if not p.is_dir() and c.not_regular(p):
+        raise DicomError(f"input is {c.not_regular(p)}", path=str(p), rule="inputs are regular files or folders")
     if p.is_file():
         if p.name.lower().endswith(IMAGE_FILE_SUFFIXES):
+            if p.name.lower().endswith(NIFTI_SUFFIXES):
+                check_nifti(p)  # SimpleITK zero-fills truncated data and reads pixdim 0 as 1 mm
             vol = read_image_file(p)
             return Volume(vol.array, vol.affine, vol.frame_of_reference_uid,
                           {**vol.source, "reader": "pipeline.geometry.read_image_file"})
@@ -461,6 +520,12 @@ def read_input(path, *, rules=None, series_uid: str | None = None, options: dict
             raise DicomError(f"folder holds {len(picks)} studies with a selectable series ({listing}); "
                              f"pass series_uid or a folder with one study", path=str(p), rule="one study per input")
         chosen = picks[0]
-    vol = read_series(chosen.series, **opts)
+    _refuse_damaged_neighbours(studies, chosen.series)
+    try:
+        vol = read_series(chosen.series, **opts)
+    except DicomError as e:
+        if e.rule == MISSING_RULE:
+            _explain_missing(e, studies, chosen.series)
+        raise
     vol.source["selection"] = {"rule": chosen.rule, "series_key": chosen.series.key, "folder": str(p)}
     return vol

@@ -3,6 +3,11 @@
 * Binds to 127.0.0.1 unless told otherwise; accepts associations only from the configured
   calling AE titles (``pacs.allowed_calling_aets`` / ``--allow``) and only when called by its
   own AE title. An empty allow-list is refused at start-up rather than meaning "anyone".
+* One host holds at most ``max_associations_per_peer`` associations (further connections are
+  closed at once and logged); a connection that does not complete association negotiation
+  within ``acse_timeout_s`` (5 s) and an association silent for ``idle_timeout_s`` are dropped,
+  so idle connections cannot hold the listener's slots. A rejected association is logged as
+  "rejected AE <title> from <host>:<port>".
 * Accepts every storage SOP class pynetdicom knows, in every transfer syntax (the bytes are
   stored as received; nothing is decoded), plus Verification (C-ECHO).
 * Each instance is spooled durably before the success status goes back
@@ -42,6 +47,9 @@ class ListenerOptions:
     allowed_calling_aets: list[str] = field(default_factory=list)
     series_idle_s: float = 10.0
     max_associations: int = 16
+    max_associations_per_peer: int = 8  # idle connections from one host cannot hold every slot
+    acse_timeout_s: float = 5.0  # a connection must complete association negotiation within this
+    idle_timeout_s: float = 30.0  # an association silent for this long is dropped
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
@@ -92,8 +100,10 @@ class StoreSCP:
         ae.require_called_aet = True
         ae.require_calling_aet = list(self.opts.allowed_calling_aets)
         ae.maximum_associations = self.opts.max_associations
-        ae.network_timeout = 60
-        ae.acse_timeout = 30
+        # A TCP connection that never sends its A-ASSOCIATE-RQ is dropped after the (short)
+        # ACSE timeout (the ARTIM timer); an open association that goes silent after the idle one.
+        ae.network_timeout = self.opts.idle_timeout_s
+        ae.acse_timeout = self.opts.acse_timeout_s
         ae.dimse_timeout = 60
         for cx in AllStoragePresentationContexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -122,8 +132,23 @@ class StoreSCP:
 
     def _rejected(self, event) -> None:
         self.refused += 1
-        log.warning("association from %s:%s rejected (calling AE title not allowed or wrong called AE title)",
-                    event.address[0], event.address[1])
+        who = event.assoc.requestor
+        log.warning("rejected AE %s from %s:%s (calling AE title not allowed, or called AE title is not %s)",
+                    (who.ae_title or "?").strip() if isinstance(who.ae_title, str) else who.ae_title,
+                    who.address, who.port, self.opts.ae_title)
+
+    def _verify(self, request, client_address) -> bool:
+        """Per-peer limit, checked when a TCP connection is accepted (before any DICOM traffic)."""
+        host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
+        server = self.server
+        n = 0 if server is None else sum(1 for a in server.active_associations if a.requestor.address == host)
+        if n >= self.opts.max_associations_per_peer:
+            self.refused += 1
+            log.warning("refused a connection from %s:%s: %d associations from this host are open already "
+                        "(limit %d per host)", host, client_address[1] if isinstance(client_address, tuple) else "?",
+                        n, self.opts.max_associations_per_peer)
+            return False
+        return True
 
     def start(self) -> int:
         ae = self._ae()
@@ -134,6 +159,7 @@ class StoreSCP:
                                           ssl_context=tls)
         except OSError as e:
             raise SurgitwinError(f"cannot listen on {self.opts.bind}:{self.opts.port}: {e.strerror or e}") from None
+        self.server.verify_request = self._verify  # socketserver asks it for every accepted connection
         port = self.server.server_address[1]
         log.info("listening as %s on %s:%d%s (allowed callers: %s; series complete after %.1f s idle)",
                  self.opts.ae_title, self.opts.bind, port,

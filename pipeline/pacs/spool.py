@@ -3,15 +3,18 @@
 Layout under the listener's folder ``DIR/spool``::
 
     incoming/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm   instances as they arrive
-    ready/<SeriesUID>[-n]/<SOPInstanceUID>.dcm             series handed to the batch machinery
+    ready/<SeriesUID>[.vN]/<SOPInstanceUID>.dcm            series handed to the batch machinery
 
 Each instance is written to a temporary name, fsync'ed, renamed, and the folder fsync'ed
 before the C-STORE is acknowledged, so an acknowledged instance survives the process (or the
 machine) dying. Re-sending an instance replaces it (same SOP Instance UID, same file): no
 duplicates within a series. A series is complete when no instance arrived for
 ``idle_s`` seconds; it is then moved to ``ready/`` with one rename and becomes a batch item
-(:meth:`Spool.poll`). Instances of that series arriving later start a new item
-``<SeriesUID>-2``. After a restart, series found in ``incoming/`` get a fresh idle period.
+keyed by its SeriesInstanceUID (:meth:`Spool.poll`). Instances of that series arriving later
+re-open it, like Orthanc's stable-series event: once they are idle too, ``ready/<SeriesUID>.vN``
+holds the whole series (earlier instances hard-linked) and the same key is processed again,
+replacing the earlier result. After a restart, series found in ``incoming/`` get a fresh idle
+period.
 
 Concurrency: the C-STORE handlers (one thread per association) and the coordinator share one
 lock per series, held while an instance is written and while its folder is moved, so a
@@ -34,6 +37,7 @@ from ..batch.inputs import StudyItem
 
 log = logging.getLogger(__name__)
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_VERSION = re.compile(r"(\.v[0-9]+)?")  # ready/<SeriesUID> then <SeriesUID>.v2, .v3 ... (re-opened)
 
 
 def _safe_uid(uid: str, what: str) -> str:
@@ -145,16 +149,45 @@ class Spool:
                 items.append(item)
         return items
 
+    def _latest(self, series: str) -> Path | None:
+        """The newest handed-over version of ``series`` in ready/ (``S``, ``S.v2``, ``S.v3``...)."""
+        versions = [p for p in self.ready.glob(f"{series}*") if p.is_dir() and _VERSION.fullmatch(p.name[len(series):])]
+        return max(versions, key=lambda p: int(p.name[len(series) + 2:] or 1) if p.name != series else 1,
+                   default=None)
+
     def _hand_over(self, st: _SeriesState) -> StudyItem | None:
         src = self.incoming / st.study / st.series
         if not src.is_dir():
             return None
-        name, n = st.series, 1
-        while (self.ready / name).exists():
-            n += 1
-            name = f"{st.series}-{n}"
-        dst = self.ready / name
-        os.replace(src, dst)
+        prev = self._latest(st.series)
+        late = 0
+        if prev is None:
+            dst = self.ready / st.series
+            os.replace(src, dst)
+        else:
+            # Late instances re-open the series: the next version holds the earlier instances
+            # (hard links, nothing copied) plus the new ones (a re-sent instance replaces its
+            # older copy), and the series is processed again, whole, under the same key.
+            n = 2 if prev.name == st.series else int(prev.name[len(st.series) + 2:]) + 1
+            dst = self.ready / f"{st.series}.v{n}"
+            tmp = self.ready / f".{dst.name}.tmp"
+            if tmp.exists():
+                import shutil
+
+                shutil.rmtree(tmp)
+            tmp.mkdir()
+            for f in prev.iterdir():
+                if f.suffix == ".dcm" and not (src / f.name).exists():
+                    os.link(f, tmp / f.name)
+            for f in src.iterdir():
+                if f.suffix == ".dcm" and not f.name.startswith("."):
+                    late += 1
+                    os.replace(f, tmp / f.name)
+            _fsync_dir(tmp)
+            os.replace(tmp, dst)
+            import shutil
+
+            shutil.rmtree(src, ignore_errors=True)
         _fsync_dir(self.ready)
         _fsync_dir(src.parent)
         try:
@@ -162,8 +195,12 @@ class Spool:
         except OSError:
             pass
         files = sum(1 for f in dst.iterdir() if f.suffix == ".dcm")
-        log.info("spool: series %s complete (%d instances, idle %.1f s): queued as %s", st.series, files, self.idle_s, name)
-        return StudyItem(name, str(dst), self.origin, st.study, [st.series], files)
+        if late:
+            log.info("spool: series %s re-opened by %d late instance(s): processed again whole (%d instances)",
+                     st.series, late, files)
+        else:
+            log.info("spool: series %s complete (%d instances, idle %.1f s)", st.series, files, self.idle_s)
+        return StudyItem(st.series, str(dst), self.origin, st.study, [st.series], files, reopened=bool(late))
 
     def wait(self, timeout: float) -> None:
         self._arrived.wait(timeout)

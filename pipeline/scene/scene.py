@@ -77,21 +77,21 @@ class Scene:
     def structure_names(self) -> list[str]:
         return [m.name for m in self.meshes]
 
-    def path(self, rel: str | None) -> Path | None:
+    def path(self, rel: str | None, key: str = "path") -> Path | None:
         if rel is None:
             return None
         if self.root is None:
             raise SceneError("scene has no folder yet (save it first)")
-        return self.root / rel
+        return inside_scene(self.root, rel, key)
 
     def load_image(self):
         from ..geometry import read_image_file
-        return read_image_file(self.path(self.image))
+        return read_image_file(self.path(self.image, "image"))
 
     def load_labelmap(self):
         from ..geometry import read_image_file
         from ..types import LabelMap
-        vol = read_image_file(self.path(self.labelmap))
+        vol = read_image_file(self.path(self.labelmap, "labelmap"))
         arr = vol.array
         if not np.issubdtype(arr.dtype, np.integer):
             arr = np.rint(arr).astype(np.int32)
@@ -99,7 +99,7 @@ class Scene:
 
     def load_uncertainty(self):
         from ..geometry import read_image_file
-        return None if self.uncertainty is None else read_image_file(self.path(self.uncertainty))
+        return None if self.uncertainty is None else read_image_file(self.path(self.uncertainty, "uncertainty"))
 
     # -- serialisation ----------------------------------------------------------------------
     def to_json(self) -> dict:
@@ -134,6 +134,38 @@ class Scene:
         }
         d.update(self.extra)
         return d
+
+
+def inside_scene(folder, rel, key: str) -> Path:
+    """``folder / rel`` after checking it stays inside the scene folder (symlinks resolved).
+
+    A scene names its files relative to its folder; a path that leaves it (``../other/image``,
+    an absolute path, a symlink to elsewhere) would put another patient's data into this
+    scene's numbers. ``key`` names the scene.json key in the error.
+    """
+    folder = Path(folder)
+    if not isinstance(rel, str) or not rel.strip():
+        raise SceneError(f"scene contract: '{key}' must be a relative path string; found {rel!r}",
+                         path=str(folder / SCENE_FILE), rule="scene paths are relative to the scene folder")
+    p = folder / rel
+    root = folder.resolve()
+    target = p.resolve()  # follows symlinks, also of missing files' parents
+    if Path(rel).is_absolute() or not target.is_relative_to(root):
+        raise SceneError(f"scene contract: '{key}' = {rel!r} resolves to {target}, outside the scene folder",
+                         path=str(folder / SCENE_FILE), rule="every scene path resolves inside the scene folder")
+    return p
+
+
+def _check_paths(folder: Path, d: dict) -> None:
+    for key in ("image", "labelmap"):
+        inside_scene(folder, d[key], key)
+    if d.get("uncertainty") is not None:
+        inside_scene(folder, d["uncertainty"], "uncertainty")
+    for n, s in enumerate(d["structures"]):
+        if isinstance(s, dict) and "mesh" in s:
+            inside_scene(folder, s["mesh"], f"structures[{n}].mesh ({s.get('name', '?')})")
+    for n, rel in enumerate(d.get("snapshots") or []):
+        inside_scene(folder, rel, f"snapshots[{n}]")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -189,6 +221,7 @@ def load_scene(path, *, load_meshes: bool = True) -> Scene:
     if major != SCHEMA_VERSION.split(".")[0]:
         raise SceneError(f"scene schema_version must be {SCHEMA_VERSION.split('.')[0]}.x; found {d['schema_version']}",
                          path=str(folder / SCENE_FILE))
+    _check_paths(folder, d)
     if d.get("labels"):
         labels = LabelTable.from_list(d["labels"])
     else:  # minimal scenes written by other tools: derive labels from structures
@@ -204,9 +237,9 @@ def load_scene(path, *, load_meshes: bool = True) -> Scene:
         mesh = None
         if load_meshes:
             mp = folder / rel
-            if not mp.exists():
+            if not mp.is_file():
                 raise SceneError(f"scene contract: mesh file '{rel}' of structure '{label.name}' is missing", path=str(folder))
-            mesh = trimesh.load_mesh(str(mp), process=False)
+            mesh = _load_mesh(mp, rel, label.name)
         qa = {"mesh_path": rel, **s}
         meshes.append(AnatomyMesh(label, mesh, qa))
     known = set(REQUIRED_KEYS) | {"coordinate_system", "units", "uncertainty", "labels", "snapshots"}
@@ -219,6 +252,21 @@ def load_scene(path, *, load_meshes: bool = True) -> Scene:
         snapshots=list(d.get("snapshots", [])), extra={k: v for k, v in d.items() if k not in known},
         root=folder,
     )
+
+
+def _load_mesh(mp: Path, rel: str, name: str):
+    import trimesh
+
+    try:
+        mesh = trimesh.load_mesh(str(mp), process=False)
+    except Exception as e:  # noqa: BLE001 - any loader failure is this file's problem
+        raise SceneError(f"scene contract: mesh file '{rel}' of structure '{name}' is not a readable mesh "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:160]})", path=str(mp),
+                         rule="structure meshes are triangle meshes (PLY)") from None
+    if not isinstance(mesh, trimesh.Trimesh):
+        raise SceneError(f"scene contract: mesh file '{rel}' of structure '{name}' holds no triangle mesh "
+                         f"({type(mesh).__name__})", path=str(mp), rule="structure meshes are triangle meshes (PLY)")
+    return mesh
 
 
 def copy_scene(src, dst) -> Path:

@@ -359,7 +359,7 @@ def bundle_spec(folder: Path, overrides=None, trust: bool = False, entry: ModelS
     }
     if entry is not None:  # a registry entry wrapping the bundle: its own settings win
         given = entry.model_fields_set
-        for key in ("name", "description", "postprocess", "combine_with", "hu_rules", "card"):
+        for key in ("name", "description", "postprocess", "combine_with", "hu_rules", "card", "modality", "body_region"):
             if key in given:
                 data[key] = getattr(entry, key)
         if entry.labels:

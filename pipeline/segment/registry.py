@@ -150,6 +150,15 @@ class ModelSpec(BaseModel):
     trust_bundle: bool = False
     source_file: Optional[str] = None
     notes: list[str] = Field(default_factory=list)
+    # What the model was made for; a scan that does not match is refused before segmenting
+    # (pipeline.run). Empty: any. Regions: head, neck, chest, abdomen, pelvis, extremity.
+    modality: list[str] = Field(default_factory=list)
+    body_region: list[str] = Field(default_factory=list)
+
+    @field_validator("modality", "body_region")
+    @classmethod
+    def _upper_lower(cls, v, info):
+        return [x.upper() for x in v] if info.field_name == "modality" else [x.lower() for x in v]
 
     @field_validator("name")
     @classmethod
