@@ -52,6 +52,10 @@ def registry_entry(meta: dict, name: str, weights_rel: str, card_rel: str | None
                            inference={**({"threads": threads} if threads else {}), **(inference or {})})
     if card_rel:
         entry["card"] = card_rel
+    # what scans the model is for (the run refuses others): recorded by training, else a HU window means CT
+    window = ((meta.get("preprocessing") or {}).get("intensity") or {}).get("kind") == "window"
+    entry.setdefault("modality", list(meta.get("modality") or (["CT"] if window else [])))
+    entry.setdefault("body_region", list(meta.get("body_region") or []))
     return entry
 
 
