@@ -143,6 +143,36 @@ class Planner:
             self._labelmap = self.scene.load_labelmap()
         return self._labelmap
 
+    def qc(self, name: str) -> dict:
+        """The structure's QC entry (scene.json ``qc`` and the structure's own ``qc``), or {}."""
+        qc = dict((self.scene.extra.get("qc") or {}).get(name) or {})
+        if name in self.scene.structure_names and isinstance(self.scene.mesh(name).qa.get("qc"), dict):
+            qc.update(self.scene.mesh(name).qa["qc"])
+        return qc
+
+    def qc_flags(self, name: str) -> list[str]:
+        """QC flags that make a structure unreliable for planning (implausible side, position
+        or size; see :mod:`pipeline.scene.plausibility`); [] when none."""
+        flags = self.qc(name).get("flags") or []
+        return [flags] if isinstance(flags, str) else [str(f) for f in flags]
+
+    def lesions_of(self, name: str) -> list[str]:
+        """Lesions inside structure ``name``: those the lesion tool carved out of it (plan
+        ``lesions`` records) and tumour-named structures touching it (e.g. a liver tumour)."""
+        from ..export.dicom_seg import TUMOUR_WORDS
+        from .distance import mesh_distance
+
+        names = self.scene.structure_names
+        out = [r["name"] for r in self.scene.plan.get("lesions", []) if r.get("within") == name and r.get("name") in names]
+        for n in names:
+            if n == name or n in out or not any(w in n for w in TUMOUR_WORDS) or any(w in name for w in TUMOUR_WORDS):
+                continue
+            a, b = self.index(n), self.index(name)
+            inside_box = np.all(a.bounds[0] >= b.bounds[0] - 1) and np.all(a.bounds[1] <= b.bounds[1] + 1)
+            if inside_box and mesh_distance(a, b).distance <= 2.0:
+                out.append(n)
+        return out
+
     def critical(self, name: str) -> bool:
         return bool(self.scene.labels.by_name(name).critical) if name in self.scene.labels else False
 
@@ -214,11 +244,12 @@ class Planner:
         return self.add("landmarks", rec, save=save)
 
     def add_cut(self, structure: str, planes, *, margin_to: str | None = None, save_meshes: bool = True,
-                save: bool = False) -> dict:
+                save: bool = False, liver_state: str | None = None) -> dict:
         from .cut import cut_record
 
         cut_id = next_id(self.scene.plan, "cuts")
-        rec = cut_record(self, structure, planes, margin_to=margin_to, cut_id=cut_id, save_meshes=save_meshes)
+        rec = cut_record(self, structure, planes, margin_to=margin_to, cut_id=cut_id, save_meshes=save_meshes,
+                         liver_state=liver_state)
         return self.add("cuts", rec, save=save)
 
     def add_trajectory(self, entry, target, radius_mm: float, *, safety_margin_mm: float | None = None,
