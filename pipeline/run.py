@@ -51,13 +51,36 @@ def _case_id(source: dict, input_path: Path) -> str:
     return f"{stem}-{uid[-8:]}" if uid else stem
 
 
+def _existing_plan(out_dir: Path, policy: str) -> dict | None:
+    """The plan to carry over from ``out_dir`` (policy keep), None, or a refusal (policy refuse)."""
+    from .errors import SceneError
+    from .planning.revalidate import plan_size, read_plan
+
+    if policy not in ("refuse", "keep", "discard"):
+        raise SurgitwinError(f"existing_plan must be refuse, keep or discard; found {policy!r}")
+    plan = read_plan(out_dir)
+    n = plan_size(plan)
+    if n == 0 or policy == "discard":
+        return None
+    if policy == "refuse":
+        raise SceneError(f"a run never drops a plan silently; the scene there holds a plan of {n} record(s): pass "
+                         f"--keep-plan to carry it over (recomputed on the new structures) or --discard-plan "
+                         f"to drop it, or write to another --out", path=str(out_dir / "scene.json"),
+                         rule="a run never drops a plan silently")
+    return plan
+
+
 def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
              snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
-             case_id: str | None = None) -> CaseResult:
+             case_id: str | None = None, existing_plan: str = "refuse") -> CaseResult:
     """Run the whole pipeline on one input (DICOM folder/file, NIfTI/NRRD/MHA) into ``out_dir``.
 
     Raises a :class:`~pipeline.errors.SurgitwinError` subclass naming the input and the rule
     broken; in that case ``out_dir`` is left untouched.
+
+    ``existing_plan``: what to do when ``out_dir`` already holds a scene with a plan:
+    ``refuse`` (raise before any work), ``keep`` (carry it over, recomputed on the new
+    structures: :func:`pipeline.planning.revalidate.revalidate_plan`) or ``discard``.
     """
     from .ingest import read_input
     from .mesh import MeshConfig, labelmap_to_meshes
@@ -71,6 +94,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
     model = model or (cfg.get("segment") or {}).get("model", "hu_rules")
     timings: dict[str, float] = {}
     records: list[StageRecord] = []
+    old_plan = _existing_plan(out_dir, existing_plan)
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -103,6 +127,9 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         timings["segment"] = time.perf_counter() - t0
         records.append(seg.record)
         labelmap = seg.labelmap
+        from .scene.plausibility import merge_into_qc, plausibility
+
+        merge_into_qc(seg.qc, plausibility(labelmap, volume, seg.qc))
         write_image_file(volume, tmp / "image.nii.gz")
         write_image_file(labelmap.volume, tmp / "labels.nii.gz",
                          labelmap.array.astype(np.uint16 if labelmap.array.max() > 255 else np.uint8))
@@ -141,12 +168,18 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             scene.extra["scan_warnings"] = list(seg.record.outputs["scan_warnings"])
         scene.provenance = records
         save_scene(scene, tmp)
+        warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
+        warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
+        if old_plan:
+            from .planning.revalidate import revalidate_plan
+
+            progress("scene", f"carrying over the plan of {out_dir} (recomputed on the new structures)")
+            _, notes = revalidate_plan(scene, old_plan)
+            warnings += [f"plan: {n}" for n in notes]
         timings["scene"] = time.perf_counter() - t0
 
         # 5. snapshot (separate process: an EGL failure must not take the case down) -------
         snap = None
-        warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
-        warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
         if snapshot:
             t0 = time.perf_counter()
             try:

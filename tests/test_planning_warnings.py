@@ -161,3 +161,34 @@ def test_cut_of_a_truncated_structure_marks_the_remnant_invalid(scene, capsys):
     assert main(["plan", "cut", str(path), "--structure", "liver", "--point", "-57", "0", "0",
                  "--normal", "1", "0", "0", "--no-save"]) == 0
     assert "remnant percentage INVALID" in capsys.readouterr().out
+
+
+# -- the report's banner ----------------------------------------------------------------------
+def test_report_banner_lists_every_warning_and_the_rules(scene, tmp_path):
+    from pipeline.scene.report import build_report, header_fields
+
+    path, _ = scene
+    quiet = build_report(path, tmp_path / "quiet.html", render=False)
+    html = quiet.html.read_text()
+    assert "No plan warnings" in html and "Planning rules" in html
+    assert "lung_airway" not in html and ">bone</td><td>bone</td><td>yes</td><td class=\"n\">5.0" in html
+    s = load_scene(path)
+    s.extra["qc"] = {"kidney_left": {"plausible": False, "flags": ["not posterior: anterior to the body's centre"],
+                                     "warning": "implausible: not posterior: anterior to the body's centre"}}
+    save_scene(s, write_meshes=False)
+    pl = Planner(path)
+    pl.add_cut("liver", {"point": (50.0, 0, 0), "normal": (1.0, 0, 0)})  # misses the liver
+    pl.add_trajectory((55.0, 50.0, -8.0), (55.0, 5.0, -8.0), 1.0)  # crosses the kidney: organ + QC flag
+    pl.save()
+    html = build_report(path, tmp_path / "loud.html", render=False).html.read_text()
+    assert "No plan warnings" not in html
+    banner = html[html.index('<div class="alert">'):html.index("</div>", html.index('<div class="alert">'))]
+    assert "[kidney_left] QC: implausible: not posterior" in banner
+    assert "[C1] the plane misses liver" in banner
+    assert "[T1] the tool crosses kidney_left (organ)" in banner
+    assert "[T1] kidney_left is flagged by QC" in banner
+    # the header: no duplicated words, identity only when identified
+    h = header_fields({"modality": "CT", "series_description": "CT Body", "patient_id": "P123", "study_date": "20240102"})
+    assert h["series"] == "CT Body" and h["patient_id"] == "P123" and h["study_date"] == "2024-01-02"
+    h = header_fields({"modality": "CT", "series_description": "Abdomen", "patient_id": "P123", "deidentified": True})
+    assert h["series"] == "CT Abdomen" and h["patient_id"] is None

@@ -27,6 +27,10 @@ def register(sub) -> None:
     p.add_argument("--trust-bundle", action="store_true", help="allow MONAI to evaluate $-expressions in the bundle")
     p.add_argument("--no-snapshot", action="store_true", help="skip the offscreen picture")
     p.add_argument("--json", action="store_true", help="print the case result as JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keep-plan", action="store_true",
+                   help="OUT already holds a scene with a plan: carry it over, recomputed on the new structures")
+    g.add_argument("--discard-plan", action="store_true", help="OUT already holds a scene with a plan: drop it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the pipeline on the shipped sample scan and check it against its ground truth")
@@ -96,7 +100,8 @@ def cmd_run(args) -> int:
 
     result = run_case(args.input, args.out, model=args.model, config=args.config, progress=_Printer(),
                       snapshot=not args.no_snapshot, bundle_overrides=_parse_overrides(args.bundle_set),
-                      trust_bundle=args.trust_bundle)
+                      trust_bundle=args.trust_bundle,
+                      existing_plan="keep" if args.keep_plan else "discard" if args.discard_plan else "refuse")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
