@@ -85,6 +85,17 @@ def register(sub) -> None:
     p.add_argument("id")
     pl.set_defaults(func=cmd_plan)
 
+    # -- lesion ---------------------------------------------------------------------------
+    p = sub.add_parser("lesion", help="segment a lesion (tumour, nodule, cyst) from one seed point and add it to the scene")
+    p.add_argument("scene", help="scene folder or scene.json")
+    _xyz(p, "--seed", required=True, help="a point inside the lesion (LPS mm)")
+    p.add_argument("--name", help="structure name (lower_snake_case; default lesion_N)")
+    p.add_argument("--within", metavar="STRUCTURE",
+                   help="the organ holding the lesion (default: the structure under the seed)")
+    p.add_argument("--max-radius", type=float, default=60.0, help="search box half-size around the seed in mm (default 60)")
+    p.add_argument("--json", action="store_true", help="print {name, label, volume_ml, long_axis_mm, short_axis_mm, centroid_lps}")
+    p.set_defaults(func=cmd_lesion)
+
     # -- export ---------------------------------------------------------------------------
     p = sub.add_parser("export", help="export meshes (stl, obj, ply, glb) or a DICOM SEG of a scene")
     p.add_argument("scene")
@@ -236,6 +247,21 @@ def cmd_plan(args) -> int:
     if not args.no_save:
         pl.save()
     _emit(args, r, text)
+    return 0
+
+
+def cmd_lesion(args) -> int:
+    from pipeline.planning import Planner
+
+    pl = Planner(args.scene)
+    r = pl.add_lesion(args.seed, name=args.name, within=args.within, options={"max_radius_mm": args.max_radius})
+    if args.json:
+        print(json.dumps({k: r[k] for k in ("name", "label", "volume_ml", "long_axis_mm", "short_axis_mm", "centroid_lps")}))
+        return 0
+    print(f"{r['id']}  {r['name']} (label {r['label']}) in {r['within'] or '-'}: {r['volume_ml']:.2f} ml, "
+          f"RECIST long axis {r['long_axis_mm']:.1f} mm, short axis {r['short_axis_mm']:.1f} mm (axial plane "
+          f"z = {r['recist_z_mm']:.1f} mm), centroid {_fmt_pt(r['centroid_lps'])} (LPS mm)"
+          + "".join(f"\nWARNING: {w}" for w in r["warnings"]))
     return 0
 
 

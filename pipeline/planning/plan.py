@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import PlanningError, SceneError
 
-SECTIONS = {"landmarks": "L", "measurements": "M", "cuts": "C", "trajectories": "T"}
+SECTIONS = {"landmarks": "L", "measurements": "M", "lesions": "LS", "cuts": "C", "trajectories": "T"}
 _ID = re.compile(r"^([A-Z]+)(\d+)$")
 _HASHES: dict[tuple[str, float, int], str] = {}
 
@@ -199,6 +199,9 @@ class Planner:
 
     def remove(self, record_id: str, *, save: bool = False) -> dict:
         """Remove a record (and the cut meshes it wrote) from the plan."""
+        if find_record(self.scene.plan, record_id)[0] == "lesions":
+            raise PlanningError(f"plan record {record_id} is a lesion: it changed the label map and the meshes, so it "
+                                f"cannot be removed from the plan alone; re-run the pipeline (run --discard-plan)")
         rec = remove_record(self.scene.plan, record_id)
         if self.scene.root is not None:
             for rel in (rec.get("meshes") or {}).values():
@@ -251,6 +254,19 @@ class Planner:
         rec = cut_record(self, structure, planes, margin_to=margin_to, cut_id=cut_id, save_meshes=save_meshes,
                          liver_state=liver_state)
         return self.add("cuts", rec, save=save)
+
+    def add_lesion(self, seed, *, name: str | None = None, within: str | None = None,
+                   options: dict | None = None) -> dict:
+        """Segment a lesion from a seed point (LPS mm), add it to the scene as a structure carved
+        out of its host and record it in the plan; the scene on disk is updated (always saved)."""
+        from ..scene.scene import save_scene
+        from .lesion import segment_lesion
+
+        if self.scene.root is None:
+            raise SceneError("add_lesion: the scene has no folder yet (save_scene it first)")
+        rec = self.add("lesions", segment_lesion(self, seed, name=name, within=within, options=options))
+        save_scene(self.scene, write_meshes=False)
+        return rec
 
     def add_trajectory(self, entry, target, radius_mm: float, *, safety_margin_mm: float | None = None,
                        structures: Iterable[str] | None = None, save: bool = False) -> dict:
