@@ -149,3 +149,19 @@ def test_lesion_on_real_ct_with_an_inserted_lesion_of_known_shape(tmp_path):
     # RECIST is measured in the axial plane: its end points share z
     (p, q) = r["long_axis_points"]
     assert p[2] == q[2]
+
+
+def test_demo_plan_adds_the_documented_lesion_and_resection_and_the_report_shows_them(tmp_path, capsys):
+    from pipeline.commands.core import DEMO_LESION_SEED, _demo_plan
+    from pipeline.scene.report import build_report
+
+    path, truth, image = phantom_scene(tmp_path)
+    _demo_plan(path)
+    assert "lesion LS1 liver_tumour" in capsys.readouterr().out
+    plan = load_scene(path, load_meshes=False).plan
+    les, cut = plan["lesions"][0], plan["cuts"][0]
+    assert les["seed_lps"] == list(DEMO_LESION_SEED) and les["within"] == "liver"
+    assert cut["lesion_margins"][0]["structure"] == "liver_tumour" and cut["lesion_margins"][0]["margin_mm"] > 0
+    html = build_report(path, tmp_path / "r.html", render=False).html.read_text()
+    assert "<h2>Lesions</h2>" in html and "<td>LS1</td><td>liver_tumour</td><td>liver</td>" in html
+    assert "Future liver remnant against the <b>functional</b> liver" in html
