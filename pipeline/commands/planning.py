@@ -77,6 +77,20 @@ def register(sub) -> None:
     p.add_argument("--safety-margin", type=float,
                    help="warn for critical structures closer than this (mm); default: per structure class, configs/planning.yaml")
     _common(p)
+    p = ps.add_parser("segments", help="Couinaud segments I-VIII of the liver from landmarks (plane model)")
+    p.add_argument("scene")
+    p.add_argument("--structure", default="liver")
+    for k, h in (("ivc", "the IVC where the hepatic veins join it"), ("rhv", "a point on the right hepatic vein"),
+                 ("mhv", "a point on the middle hepatic vein"), ("lhv", "a point on the left hepatic vein"),
+                 ("portal", "the portal bifurcation"), ("umbilical", "a point on the umbilical fissure (default: --lhv)")):
+        _xyz(p, f"--{k}", help=h + " (LPS mm; default: a plan landmark of that name)")
+    _common(p)
+    p = ps.add_parser("resect", help="resect whole Couinaud segments, e.g. --segments VI VII (or VI-VII)")
+    p.add_argument("scene")
+    p.add_argument("--segments", nargs="+", required=True)
+    p.add_argument("--structure", default="liver")
+    p.add_argument("--liver-state", choices=["normal", "compromised"])
+    _common(p)
     p = ps.add_parser("list", help="print the plan")
     p.add_argument("scene")
     p.add_argument("--json", action="store_true")
@@ -193,6 +207,8 @@ def _list_line(rec: dict) -> str:
                     if c.get("critical") and not c["crossed"] and c["distance_mm"] < (rec.get("safety_margin_mm") or 5.0)]
         what = (f"crosses {', '.join(rec.get('crossed') or []) or 'nothing'}"
                 + (f"; near {', '.join(near)}" if near else ""))
+    elif rec.get("kind") == "segments_resection":
+        what = f"{rec.get('structure')}: segments {', '.join(rec.get('segments', []))}"
     elif rec.get("kind") == "lesion":
         what = f"{rec.get('name')} in {rec.get('within') or '-'}"
     else:
@@ -231,12 +247,27 @@ def cmd_plan(args) -> int:
         text = (f"{r['id']}  length {r['length_mm']:.1f} mm, direction {_fmt_pt(r['direction'])}, "
                 f"target structure {r['target_structure'] or '-'}; crosses {', '.join(r['crossed']) or 'nothing'}\n"
                 + _clearance_table(r) + "".join(f"\nWARNING: {w}" for w in r["warnings"]))
+    elif args.what == "segments":
+        given = {k: getattr(args, k) for k in ("ivc", "rhv", "mhv", "lhv", "portal", "umbilical") if getattr(args, k)}
+        r = pl.add_segments(args.structure, given)
+        text = f"{r['id']}  Couinaud segments of {args.structure} ({r['total_ml']:.1f} ml):\n" + "\n".join(
+            f"  {k:<5}{v['volume_ml']:>9.1f} ml {v['percent']:>6.1f}%" for k, v in r["segments"].items())
+        text += "".join(f"\n  {les} in segment(s) {', '.join(s)}" for les, s in r["lesion_segments"].items())
+    elif args.what == "resect":
+        r = pl.add_segment_resection(args.segments, args.structure, liver_state=args.liver_state)
+        text = (f"{r['id']}  resect segments {', '.join(r['segments'])} of {args.structure}: resected {r['resected_ml']:.1f} ml "
+                f"({r['resected_percent']:.1f}%), remnant {r['remnant_ml']:.1f} ml ({r['remnant_percent']:.1f}%)")
+        if r.get("flr"):
+            text += f"\n    future remnant {r['flr']['flr_percent']:.1f}% of the functional {args.structure}"
+        for g in r.get("lesion_margins", []):
+            text += f"\n    margin to {g['structure']}: {g['margin_mm']:.1f} mm ({g['side']} side)"
+        text += "".join(f"\n    WARNING: {w}" for w in r["warnings"])
     elif args.what == "list":
         plan = pl.scene.plan
         if args.json:
             print(json.dumps(plan, default=str))
             return 0
-        for sec in ("landmarks", "measurements", "lesions", "cuts", "trajectories"):
+        for sec in ("landmarks", "measurements", "lesions", "segments", "cuts", "trajectories"):
             for rec in plan.get(sec, []):
                 print(_list_line(rec))
         return 0

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import PlanningError, SceneError
 
-SECTIONS = {"landmarks": "L", "measurements": "M", "lesions": "LS", "cuts": "C", "trajectories": "T"}
+SECTIONS = {"landmarks": "L", "measurements": "M", "lesions": "LS", "segments": "S", "cuts": "C", "trajectories": "T"}
 _ID = re.compile(r"^([A-Z]+)(\d+)$")
 _HASHES: dict[tuple[str, float, int], str] = {}
 
@@ -267,6 +267,22 @@ class Planner:
         rec = self.add("lesions", segment_lesion(self, seed, name=name, within=within, options=options))
         save_scene(self.scene, write_meshes=False)
         return rec
+
+    def add_segments(self, structure: str = "liver", landmarks: dict | None = None, *, save: bool = False) -> dict:
+        """Couinaud segments I-VIII of the liver from landmarks (see :mod:`.segments`)."""
+        from .segments import segments_record
+
+        return self.add("segments", segments_record(self, structure, landmarks), save=save)
+
+    def add_segment_resection(self, segments, structure: str = "liver", landmarks: dict | None = None, *,
+                              liver_state: str | None = None, save: bool = False) -> dict:
+        """Resect whole Couinaud segments (e.g. ["VI", "VII"]): a record in ``cuts``."""
+        from .segments import segment_resection_record
+
+        if landmarks is None and self.scene.plan.get("segments"):
+            landmarks = self.scene.plan["segments"][-1]["landmarks"]
+        rec = segment_resection_record(self, segments, structure, landmarks, liver_state=liver_state)
+        return self.add("cuts", rec, save=save)
 
     def add_trajectory(self, entry, target, radius_mm: float, *, safety_margin_mm: float | None = None,
                        structures: Iterable[str] | None = None, save: bool = False) -> dict:

@@ -73,7 +73,7 @@ def html_to_pdf(html_path: Path, pdf_path: Path) -> Path:
     return pdf_path
 
 
-PLAN_SECTIONS = ("landmarks", "measurements", "lesions", "cuts", "trajectories")
+PLAN_SECTIONS = ("landmarks", "measurements", "lesions", "segments", "cuts", "trajectories")
 
 
 # -- numbers -----------------------------------------------------------------------------------
