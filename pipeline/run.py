@@ -51,6 +51,25 @@ def _case_id(source: dict, input_path: Path) -> str:
     return f"{stem}-{uid[-8:]}" if uid else stem
 
 
+def _identity(src: dict) -> dict:
+    """Patient ID and study date of a DICOM input (for the report's header), and whether the
+    series is de-identified (PatientIdentityRemoved YES): then no identity is kept."""
+    files = src.get("files") or []
+    if not files:
+        return {}
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True, force=True,
+                             specific_tags=["PatientID", "StudyDate", "PatientIdentityRemoved"])
+    except Exception:  # identity is optional: an unreadable header leaves it out
+        return {}
+    if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES":
+        return {"deidentified": True}
+    out = {"patient_id": str(ds.get("PatientID", "") or "") or None, "study_date": str(ds.get("StudyDate", "") or "") or None}
+    return {k: v for k, v in out.items() if v}
+
+
 def _existing_plan(out_dir: Path, policy: str) -> dict | None:
     """The plan to carry over from ``out_dir`` (policy keep), None, or a refusal (policy refuse)."""
     from .errors import SceneError
@@ -161,7 +180,10 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
                                           "modality", "series_description", "patient_position", "input", "n_files",
                                           "dicom_dir", "sop_instance_uids") if src.get(k) is not None}
         source.setdefault("input", str(input_path.resolve()))
-        scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
+        # the identity (PHI) goes into scene.json for the report's header only, never into the
+        # CaseResult that batch manifests and logs print
+        scene = Scene(case_id=case_id or _case_id(source, input_path), source={**source, **_identity(src)},
+                      labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
         if seg.record.outputs.get("scan_warnings"):

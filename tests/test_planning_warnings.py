@@ -192,3 +192,24 @@ def test_report_banner_lists_every_warning_and_the_rules(scene, tmp_path):
     assert h["series"] == "CT Body" and h["patient_id"] == "P123" and h["study_date"] == "2024-01-02"
     h = header_fields({"modality": "CT", "series_description": "Abdomen", "patient_id": "P123", "deidentified": True})
     assert h["series"] == "CT Abdomen" and h["patient_id"] is None
+
+
+def test_report_identity_comes_from_the_dicom_only_when_identified(tmp_path):
+    import pydicom
+
+    from pipeline.run import _identity
+    from pipeline.scene.report import header_fields
+    from tests.scene_factory import make_constructed_scene
+
+    _, truth = make_constructed_scene(tmp_path, dicom=True, spacing=(4.0, 4.0, 4.0))
+    files = sorted(truth.dicom_dir.glob("*.dcm"))
+    ident = _identity({"files": [str(files[0])]})
+    assert ident == {"patient_id": "CONSTRUCTED01", "study_date": "20240101"}
+    h = header_fields({"modality": "CT", "series_description": "CT Abdomen", **ident})
+    assert (h["series"], h["patient_id"], h["study_date"]) == ("CT Abdomen", "CONSTRUCTED01", "2024-01-01")
+    ds = pydicom.dcmread(files[0])
+    ds.PatientIdentityRemoved = "YES"
+    ds.save_as(files[0])
+    ident = _identity({"files": [str(files[0])]})
+    assert ident == {"deidentified": True}
+    assert header_fields({"patient_id": "X", **ident})["patient_id"] is None
