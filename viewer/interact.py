@@ -43,9 +43,29 @@ class PlanningMixin:
 
     def _after_record(self, rec):
         self._draw_pending()
+        if rec is not None and rec.get("kind") == "lesion":
+            self._refresh_structures(rec.get("structures") or [])
         if rec is not None:
             self._redraw_plan()
             self._set_status(self._record_text(rec))
+
+    def _refresh_structures(self, names):
+        """Draw again structures whose mesh changed (a lesion and the organ it was carved from)."""
+        from .render import structure_styles
+
+        fresh = structure_styles(self.scene)
+        for n in names:
+            if n not in fresh:
+                continue
+            self.styles.setdefault(n, fresh[n])
+            key = f"struct:{n}"
+            if self.widget.scene.has_geometry(key):
+                self.widget.scene.remove_geometry(key)
+            mat = material_for(self.styles[n])
+            self.widget.scene.add_geometry(key, to_o3d_mesh(self.scene.mesh(n).mesh), mat)
+            set_priority(self.widget.scene, key, n)
+            self._shader[n] = mat.shader
+        self._ray_scene = None
 
     @staticmethod
     def _record_text(rec):

@@ -14,8 +14,8 @@ from pipeline.errors import PlanningError
 
 from .render import BODY_NAMES
 
-MODES = ("navigate", "landmark", "distance", "angle", "trajectory", "cut")
-POINTS_NEEDED = {"landmark": 1, "distance": 2, "angle": 3, "trajectory": 2, "cut": 1}
+MODES = ("navigate", "landmark", "distance", "angle", "trajectory", "cut", "lesion")
+POINTS_NEEDED = {"landmark": 1, "distance": 2, "angle": 3, "trajectory": 2, "cut": 1, "lesion": 1}
 CUT_ORIENTATIONS = {  # plane normal for each preset (the resected side is where it points)
     "axial (cut above)": (0.0, 0.0, 1.0),
     "axial (cut below)": (0.0, 0.0, -1.0),
@@ -80,6 +80,9 @@ def record_text(rec: dict) -> str:
         return f"{rid} {s[0]} max diameter {_fmt(rec.get('value'), 'mm')}"
     if kind == "cut":
         return f"{rid} {cut_summary(rec)}"
+    if kind == "lesion":
+        return (f"{rid} lesion {rec.get('name')} in {rec.get('within') or '-'}: {_fmt(rec.get('volume_ml'), 'ml')}, "
+                f"RECIST {_fmt(rec.get('long_axis_mm'), 'mm')} x {_fmt(rec.get('short_axis_mm'), 'mm')}")
     if kind == "trajectory":
         warn = f" !! {len(rec['warnings'])} warning(s)" if rec.get("warnings") else ""
         return f"{rid} trajectory {_fmt(rec.get('length_mm'), 'mm')} -> {rec.get('target_structure') or 'target'}{warn}"
@@ -211,7 +214,7 @@ class PlanSession:
         return self.scene.plan
 
     def records(self) -> list[dict]:
-        return [r for sec in ("landmarks", "measurements", "cuts", "trajectories") for r in self.plan.get(sec, [])]
+        return [r for sec in ("landmarks", "measurements", "lesions", "cuts", "trajectories") for r in self.plan.get(sec, [])]
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -238,6 +241,8 @@ class PlanSession:
             return self.planner.measure_angle(pts[0], pts[1], pts[2])
         if self.mode == "trajectory":
             return self.planner.add_trajectory(pts[0], pts[1], self.tool_radius_mm, safety_margin_mm=self.safety_margin_mm)
+        if self.mode == "lesion":  # a seed inside the lesion: Ctrl+click on a CT plane
+            return self.planner.add_lesion(pts[0])
         if self.mode == "cut":
             if names[0] is None:
                 raise PlanningError("cut: pick a point on the structure to cut")

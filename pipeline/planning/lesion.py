@@ -127,6 +127,11 @@ def _host(planner, lm, seed_idx: tuple, within: str | None) -> str | None:
     name = lm.labels.by_id(sid).name
     if load_rules().structure_class(name)["class"] == "envelope":
         return None
+    from ..export.dicom_seg import TUMOUR_WORDS
+
+    if any(w in name for w in TUMOUR_WORDS) or any(r.get("name") == name for r in planner.scene.plan.get("lesions", [])):
+        raise PlanningError(f"lesion: the seed lies in '{name}', which is already a lesion; seed another lesion, or "
+                            f"give --within ORGAN to grow inside an organ")
     return name
 
 
