@@ -165,3 +165,24 @@ def test_demo_plan_adds_the_documented_lesion_and_resection_and_the_report_shows
     html = build_report(path, tmp_path / "r.html", render=False).html.read_text()
     assert "<h2>Lesions</h2>" in html and "<td>LS1</td><td>liver_tumour</td><td>liver</td>" in html
     assert "Future liver remnant against the <b>functional</b> liver" in html
+
+
+def test_keep_plan_segments_the_lesion_again_on_the_new_segmentation(tmp_path):
+    """`run --keep-plan`: lesions are grown again from their seeds, then cuts see them."""
+    from pipeline.planning.revalidate import revalidate_plan
+
+    old, truth, image = phantom_scene(tmp_path / "old")
+    seed = image.index_to_lps(np.argwhere(truth).mean(0)[None])[0]
+    pl = Planner(old)
+    les = pl.add_lesion(seed, name="liver_tumour")
+    cut = pl.add_cut("liver", {"point": (seed[0] + 20, seed[1], seed[2]), "normal": (-1.0, 0, 0)}, save=True)
+    plan = load_scene(old, load_meshes=False).plan
+    new, _, _ = phantom_scene(tmp_path / "new")  # a fresh segmentation: no lesion in it
+    scene = load_scene(new)
+    kept, notes = revalidate_plan(scene, plan)
+    assert [r["id"] for r in kept["lesions"]] == ["LS1"] and kept["lesions"][0]["revalidation"]["ok"]
+    assert kept["lesions"][0]["volume_ml"] == pytest.approx(les["volume_ml"], rel=1e-6)
+    c = kept["cuts"][0]
+    assert c["id"] == cut["id"] and c["revalidation"]["ok"]
+    assert c["lesion_margins"][0]["margin_mm"] == pytest.approx(cut["lesion_margins"][0]["margin_mm"], abs=1e-3)
+    assert "liver_tumour" in load_scene(new, load_meshes=False).structure_names
