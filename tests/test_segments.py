@@ -120,3 +120,14 @@ def test_functional_flr_and_tumour_margin_per_cut_match_the_label_map(phantom):
             assert g["crossed"] and g["margin_mm"] == pytest.approx(-half, abs=2.0)
     with pytest.raises(PlanningError, match="landmark 'rhv' is required"):
         pl.add_segments("liver", {k: v for k, v in LANDMARKS.items() if k != "rhv"})
+
+
+def test_report_draws_the_segments(phantom, tmp_path):
+    from pipeline.scene.report import build_report
+
+    path, _ = phantom
+    Planner(path).add_segments("liver", LANDMARKS, save=True)
+    html = build_report(path, tmp_path / "r.html", render=False).html.read_text()
+    assert "<h2>Couinaud segments</h2>" in html
+    assert html.count('alt="Couinaud segments (S1): ') == 3  # two axial slices and a coronal one
+    assert "<td>VIII</td>" in html

@@ -13,6 +13,10 @@ SAMPLE = ROOT / "sample_scans" / "phantom_ct"
 # medial to the seed, resecting the lateral part of the right lobe with the tumour.
 DEMO_LESION_SEED = (-85.0, -20.0, -270.0)
 DEMO_CUT = {"point": (-65.0, -20.0, -270.0), "normal": (-1.0, 0.0, 0.0)}
+# Couinaud landmarks on the sample (LPS mm): the IVC at the hepatic veins' confluence, a point on
+# each hepatic vein, the portal bifurcation (tests/test_segments.py uses the same).
+DEMO_SEGMENT_LANDMARKS = {"ivc": (-22.0, -3.0, -235.0), "rhv": (-90.0, -15.0, -235.0), "mhv": (-45.0, -55.0, -235.0),
+                          "lhv": (15.0, -55.0, -230.0), "portal": (-35.0, -25.0, -275.0)}
 
 
 def register(sub) -> None:
@@ -169,6 +173,8 @@ def _demo_plan(out: Path) -> None:
         return
     print(f"\nlesion {les['id']} {les['name']} from the seed {DEMO_LESION_SEED} (LPS mm): {les['volume_ml']:.1f} ml, "
           f"RECIST {les['long_axis_mm']:.1f} x {les['short_axis_mm']:.1f} mm")
+    seg = pl.add_segments("liver", DEMO_SEGMENT_LANDMARKS)
+    print(f"Couinaud segments {seg['id']}: " + ", ".join(f"{k} {v['volume_ml']:.0f} ml" for k, v in seg["segments"].items()))
     cut = pl.add_cut("liver", DEMO_CUT, save=True)
     g = cut["lesion_margins"][0] if cut["lesion_margins"] else None
     print(f"resection {cut['id']}: remnant {cut['remnant_percent']:.1f}% (future liver remnant of the functional liver "

@@ -126,6 +126,24 @@ def segment_map(planner, structure: str, lm: dict) -> tuple[np.ndarray, np.ndarr
     return seg, lab.array[box] == lab.labels.by_name(structure).id, box
 
 
+SEGMENT_RGB = {"I": (255, 255, 102), "II": (102, 204, 255), "III": (51, 102, 255), "IVa": (204, 153, 255),
+               "IVb": (153, 51, 204), "V": (255, 153, 51), "VI": (255, 80, 80), "VII": (102, 204, 102),
+               "VIII": (255, 204, 204)}
+
+
+def segment_labelmap(planner, record: dict):
+    """LabelMap of a segments record on the scene's grid (labels ``segment_i`` ... ``segment_viii``)."""
+    from ..types import Label, LabelMap, LabelTable
+
+    lm = {k: np.asarray(v, float) for k, v in record["landmarks"].items()}
+    seg, organ, box = segment_map(planner, record["structure"], lm)
+    arr = np.zeros(planner.labelmap.volume.shape, np.uint8)
+    sub = np.where(organ, seg + 1, 0).astype(np.uint8)
+    arr[box] = sub
+    table = LabelTable([Label(i + 1, f"segment_{name.lower()}", SEGMENT_RGB[name]) for i, name in enumerate(SEGMENTS)])
+    return LabelMap(planner.labelmap.volume.with_array(arr), table)
+
+
 def segments_record(planner, structure: str = "liver", landmarks: dict | None = None) -> dict:
     """Couinaud segments of ``structure``: volume, share and centroid of each; lesions' segments."""
     if structure not in planner.labelmap.labels:

@@ -255,6 +255,35 @@ def slice_pictures(scene, image, labelmap) -> tuple[list[tuple[str, bytes]], str
     return pics, why
 
 
+def segment_pictures(scene, image) -> list[tuple[str, bytes]]:
+    """Axial slices above and below the portal plane and a coronal slice of the latest Couinaud
+    segments record, each segment tinted in its colour (radiological convention)."""
+    from ..planning.plan import Planner
+    from ..planning.segments import segment_labelmap
+    from .report_slices import slice_picture
+
+    recs = scene.plan.get("segments") or []
+    if not recs:
+        return []
+    rec = recs[-1]
+    try:
+        seg_lm = segment_labelmap(Planner(scene), rec)
+    except SurgitwinError:
+        return []
+    portal, ivc = np.asarray(rec["landmarks"]["portal"], float), np.asarray(rec["landmarks"]["ivc"], float)
+    idx = np.argwhere(seg_lm.array > 0)
+    pts = seg_lm.volume.index_to_lps(idx[:: max(1, len(idx) // 20000)])
+    lo, hi = pts.min(0) - 15, pts.max(0) + 15
+    out = []
+    for plane, focus, what in (("axial", (ivc + portal) / 2 + [0, 0, (ivc[2] - portal[2]) / 4], "above the portal plane"),
+                               ("axial", portal - [0, 0, 20], "below the portal plane"),
+                               ("coronal", portal, "through the portal bifurcation")):
+        png = slice_picture(image, seg_lm, plane, focus, lo, hi, modality=(scene.source or {}).get("modality", "CT"))
+        axis = {"axial": 2, "coronal": 1}[plane]
+        out.append((f"Couinaud segments ({rec['id']}): {plane} slice {what} ({'xyz'[axis]} = {focus[axis]:.1f} mm LPS)", png))
+    return out
+
+
 def closeup_names(scene, limit: int) -> list[str]:
     """Structures worth a close-up: trajectory targets, cut structures and margin structures,
     lesions, then critical structures near a trajectory."""
@@ -302,6 +331,7 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
     else:
         notes.append("3D pictures were not rendered (rendering switched off for this report)")
     slices, _ = slice_pictures(scene, image, labelmap)
+    seg_pics = segment_pictures(scene, image)
     hashes = file_hashes(scene)
     plan = scene.plan
     stale = {r["id"]: stale_inputs(r, hashes) for sec in PLAN_SECTIONS for r in plan.get(sec, [])}
@@ -317,6 +347,7 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
         rules=rules_table(scene), plan=plan, stale=stale, warnings=warnings, hashes=hashes,
         provenance=[p.to_dict() for p in scene.provenance],
         pictures3d=[(c, data_uri(b)) for c, b in pictures3d], slices=[(c, data_uri(b)) for c, b in slices],
+        segment_pictures=[(c, data_uri(b)) for c, b in seg_pics],
         notes=notes, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), software=Planner.__module__,
         versions=_versions(), grid={"shape": list(image.shape), "spacing": [round(float(s), 3) for s in image.spacing]},
     )
