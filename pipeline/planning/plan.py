@@ -121,6 +121,7 @@ class Planner:
         self.scene = scene
         self._index: dict[str, Any] = {}
         self._labelmap = None
+        self._lesions_cache: dict[tuple, list[str]] = {}
 
     # -- cached inputs ---------------------------------------------------------------------
     def index(self, name: str):
@@ -163,6 +164,10 @@ class Planner:
         from .distance import mesh_distance
 
         names = self.scene.structure_names
+        key = (name, tuple(names), tuple(r.get("name") for r in self.scene.plan.get("lesions", [])))
+        cache = self._lesions_cache
+        if key in cache:  # the viewer's live cut preview asks on every move
+            return list(cache[key])
         out = [r["name"] for r in self.scene.plan.get("lesions", []) if r.get("within") == name and r.get("name") in names]
         for n in names:
             if n == name or n in out or not any(w in n for w in TUMOUR_WORDS) or any(w in name for w in TUMOUR_WORDS):
@@ -171,6 +176,7 @@ class Planner:
             inside_box = np.all(a.bounds[0] >= b.bounds[0] - 1) and np.all(a.bounds[1] <= b.bounds[1] + 1)
             if inside_box and mesh_distance(a, b).distance <= 2.0:
                 out.append(n)
+        cache[key] = list(out)
         return out
 
     def critical(self, name: str) -> bool:
