@@ -131,3 +131,30 @@ def test_report_draws_the_segments(phantom, tmp_path):
     assert "<h2>Couinaud segments</h2>" in html
     assert html.count('alt="Couinaud segments (S1): ') == 3  # two axial slices and a coronal one
     assert "<td>VIII</td>" in html
+
+
+def test_segments_have_meshes_the_viewer_draws(phantom, tmp_path):
+    from viewer.tools import record_primitives, record_text
+
+    path, _ = phantom
+    rec = Planner(path).add_segments("liver", LANDMARKS, save=True)
+    assert set(rec["meshes"]) == set(rec["segments"])  # one closed piece per segment
+    import trimesh
+
+    vols = {k: trimesh.load_mesh(str(path / rel), process=False).volume / 1000 for k, rel in rec["meshes"].items()}
+    for k, v in vols.items():
+        assert v == pytest.approx(rec["segments"][k]["volume_ml"], rel=0.1), k
+    prims = record_primitives(rec, 2.0)
+    assert {p.label for p in prims} == set(rec["segments"]) and all(p.kind == "mesh" for p in prims)
+    assert record_text(rec).startswith("S1 Couinaud segments of liver")
+
+
+def test_only_the_latest_pieces_of_a_structure_are_drawn():
+    from viewer.tools import superseded_pieces
+
+    plan = {"segments": [{"id": "S1", "structure": "liver", "created": "2026-01-01T10:00:00", "meshes": {"I": "a"}}],
+            "cuts": [{"id": "C1", "structure": "liver", "created": "2026-01-01T10:00:05", "meshes": {"remnant": "b"}},
+                     {"id": "C2", "structure": "spleen", "created": "2026-01-01T09:00:00", "meshes": {"remnant": "c"}}]}
+    assert superseded_pieces(plan) == {"S1"}
+    plan["segments"][0]["created"] = "2026-01-01T11:00:00"
+    assert superseded_pieces(plan) == {"C1"}

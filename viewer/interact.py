@@ -221,7 +221,7 @@ class PlanningMixin:
 
     def _redraw_plan(self):
         from .drawing import primitive_geometry
-        from .tools import clearance_lines, record_primitives, record_text
+        from .tools import clearance_lines, record_primitives, record_text, superseded_pieces
 
         for key in self._plan_geoms:
             self.widget.scene.remove_geometry(key)
@@ -230,8 +230,11 @@ class PlanningMixin:
         self._plan_geoms, self._labels3d = [], []
         self._hidden_by_cut = set()
         records = self.session.records()
+        skip = superseded_pieces(self.scene.plan)
         for rec in records:
             for n, prim in enumerate(record_primitives(rec, self.scale)):
+                if prim.kind == "mesh" and rec.get("id") in skip:
+                    continue
                 rgb = self.scene.mesh(rec["structure"]).label.rgb if rec.get("kind") == "cut" else (200, 200, 200)
                 g = primitive_geometry(prim, self.scene.root, tuple(c / 255 for c in rgb))
                 if g is None:

@@ -274,11 +274,16 @@ class Planner:
         save_scene(self.scene, write_meshes=False)
         return rec
 
-    def add_segments(self, structure: str = "liver", landmarks: dict | None = None, *, save: bool = False) -> dict:
-        """Couinaud segments I-VIII of the liver from landmarks (see :mod:`.segments`)."""
-        from .segments import segments_record
+    def add_segments(self, structure: str = "liver", landmarks: dict | None = None, *, save_meshes: bool = True,
+                     save: bool = False) -> dict:
+        """Couinaud segments I-VIII of the liver from landmarks (see :mod:`.segments`), with a
+        mesh per segment (``meshes``) for the viewer and the report."""
+        from .segments import segments_record, write_segment_meshes
 
-        return self.add("segments", segments_record(self, structure, landmarks), save=save)
+        rec = segments_record(self, structure, landmarks)
+        rid = next_id(self.scene.plan, "segments")
+        rec["meshes"] = write_segment_meshes(self, rec, rid) if save_meshes else {}
+        return self.add("segments", rec, save=save)
 
     def add_segment_resection(self, segments, structure: str = "liver", landmarks: dict | None = None, *,
                               liver_state: str | None = None, save: bool = False) -> dict:

@@ -144,6 +144,29 @@ def segment_labelmap(planner, record: dict):
     return LabelMap(planner.labelmap.volume.with_array(arr), table)
 
 
+def write_segment_meshes(planner, record: dict, record_id: str) -> dict[str, str]:
+    """One closed mesh per segment (the mesh stage's own function) under meshes/segments/;
+    returns {segment: relative path} for the viewer and the report's 3D pictures."""
+    from pathlib import Path
+
+    from ..config import load_pipeline_config
+    from ..fileio import atomic_write
+    from ..mesh import MeshConfig, labelmap_to_meshes
+
+    if planner.scene.root is None:
+        return {}
+    cfg = MeshConfig(**(load_pipeline_config().get("mesh") or {}))
+    out = {}
+    for am in labelmap_to_meshes(segment_labelmap(planner, record), cfg):
+        seg = SEGMENTS[am.label.id - 1]
+        rel = f"meshes/segments/{record_id}_{seg}.ply"
+        path = Path(planner.scene.root) / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda p, mesh=am.mesh: mesh.export(str(p), file_type="ply", encoding="binary"))
+        out[seg] = rel
+    return out
+
+
 def segments_record(planner, structure: str = "liver", landmarks: dict | None = None) -> dict:
     """Couinaud segments of ``structure``: volume, share and centroid of each; lesions' segments."""
     if structure not in planner.labelmap.labels:
