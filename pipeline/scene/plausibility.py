@@ -58,39 +58,39 @@ def _match(name: str, patterns) -> bool:
 
 def body_outline(labels: np.ndarray, image: np.ndarray | None, body_ids: list[int]) -> np.ndarray | None:
     """The patient's outline on the grid, or None when there is nothing to tell it by (no body
-    label, no image). Every labelled voxel and the body tissue (the body label, else voxels
-    above -500 HU), holes filled slice by slice along the first array axis; then only the
-    connected pieces (found on a 2x coarser grid) made of at least 20% body tissue: the trunk
-    and the arms, not a structure lying in the air outside the patient."""
+    label, no image). On a 2x coarser grid: every labelled voxel and the body tissue (the body
+    label, else voxels above -500 HU), holes filled slice by slice along the first array axis;
+    then only the connected pieces made of at least 20% body tissue: the trunk and the arms,
+    not a structure lying in the air outside the patient."""
     from scipy import ndimage
 
-    if body_ids:
-        tissue = np.isin(labels, body_ids)
-    elif image is not None:
-        tissue = image > -500
-    else:
+    if not body_ids and image is None:
         return None
-    mask = (labels > 0) | tissue
+    lab2 = labels[::2, ::2, ::2]  # a 2x coarser grid: plenty for "inside the body", 8x less work
+    tissue = np.isin(lab2, body_ids) if body_ids else np.asarray(image)[::2, ::2, ::2] > -500
+    mask = (lab2 > 0) | tissue
     filled = np.empty_like(mask)
     for k in range(mask.shape[0]):
         filled[k] = ndimage.binary_fill_holes(mask[k])
-    comp, n = ndimage.label(filled[::2, ::2, ::2])
-    if n == 0:
-        return filled
-    size = np.bincount(comp.ravel(), minlength=n + 1)
-    body = np.bincount(comp.ravel(), weights=tissue[::2, ::2, ::2].ravel(), minlength=n + 1)
-    keep = body >= 0.2 * np.maximum(size, 1)
-    keep[0] = False
-    k, j, i = (np.arange(s) // 2 for s in filled.shape)
-    return filled & keep[comp][np.ix_(k, j, i)]
+    comp, n = ndimage.label(filled)
+    if n:
+        size = np.bincount(comp.ravel(), minlength=n + 1)
+        body = np.bincount(comp.ravel(), weights=tissue.ravel(), minlength=n + 1)
+        keep = body >= 0.2 * np.maximum(size, 1)
+        keep[0] = False
+        filled = keep[comp]
+    k, j, i = (np.arange(s) // 2 for s in labels.shape)
+    return filled[np.ix_(k, j, i)]
 
 
-def _centroids(labels: np.ndarray, affine: np.ndarray, ids) -> dict[int, np.ndarray]:
-    from scipy import ndimage
-
-    ids = list(ids)
-    cs = ndimage.center_of_mass(np.ones(labels.shape, np.uint8), labels, ids)
-    return {i: np.asarray(c) @ affine[:3, :3].T + affine[:3, 3] for i, c in zip(ids, cs)}
+def _mean_index(mask: np.ndarray) -> np.ndarray:
+    """Mean (k, j, i) index of a boolean array's True voxels, from its three projections."""
+    out = np.zeros(3)
+    total = float(np.count_nonzero(mask))
+    for ax in range(3):
+        w = mask.sum(axis=tuple(x for x in range(3) if x != ax), dtype=np.int64)
+        out[ax] = float((w * np.arange(len(w))).sum()) / total if total else np.nan
+    return out
 
 
 def plausibility(labelmap, image=None, qc: dict | None = None, rules: PlausibilityRules | None = None) -> dict[str, dict]:
@@ -105,9 +105,14 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
     qc = qc or {}
     lab = np.asarray(labelmap.array)
     affine = labelmap.volume.affine
+    from scipy import ndimage
+
     counts = np.bincount(lab.ravel().astype(np.int64))
     present = [l for l in labelmap.labels if l.id < len(counts) and counts[l.id] > 0]
-    cen = _centroids(lab, affine, [l.id for l in present])
+    boxes = ndimage.find_objects(lab.astype(np.int32) if lab.dtype.kind not in "iu" else lab)
+    to_lps = lambda idx: np.asarray(idx) @ affine[:3, :3].T + affine[:3, 3]  # noqa: E731
+    masks = {l.id: lab[boxes[l.id - 1]] == l.id for l in present}
+    cen = {l.id: to_lps(_mean_index(masks[l.id]) + [s.start for s in boxes[l.id - 1]]) for l in present}
     body_ids = [l.id for l in present if _match(l.name, rules.body)]
     body = body_outline(lab, None if image is None else np.asarray(image.array), body_ids)
     voxel_ml = labelmap.volume.voxel_volume_ml
@@ -115,7 +120,7 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
     if ref is not None:
         mid_x, mid_name = float(cen[ref.id][0]), ref.name
     else:
-        bc = np.argwhere(body).mean(0) @ affine[:3, :3].T + affine[:3, 3] if body is not None and body.any() else None
+        bc = to_lps(_mean_index(body)) if body is not None and body.any() else None
         mid_x, mid_name = (None, None) if bc is None else (float(bc[0]), "the body's centre")
     out: dict[str, dict] = {}
     for l in present:
@@ -130,17 +135,15 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
             elif _match(l.name, rules.left) and not _match(l.name, rules.right) and not c[0] > mid_x - tol:
                 flags.append(f"on the patient's right of {mid_name} (centroid x {c[0]:.0f} mm, {mid_name} "
                              f"{mid_x:.0f} mm): {l.name} lies on the left")
-        mask = lab == l.id
+        box, mask = boxes[l.id - 1], masks[l.id]
         if not is_body and body is not None:
-            inside = float(np.count_nonzero(body & mask)) / float(counts[l.id])
+            inside = float(np.count_nonzero(body[box] & mask)) / float(counts[l.id])
             if inside < rules.inside_body_fraction:
                 flags.append(f"outside the body: only {100 * inside:.0f}% of it lies inside the body outline")
             if _match(l.name, rules.posterior):
-                ks = np.unique(np.nonzero(mask)[0])
-                pts = np.argwhere(body[ks.min():ks.max() + 1]) if body is not None else np.zeros((0, 3))
-                if len(pts):
-                    pts[:, 0] += ks.min()
-                    by = float((pts.mean(0) @ affine[:3, :3].T + affine[:3, 3])[1])
+                slab = body[box[0]]  # the body at the structure's slices
+                if slab.any():
+                    by = float(to_lps(_mean_index(slab) + [box[0].start, 0, 0])[1])
                     if not c[1] > by:
                         flags.append(f"not posterior: centroid y {c[1]:.0f} mm is anterior to the body's centre "
                                      f"({by:.0f} mm) at its level; {l.name} is retroperitoneal")
