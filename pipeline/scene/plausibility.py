@@ -57,7 +57,7 @@ def _match(name: str, patterns) -> bool:
 
 
 def body_outline(labels: np.ndarray, image: np.ndarray | None, body_ids: list[int]) -> np.ndarray | None:
-    """The patient's outline on the grid, or None when there is nothing to tell it by (no body
+    """The patient's outline on the 2x coarser grid ``[::2, ::2, ::2]``, or None when there is nothing to tell it by (no body
     label, no image). On a 2x coarser grid: every labelled voxel and the body tissue (the body
     label, else voxels above -500 HU), holes filled slice by slice along the first array axis;
     then only the connected pieces made of at least 20% body tissue: the trunk and the arms,
@@ -79,8 +79,7 @@ def body_outline(labels: np.ndarray, image: np.ndarray | None, body_ids: list[in
         keep = body >= 0.2 * np.maximum(size, 1)
         keep[0] = False
         filled = keep[comp]
-    k, j, i = (np.arange(s) // 2 for s in labels.shape)
-    return filled[np.ix_(k, j, i)]
+    return filled
 
 
 def _mean_index(mask: np.ndarray) -> np.ndarray:
@@ -107,11 +106,11 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
     affine = labelmap.volume.affine
     from scipy import ndimage
 
-    counts = np.bincount(lab.ravel().astype(np.int64))
-    present = [l for l in labelmap.labels if l.id < len(counts) and counts[l.id] > 0]
-    boxes = ndimage.find_objects(lab.astype(np.int32) if lab.dtype.kind not in "iu" else lab)
+    boxes = ndimage.find_objects(lab if lab.dtype.kind in "iu" else lab.astype(np.int32))
+    present = [l for l in labelmap.labels if l.id <= len(boxes) and boxes[l.id - 1] is not None]
     to_lps = lambda idx: np.asarray(idx) @ affine[:3, :3].T + affine[:3, 3]  # noqa: E731
     masks = {l.id: lab[boxes[l.id - 1]] == l.id for l in present}
+    counts = {l.id: int(np.count_nonzero(masks[l.id])) for l in present}
     cen = {l.id: to_lps(_mean_index(masks[l.id]) + [s.start for s in boxes[l.id - 1]]) for l in present}
     body_ids = [l.id for l in present if _match(l.name, rules.body)]
     body = body_outline(lab, None if image is None else np.asarray(image.array), body_ids)
@@ -120,7 +119,7 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
     if ref is not None:
         mid_x, mid_name = float(cen[ref.id][0]), ref.name
     else:
-        bc = to_lps(_mean_index(body)) if body is not None and body.any() else None
+        bc = to_lps(2 * _mean_index(body)) if body is not None and body.any() else None
         mid_x, mid_name = (None, None) if bc is None else (float(bc[0]), "the body's centre")
     out: dict[str, dict] = {}
     for l in present:
@@ -137,13 +136,15 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
                              f"{mid_x:.0f} mm): {l.name} lies on the left")
         box, mask = boxes[l.id - 1], masks[l.id]
         if not is_body and body is not None:
-            inside = float(np.count_nonzero(body[box] & mask)) / float(counts[l.id])
+            coarse = body[np.ix_(*(np.arange(b.start, b.stop) // 2 for b in box))]  # the outline at each voxel
+            inside = float(np.count_nonzero(coarse & mask)) / float(counts[l.id])
             if inside < rules.inside_body_fraction:
                 flags.append(f"outside the body: only {100 * inside:.0f}% of it lies inside the body outline")
             if _match(l.name, rules.posterior):
-                slab = body[box[0]]  # the body at the structure's slices
+                k0, k1 = box[0].start // 2, (box[0].stop - 1) // 2 + 1
+                slab = body[k0:k1]  # the body at the structure's slices
                 if slab.any():
-                    by = float(to_lps(_mean_index(slab) + [box[0].start, 0, 0])[1])
+                    by = float(to_lps(2 * (_mean_index(slab) + [k0, 0, 0]))[1])
                     if not c[1] > by:
                         flags.append(f"not posterior: centroid y {c[1]:.0f} mm is anterior to the body's centre "
                                      f"({by:.0f} mm) at its level; {l.name} is retroperitoneal")
