@@ -1,7 +1,6 @@
 """Issue 13, section 1: warnings that never stay silent (trajectories, cuts, plan list, measure)."""
 import json
 
-import numpy as np
 import pytest
 
 from pipeline.cli import main

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.errors import SceneError
 from pipeline.scene.plausibility import merge_into_qc, plausibility
 from pipeline.types import Label, LabelMap, LabelTable, Volume
 from tests.conftest import real_data

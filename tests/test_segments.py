@@ -7,7 +7,6 @@ from pipeline.cli import main
 from pipeline.errors import PlanningError
 from pipeline.planning import Planner
 from pipeline.planning.segments import parse_segments
-from pipeline.scene import load_scene
 from tests.scene_factory import sample_scan_scene
 
 # Landmarks on the sample phantom (LPS mm): the IVC at the hepatic veins' confluence, points on
