@@ -140,13 +140,55 @@ def segment_in_canonical_order(volume, reorient, run_segment):
     return dataclasses.replace(seg, labelmap=lm, uncertainty=unc, probabilities=probs)
 
 
+def _identity(src: dict) -> dict:
+    """Patient ID and study date of a DICOM input (for the report's header), and whether the
+    series is de-identified (PatientIdentityRemoved YES): then no identity is kept."""
+    files = src.get("files") or []
+    if not files:
+        return {}
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(files[0], stop_before_pixels=True, force=True,
+                             specific_tags=["PatientID", "StudyDate", "PatientIdentityRemoved"])
+    except Exception:  # identity is optional: an unreadable header leaves it out
+        return {}
+    if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES":
+        return {"deidentified": True}
+    out = {"patient_id": str(ds.get("PatientID", "") or "") or None, "study_date": str(ds.get("StudyDate", "") or "") or None}
+    return {k: v for k, v in out.items() if v}
+
+
+def _existing_plan(out_dir: Path, policy: str) -> dict | None:
+    """The plan to carry over from ``out_dir`` (policy keep), None, or a refusal (policy refuse)."""
+    from .errors import SceneError
+    from .planning.revalidate import plan_size, read_plan
+
+    if policy not in ("refuse", "keep", "discard"):
+        raise SurgitwinError(f"existing_plan must be refuse, keep or discard; found {policy!r}")
+    plan = read_plan(out_dir)
+    n = plan_size(plan)
+    if n == 0 or policy == "discard":
+        return None
+    if policy == "refuse":
+        raise SceneError(f"a run never drops a plan silently; the scene there holds a plan of {n} record(s): pass "
+                         f"--keep-plan to carry it over (recomputed on the new structures) or --discard-plan "
+                         f"to drop it, or write to another --out", path=str(out_dir / "scene.json"),
+                         rule="a run never drops a plan silently")
+    return plan
+
+
 def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
              snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
-             case_id: str | None = None) -> CaseResult:
+             case_id: str | None = None, existing_plan: str = "refuse") -> CaseResult:
     """Run the whole pipeline on one input (DICOM folder/file, NIfTI/NRRD/MHA) into ``out_dir``.
 
     Raises a :class:`~pipeline.errors.SurgitwinError` subclass naming the input and the rule
     broken; in that case ``out_dir`` is left untouched.
+
+    ``existing_plan``: what to do when ``out_dir`` already holds a scene with a plan:
+    ``refuse`` (raise before any work), ``keep`` (carry it over, recomputed on the new
+    structures: :func:`pipeline.planning.revalidate.revalidate_plan`) or ``discard``.
     """
     from .ingest import read_input
     from .mesh import MeshConfig, labelmap_to_meshes
@@ -160,6 +202,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
     timings: dict[str, float] = {}
     records: list[StageRecord] = []
     peaks = StagePeaks()
+    old_plan = _existing_plan(out_dir, existing_plan)
 
     tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -204,6 +247,9 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         timings["segment"] = time.perf_counter() - t0
         records.append(dataclasses.replace(seg.record, peak_rss_mb=peaks.mb["segment"]))
         labelmap = seg.labelmap
+        from .scene.plausibility import merge_into_qc, plausibility
+
+        merge_into_qc(seg.qc, plausibility(labelmap, volume, seg.qc))
         t0 = time.perf_counter()
         with peaks.stage("write"):
             unc_rel = _write_images(tmp, volume, labelmap, seg.uncertainty)
@@ -233,7 +279,10 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
                                           "modality", "series_description", "patient_position", "input", "n_files",
                                           "dicom_dir", "sop_instance_uids") if src.get(k) is not None}
         source.setdefault("input", str(input_path.resolve()))
-        scene = Scene(case_id=case_id or _case_id(source, input_path), source=source, labels=labelmap.labels,
+        # the identity (PHI) goes into scene.json for the report's header only, never into the
+        # CaseResult that batch manifests and logs print
+        scene = Scene(case_id=case_id or _case_id(source, input_path), source={**source, **_identity(src)},
+                      labels=labelmap.labels,
                       meshes=meshes, uncertainty=unc_rel)
         scene.extra["qc"] = seg.qc
         scene.extra["input_checks"] = {**checks.to_dict(), "model_fit": fit_note}
@@ -242,12 +291,18 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         scene.provenance = records
         with peaks.stage("scene"):
             save_scene(scene, tmp)
+        warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
+        warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
+        if old_plan:
+            from .planning.revalidate import revalidate_plan
+
+            progress("scene", f"carrying over the plan of {out_dir} (recomputed on the new structures)")
+            _, notes = revalidate_plan(scene, old_plan)
+            warnings += [f"plan: {n}" for n in notes]
         timings["scene"] = time.perf_counter() - t0
 
         # 5. snapshot (separate process: an EGL failure must not take the case down) -------
         snap = None
-        warnings: list[str] = [f"{n}: {q['warning']}" for n, q in seg.qc.items() if q.get("warning")]
-        warnings += [f"scan: {w}" for w in scene.extra.get("scan_warnings", [])]
         warnings += [f"input: {w}" for w in checks.warnings]
         if snapshot:
             t0 = time.perf_counter()

@@ -24,22 +24,22 @@ def run_json(capsys, *argv):
 
 def test_measure_commands(scene, capsys):
     path, truth = scene
-    r = run_json(capsys, "measure", str(path), "between", "tumour", "aorta", "--json")
+    r = run_json(capsys, "measure", str(path), "between", "tumour", "aorta", "--json", "--save")
     assert {"distance_mm", "point_a", "point_b"} <= set(r)
     assert abs(r["distance_mm"] - 54.34) < 0.5 * truth.voxel_mm  # |(68, 18)| - 9 - 7
-    r = run_json(capsys, "measure", str(path), "distance", "-10", "0", "0", "20", "40", "0", "--json")
+    r = run_json(capsys, "measure", str(path), "distance", "-10", "0", "0", "20", "40", "0", "--json", "--save")
     assert r["distance_mm"] == pytest.approx(50.0)
-    r = run_json(capsys, "measure", str(path), "angle", "1", "0", "0", "0", "0", "0", "0", "-1", "0", "--json")
+    r = run_json(capsys, "measure", str(path), "angle", "1", "0", "0", "0", "0", "0", "0", "-1", "0", "--json", "--save")
     assert r["angle_deg"] == pytest.approx(90.0)
-    r = run_json(capsys, "measure", str(path), "structure", "tumour", "--json")
+    r = run_json(capsys, "measure", str(path), "structure", "tumour", "--json", "--save")
     assert abs(r["volume"]["voxel_volume_ml"] / truth.volume_ml("tumour") - 1) < 0.02
-    r = run_json(capsys, "measure", str(path), "landmark", "tip", "-60", "-20", "6", "--snap", "tumour", "--json")
+    r = run_json(capsys, "measure", str(path), "landmark", "tip", "-60", "-20", "6", "--snap", "tumour", "--json", "--save")
     assert r["point"][1] == pytest.approx(4 - 9, abs=0.5 * truth.voxel_mm)
     plan = load_scene(path).plan
     assert [m["id"] for m in plan["measurements"]] == ["M1", "M2", "M3", "M4", "M5"]
     assert plan["landmarks"][0]["name"] == "tip"
-    # --no-save leaves the plan alone; plain output is human-readable
-    assert main(["measure", str(path), "between", "liver", "kidney_left", "--no-save"]) == 0
+    # without --save the plan is left alone; plain output is human-readable
+    assert main(["measure", str(path), "between", "liver", "kidney_left"]) == 0
     assert "liver <-> kidney_left" in capsys.readouterr().out
     assert len(load_scene(path).plan["measurements"]) == 5
 

@@ -173,3 +173,25 @@ def test_viewer_imports_no_torch_or_monai():
             "bad=[m for m in ('torch','monai') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert p.returncode == 0, p.stdout + p.stderr
+
+
+def test_lesion_mode_segments_a_lesion_from_one_click(session):
+    """Ctrl+click in lesion mode: the seed goes to pipeline.planning (surgitwin lesion)."""
+    from viewer.tools import record_text
+
+    from pipeline.errors import PlanningError
+    from pipeline.geometry import write_image_file
+
+    scene = session.scene
+    image = scene.load_image()  # a dark 6 mm lesion in the organ that the segmentation missed
+    lps = image.index_to_lps(np.argwhere(np.ones(image.shape, bool))).reshape(*image.shape, 3)
+    arr = np.where(np.linalg.norm(lps - (-28.0, 0.0, 0.0), axis=-1) <= 6.0, image.array - 50, image.array)
+    write_image_file(image.with_array(arr.astype(image.array.dtype)), scene.root / scene.image)
+    session.set_mode("lesion")
+    with pytest.raises(PlanningError, match="already a lesion"):
+        session.add_point((-48.0, 0.0, 0.0), None)  # the segmented tumour
+    rec = session.add_point((-28.0, 0.0, 0.0), None)
+    assert rec["kind"] == "lesion" and rec["id"] == "LS1" and rec["within"] == "organ"
+    assert rec["centroid_lps"][0] == pytest.approx(-28.0, abs=1.5)  # the patient's right stays right
+    assert rec["volume_ml"] == pytest.approx(4 / 3 * np.pi * 0.216, rel=0.35)
+    assert rec in session.records() and record_text(rec).startswith("LS1 lesion lesion_1 in organ")

@@ -420,7 +420,8 @@ class ViewerApp(PlanningMixin, CaptureMixin):
                 continue  # translucent skins do not catch picks: the organs behind them do
             tm = o3d.t.geometry.TriangleMesh.from_legacy(to_o3d_mesh(m.mesh))
             ids[rs.add_triangles(tm)] = m.name
-        for rec in self.scene.plan.get("cuts", []):  # a committed cut's pieces replace its structure
+        for rec in self.scene.plan.get("cuts", []) + self.scene.plan.get("segments", []):
+            # a committed cut's pieces (or the Couinaud segments) replace its structure
             if rec.get("structure") not in self._hidden_by_cut or not self.styles[rec["structure"]].visible:
                 continue
             for part, rel in (rec.get("meshes") or {}).items():

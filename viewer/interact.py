@@ -43,9 +43,29 @@ class PlanningMixin:
 
     def _after_record(self, rec):
         self._draw_pending()
+        if rec is not None and rec.get("kind") == "lesion":
+            self._refresh_structures(rec.get("structures") or [])
         if rec is not None:
             self._redraw_plan()
             self._set_status(self._record_text(rec))
+
+    def _refresh_structures(self, names):
+        """Draw again structures whose mesh changed (a lesion and the organ it was carved from)."""
+        from .render import structure_styles
+
+        fresh = structure_styles(self.scene)
+        for n in names:
+            if n not in fresh:
+                continue
+            self.styles.setdefault(n, fresh[n])
+            key = f"struct:{n}"
+            if self.widget.scene.has_geometry(key):
+                self.widget.scene.remove_geometry(key)
+            mat = material_for(self.styles[n])
+            self.widget.scene.add_geometry(key, to_o3d_mesh(self.scene.mesh(n).mesh), mat)
+            set_priority(self.widget.scene, key, n)
+            self._shader[n] = mat.shader
+        self._ray_scene = None
 
     @staticmethod
     def _record_text(rec):
@@ -201,7 +221,7 @@ class PlanningMixin:
 
     def _redraw_plan(self):
         from .drawing import primitive_geometry
-        from .tools import clearance_lines, record_primitives, record_text
+        from .tools import clearance_lines, record_primitives, record_text, superseded_pieces
 
         for key in self._plan_geoms:
             self.widget.scene.remove_geometry(key)
@@ -210,8 +230,11 @@ class PlanningMixin:
         self._plan_geoms, self._labels3d = [], []
         self._hidden_by_cut = set()
         records = self.session.records()
+        skip = superseded_pieces(self.scene.plan)
         for rec in records:
             for n, prim in enumerate(record_primitives(rec, self.scale)):
+                if prim.kind == "mesh" and rec.get("id") in skip:
+                    continue
                 rgb = self.scene.mesh(rec["structure"]).label.rgb if rec.get("kind") == "cut" else (200, 200, 200)
                 g = primitive_geometry(prim, self.scene.root, tuple(c / 255 for c in rgb))
                 if g is None:

@@ -294,7 +294,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
     plan_geoms = plan_geometries(scene, hide=hide) if plan else []
     drawn = styles
     if plan_geoms:  # a cut structure is shown as its two halves, not whole underneath them
-        cut = {r["structure"] for r in scene.plan.get("cuts", []) if r.get("meshes")}
+        cut = {r["structure"] for sec in ("cuts", "segments") for r in scene.plan.get(sec, []) if r.get("meshes")}
         drawn = {n: dataclasses.replace(st, visible=False) if n in cut else st for n, st in styles.items()}
     geoms = scene_geometries(scene, drawn, color_by_uncertainty=color_by_uncertainty) + plan_geoms
     legend_w = min(240, width // 4) if legend else 0
@@ -360,19 +360,20 @@ def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
     ``plan:<record id>:<n>:<structure>`` (the structure sets the draw order). The cut halves of
     a structure in ``hide`` are left out (a close-up of the tumour must not draw the liver)."""
     from .drawing import primitive_geometry
-    from .tools import marker_scale, record_primitives
+    from .tools import marker_scale, record_primitives, superseded_pieces
 
     if not scene.meshes:
         return []
     scale = marker_scale(np.concatenate([m.mesh.bounds for m in scene.meshes if m.mesh is not None]))
+    skip = superseded_pieces(scene.plan)
     out = []
-    for sec in ("landmarks", "measurements", "cuts", "trajectories"):
+    for sec in ("landmarks", "measurements", "segments", "cuts", "trajectories"):
         for rec in scene.plan.get(sec, []):
             rgb = (200, 200, 200)
             if rec.get("kind") == "cut" and rec.get("structure") in scene.structure_names:
                 rgb = scene.mesh(rec["structure"]).label.rgb
             for n, prim in enumerate(record_primitives(rec, scale)):
-                if prim.kind == "mesh" and rec.get("structure") in set(hide):
+                if prim.kind == "mesh" and (rec.get("structure") in set(hide) or rec.get("id") in skip):
                     continue
                 g = primitive_geometry(prim, scene.root, tuple(c / 255 for c in rgb))
                 if g is not None:

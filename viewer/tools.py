@@ -14,8 +14,8 @@ from pipeline.errors import PlanningError
 
 from .render import BODY_NAMES
 
-MODES = ("navigate", "landmark", "distance", "angle", "trajectory", "cut")
-POINTS_NEEDED = {"landmark": 1, "distance": 2, "angle": 3, "trajectory": 2, "cut": 1}
+MODES = ("navigate", "landmark", "distance", "angle", "trajectory", "cut", "lesion")
+POINTS_NEEDED = {"landmark": 1, "distance": 2, "angle": 3, "trajectory": 2, "cut": 1, "lesion": 1}
 CUT_ORIENTATIONS = {  # plane normal for each preset (the resected side is where it points)
     "axial (cut above)": (0.0, 0.0, 1.0),
     "axial (cut below)": (0.0, 0.0, -1.0),
@@ -80,6 +80,14 @@ def record_text(rec: dict) -> str:
         return f"{rid} {s[0]} max diameter {_fmt(rec.get('value'), 'mm')}"
     if kind == "cut":
         return f"{rid} {cut_summary(rec)}"
+    if kind == "segments":
+        return f"{rid} Couinaud segments of {rec.get('structure')} ({_fmt(rec.get('total_ml'), 'ml')})"
+    if kind == "segments_resection":
+        return (f"{rid} resect segments {', '.join(rec.get('segments', []))}: remnant "
+                f"{_fmt(rec.get('remnant_percent'), '%')}")
+    if kind == "lesion":
+        return (f"{rid} lesion {rec.get('name')} in {rec.get('within') or '-'}: {_fmt(rec.get('volume_ml'), 'ml')}, "
+                f"RECIST {_fmt(rec.get('long_axis_mm'), 'mm')} x {_fmt(rec.get('short_axis_mm'), 'mm')}")
     if kind == "trajectory":
         warn = f" !! {len(rec['warnings'])} warning(s)" if rec.get("warnings") else ""
         return f"{rid} trajectory {_fmt(rec.get('length_mm'), 'mm')} -> {rec.get('target_structure') or 'target'}{warn}"
@@ -111,6 +119,20 @@ def marker_scale(vertices: np.ndarray) -> float:
     return max(float(np.linalg.norm(v.max(0) - v.min(0))) * 0.006, 0.5) if len(v) else 0.5
 
 
+def superseded_pieces(plan: dict) -> set[str]:
+    """Ids of plan records whose pieces (cut halves, Couinaud segments) are not drawn because a
+    later record replaces the same structure with its own pieces (they would overlap)."""
+    latest: dict[str, tuple] = {}
+    for sec in ("segments", "cuts"):
+        for r in plan.get(sec, []):
+            if r.get("meshes"):
+                key = (str(r.get("created", "")), sec == "cuts", r.get("id"))
+                if r.get("structure") not in latest or key > latest[r["structure"]]:
+                    latest[r.get("structure")] = key
+    return {r.get("id") for sec in ("segments", "cuts") for r in plan.get(sec, [])
+            if r.get("meshes") and latest.get(r.get("structure"), (None, None, None))[2] != r.get("id")}
+
+
 def record_primitives(rec: dict, scale: float) -> list[Primitive]:
     """What to draw for a plan record; ``scale`` is the marker radius in mm."""
     kind = rec.get("kind")
@@ -133,6 +155,16 @@ def record_primitives(rec: dict, scale: float) -> list[Primitive]:
         for pl in rec.get("planes", []):
             out.append(Primitive("plane", np.asarray([pl["point"]]), c, f"{rec.get('id')}", np.asarray(pl["point"]),
                                  normal=np.asarray(pl["normal"]), size=scale * 40, opacity=0.35))
+        return out
+    if kind == "segments":  # Couinaud segments: one translucent piece each, in its colour
+        from pipeline.planning.segments import SEGMENT_RGB
+
+        segs = rec.get("segments") or {}
+        out = []
+        for seg, rel in (rec.get("meshes") or {}).items():
+            at = (segs.get(seg) or {}).get("centroid_lps")
+            out.append(Primitive("mesh", np.zeros((0, 3)), tuple(c / 255 for c in SEGMENT_RGB[seg]), seg,
+                                 None if at is None else np.asarray(at, float), opacity=1.0, path=rel))
         return out
     if kind == "trajectory" and len(pts) == 2:
         col = COLOURS["trajectory_warn"] if rec.get("warnings") else COLOURS["trajectory"]
@@ -211,7 +243,8 @@ class PlanSession:
         return self.scene.plan
 
     def records(self) -> list[dict]:
-        return [r for sec in ("landmarks", "measurements", "cuts", "trajectories") for r in self.plan.get(sec, [])]
+        return [r for sec in ("landmarks", "measurements", "lesions", "segments", "cuts", "trajectories")
+                for r in self.plan.get(sec, [])]
 
     def set_mode(self, mode: str) -> None:
         if mode not in MODES:
@@ -238,6 +271,8 @@ class PlanSession:
             return self.planner.measure_angle(pts[0], pts[1], pts[2])
         if self.mode == "trajectory":
             return self.planner.add_trajectory(pts[0], pts[1], self.tool_radius_mm, safety_margin_mm=self.safety_margin_mm)
+        if self.mode == "lesion":  # a seed inside the lesion: Ctrl+click on a CT plane
+            return self.planner.add_lesion(pts[0])
         if self.mode == "cut":
             if names[0] is None:
                 raise PlanningError("cut: pick a point on the structure to cut")

@@ -8,6 +8,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "sample_scans" / "phantom_ct"
+# The demo's planning steps on the sample scan (LPS mm; documented in the README): a lesion seeded
+# in the phantom's liver tumour (right lobe, patient right = x < 0) and a resection plane 20 mm
+# medial to the seed, resecting the lateral part of the right lobe with the tumour.
+DEMO_LESION_SEED = (-85.0, -20.0, -270.0)
+DEMO_CUT = {"point": (-65.0, -20.0, -270.0), "normal": (-1.0, 0.0, 0.0)}
+# Couinaud landmarks on the sample (LPS mm): the IVC at the hepatic veins' confluence, a point on
+# each hepatic vein, the portal bifurcation (tests/test_segments.py uses the same).
+DEMO_SEGMENT_LANDMARKS = {"ivc": (-22.0, -3.0, -235.0), "rhv": (-90.0, -15.0, -235.0), "mhv": (-45.0, -55.0, -235.0),
+                          "lhv": (15.0, -55.0, -230.0), "portal": (-35.0, -25.0, -275.0)}
 
 
 def register(sub) -> None:
@@ -27,6 +36,10 @@ def register(sub) -> None:
     p.add_argument("--trust-bundle", action="store_true", help="allow MONAI to evaluate $-expressions in the bundle")
     p.add_argument("--no-snapshot", action="store_true", help="skip the offscreen picture")
     p.add_argument("--json", action="store_true", help="print the case result as JSON")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--keep-plan", action="store_true",
+                   help="OUT already holds a scene with a plan: carry it over, recomputed on the new structures")
+    g.add_argument("--discard-plan", action="store_true", help="OUT already holds a scene with a plan: drop it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("demo", help="run the pipeline on the shipped sample scan and check it against its ground truth")
@@ -96,7 +109,8 @@ def cmd_run(args) -> int:
 
     result = run_case(args.input, args.out, model=args.model, config=args.config, progress=_Printer(),
                       snapshot=not args.no_snapshot, bundle_overrides=_parse_overrides(args.bundle_set),
-                      trust_bundle=args.trust_bundle)
+                      trust_bundle=args.trust_bundle,
+                      existing_plan="keep" if args.keep_plan else "discard" if args.discard_plan else "refuse")
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
@@ -113,7 +127,12 @@ def cmd_demo(args) -> int:
 
         print(f"sample scan missing; generating it into {SAMPLE}", file=sys.stderr)
         generate_sample(SAMPLE, seed=0)
-    result = run_case(dicom, args.out, model=args.model, progress=_Printer())
+    from pipeline.planning.revalidate import plan_size, read_plan
+
+    if plan_size(read_plan(args.out)):
+        print(f"note: {args.out} held a plan of {plan_size(read_plan(args.out))} record(s); the demo starts afresh",
+              file=sys.stderr)
+    result = run_case(dicom, args.out, model=args.model, progress=_Printer(), existing_plan="discard")
     print_summary(result)
     truth = SAMPLE / "ground_truth_labels.nii.gz"
     if truth.exists():
@@ -129,12 +148,38 @@ def cmd_demo(args) -> int:
         scene = load_scene(args.out, load_meshes=False)  # the report shows the comparison too
         scene.extra["truth_comparison"] = {"truth": str(truth.relative_to(SAMPLE.parent.parent)), "rows": rows}
         save_scene(scene, write_meshes=False)
+    _demo_plan(Path(args.out))
     if not args.no_report:
         from pipeline.scene.report import build_report
 
         res = build_report(args.out)
         print(f"\nreport: {res.html}")
     return 0
+
+
+def _demo_plan(out: Path) -> None:
+    """The demo's lesion and resection (when the model found a liver)."""
+    from pipeline.errors import SurgitwinError
+    from pipeline.planning import Planner
+
+    pl = Planner(out)
+    if "liver" not in pl.scene.structure_names:
+        print("\nno liver in this segmentation: the demo's lesion and resection are left out")
+        return
+    try:
+        les = pl.add_lesion(DEMO_LESION_SEED, name="liver_tumour", within="liver")
+    except SurgitwinError as e:
+        print(f"\ndemo lesion not segmented: {e}")
+        return
+    print(f"\nlesion {les['id']} {les['name']} from the seed {DEMO_LESION_SEED} (LPS mm): {les['volume_ml']:.1f} ml, "
+          f"RECIST {les['long_axis_mm']:.1f} x {les['short_axis_mm']:.1f} mm")
+    seg = pl.add_segments("liver", DEMO_SEGMENT_LANDMARKS)
+    print(f"Couinaud segments {seg['id']}: " + ", ".join(f"{k} {v['volume_ml']:.0f} ml" for k, v in seg["segments"].items()))
+    cut = pl.add_cut("liver", DEMO_CUT, save=True)
+    g = cut["lesion_margins"][0] if cut["lesion_margins"] else None
+    print(f"resection {cut['id']}: remnant {cut['remnant_percent']:.1f}% (future liver remnant of the functional liver "
+          f"{cut['flr']['flr_percent']:.1f}%)" + (f", margin to {g['structure']} {g['margin_mm']:.1f} mm" if g else "")
+          + "".join(f"\n  warning: {w}" for w in cut["warnings"]))
 
 
 def cmd_phantom(args) -> int:

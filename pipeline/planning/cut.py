@@ -145,9 +145,72 @@ def margin(mesh_vertices: np.ndarray, planes: list[dict], resected_fraction: flo
             "closest_point": lps_list(mesh_vertices[k])}
 
 
+def lesion_margins(planner, structure: str, planes: list[dict], lesions: list[str]) -> list[dict]:
+    """Signed margin of every lesion of ``structure`` to the cut, with the share of it resected."""
+    lm = planner.labelmap
+    out = []
+    for name in lesions:
+        t_res, t_n = resected_fraction_voxels(lm.mask(name), lm.volume.affine, planes)
+        frac = t_res / t_n if t_n else 0.0
+        mg = margin(np.asarray(planner.mesh(name).vertices), planes, frac)
+        out.append({"structure": name, **mg, "structure_resected_percent": round(100 * frac, 3),
+                    "volume_ml": round(t_n * lm.volume.voxel_volume_ml, 4),
+                    "resected_ml": round(t_res * lm.volume.voxel_volume_ml, 4)})
+    return out
+
+
+def future_liver_remnant(voxel: dict, margins: list[dict]) -> dict:
+    """Remnant against the functional volume (the structure's label: lesions are carved out of
+    it) next to the remnant of the whole organ (structure + its lesions)."""
+    les_total = sum(m["volume_ml"] for m in margins)
+    les_res = sum(m["resected_ml"] for m in margins)
+    whole = voxel["total_ml"] + les_total
+    whole_rem = voxel["remnant_ml"] + les_total - les_res
+    return {"functional_total_ml": voxel["total_ml"], "functional_remnant_ml": voxel["remnant_ml"],
+            "flr_percent": voxel["remnant_percent"], "lesions": [m["structure"] for m in margins],
+            "lesion_ml": round(les_total, 4), "whole_total_ml": round(whole, 4), "whole_remnant_ml": round(whole_rem, 4),
+            "whole_remnant_percent": round(100 * whole_rem / whole, 3) if whole else None}
+
+
+def _checks(planner, rec: dict, structure: str, liver_state: str | None, rules) -> None:
+    """Validity and warnings of a cut: truncated structure, plane missing it, remnant threshold."""
+    qc = planner.qc(structure)
+    rec["remnant_valid"], rec["invalid_reason"] = True, None
+    if qc.get("truncated"):
+        rec["remnant_valid"] = False
+        rec["invalid_reason"] = (f"{structure} is cut by the edge of the scan: the percentages are of the part "
+                                 f"scanned, not of the whole {structure}")
+        rec["warnings"].append(f"remnant percentage invalid: {rec['invalid_reason']}")
+    flags = planner.qc_flags(structure)
+    if flags:
+        rec["warnings"].append(f"{structure} is flagged by QC ({'; '.join(flags)}): the cut's numbers are not reliable")
+    miss = rules.miss_percent
+    if rec["resected_percent"] < miss or rec["remnant_percent"] < miss:
+        side = "resects nothing of" if rec["resected_percent"] < miss else "resects all of"
+        rec["warnings"].append(f"the plane misses {structure}: it {side} it (resected {rec['resected_percent']:.1f}%, "
+                               f"remnant {rec['remnant_percent']:.1f}%)")
+    state = liver_state or rules.remnant.default_state
+    limit = rules.remnant_threshold(structure, state)
+    rec["remnant_threshold"] = None if limit is None else {"percent": limit, "liver_state": state,
+                                                           "source": "configs/planning.yaml (remnant)"}
+    if limit is not None and rec["remnant_valid"]:
+        flr = (rec.get("flr") or {}).get("flr_percent", rec["remnant_percent"])
+        if flr < limit:
+            rec["warnings"].append(f"future remnant of {structure} {flr:.1f}% is below the {limit:g}% threshold "
+                                   f"for a {state} liver")
+
+
 def cut_record(planner, structure: str, planes, *, margin_to: str | None = None, cut_id: str = "C",
-               save_meshes: bool = True) -> dict:
-    """Compute a resection of ``structure`` and return its plan record (see module doc)."""
+               save_meshes: bool = True, liver_state: str | None = None, rules=None) -> dict:
+    """Compute a resection of ``structure`` and return its plan record (see module doc).
+
+    Besides the volumes: the margin of every lesion of the structure (``lesion_margins``), the
+    future remnant against the functional volume (``flr``), validity (``remnant_valid``: False
+    when the scan truncates the structure) and the warnings of :func:`_checks`.
+    """
+    from .rules import load_rules
+
+    rules = rules or load_rules()
     planes = normalise_planes(planes)
     scene = planner.scene
     lm = planner.labelmap
@@ -203,6 +266,15 @@ def cut_record(planner, structure: str, planes, *, margin_to: str | None = None,
         if mg["crossed"]:
             rec["warnings"].append(f"the cut crosses {margin_to}: {-mg['margin_mm']:.1f} mm of it lies on the "
                                    f"{'remnant' if mg['side'] == 'resected' else 'resected'} side")
+    lesions = planner.lesions_of(structure)
+    rec["lesion_margins"] = lesion_margins(planner, structure, planes, lesions) if lesions else []
+    for g in rec["lesion_margins"]:
+        if g["crossed"] and g["structure"] != margin_to:
+            rec["warnings"].append(f"the cut crosses the lesion {g['structure']}: margin {g['margin_mm']:.1f} mm")
+    if lesions:
+        rec["flr"] = future_liver_remnant(voxel, rec["lesion_margins"])
+        rec["structures"] = list(dict.fromkeys(rec["structures"] + lesions))
+    _checks(planner, rec, structure, liver_state, rules)
     rec["provenance"] = planner.provenance("pipeline.planning.cut.cut_record",
-                                           [structure] + ([margin_to] if margin_to else []), labelmap=True)
+                                           rec["structures"], labelmap=True)
     return rec

@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import PlanningError, SceneError
 
-SECTIONS = {"landmarks": "L", "measurements": "M", "cuts": "C", "trajectories": "T"}
+SECTIONS = {"landmarks": "L", "measurements": "M", "lesions": "LS", "segments": "S", "cuts": "C", "trajectories": "T"}
 _ID = re.compile(r"^([A-Z]+)(\d+)$")
 _HASHES: dict[tuple[str, float, int], str] = {}
 
@@ -121,6 +121,7 @@ class Planner:
         self.scene = scene
         self._index: dict[str, Any] = {}
         self._labelmap = None
+        self._lesions_cache: dict[tuple, list[str]] = {}
 
     # -- cached inputs ---------------------------------------------------------------------
     def index(self, name: str):
@@ -142,6 +143,41 @@ class Planner:
         if self._labelmap is None:
             self._labelmap = self.scene.load_labelmap()
         return self._labelmap
+
+    def qc(self, name: str) -> dict:
+        """The structure's QC entry (scene.json ``qc`` and the structure's own ``qc``), or {}."""
+        qc = dict((self.scene.extra.get("qc") or {}).get(name) or {})
+        if name in self.scene.structure_names and isinstance(self.scene.mesh(name).qa.get("qc"), dict):
+            qc.update(self.scene.mesh(name).qa["qc"])
+        return qc
+
+    def qc_flags(self, name: str) -> list[str]:
+        """QC flags that make a structure unreliable for planning (implausible side, position
+        or size; see :mod:`pipeline.scene.plausibility`); [] when none."""
+        flags = self.qc(name).get("flags") or []
+        return [flags] if isinstance(flags, str) else [str(f) for f in flags]
+
+    def lesions_of(self, name: str) -> list[str]:
+        """Lesions inside structure ``name``: those the lesion tool carved out of it (plan
+        ``lesions`` records) and tumour-named structures touching it (e.g. a liver tumour)."""
+        from ..export.dicom_seg import TUMOUR_WORDS
+        from .distance import mesh_distance
+
+        names = self.scene.structure_names
+        key = (name, tuple(names), tuple(r.get("name") for r in self.scene.plan.get("lesions", [])))
+        cache = self._lesions_cache
+        if key in cache:  # the viewer's live cut preview asks on every move
+            return list(cache[key])
+        out = [r["name"] for r in self.scene.plan.get("lesions", []) if r.get("within") == name and r.get("name") in names]
+        for n in names:
+            if n == name or n in out or not any(w in n for w in TUMOUR_WORDS) or any(w in name for w in TUMOUR_WORDS):
+                continue
+            a, b = self.index(n), self.index(name)
+            inside_box = np.all(a.bounds[0] >= b.bounds[0] - 1) and np.all(a.bounds[1] <= b.bounds[1] + 1)
+            if inside_box and mesh_distance(a, b).distance <= 2.0:
+                out.append(n)
+        cache[key] = list(out)
+        return out
 
     def critical(self, name: str) -> bool:
         return bool(self.scene.labels.by_name(name).critical) if name in self.scene.labels else False
@@ -169,6 +205,9 @@ class Planner:
 
     def remove(self, record_id: str, *, save: bool = False) -> dict:
         """Remove a record (and the cut meshes it wrote) from the plan."""
+        if find_record(self.scene.plan, record_id)[0] == "lesions":
+            raise PlanningError(f"plan record {record_id} is a lesion: it changed the label map and the meshes, so it "
+                                f"cannot be removed from the plan alone; re-run the pipeline (run --discard-plan)")
         rec = remove_record(self.scene.plan, record_id)
         if self.scene.root is not None:
             for rel in (rec.get("meshes") or {}).values():
@@ -214,11 +253,46 @@ class Planner:
         return self.add("landmarks", rec, save=save)
 
     def add_cut(self, structure: str, planes, *, margin_to: str | None = None, save_meshes: bool = True,
-                save: bool = False) -> dict:
+                save: bool = False, liver_state: str | None = None) -> dict:
         from .cut import cut_record
 
         cut_id = next_id(self.scene.plan, "cuts")
-        rec = cut_record(self, structure, planes, margin_to=margin_to, cut_id=cut_id, save_meshes=save_meshes)
+        rec = cut_record(self, structure, planes, margin_to=margin_to, cut_id=cut_id, save_meshes=save_meshes,
+                         liver_state=liver_state)
+        return self.add("cuts", rec, save=save)
+
+    def add_lesion(self, seed, *, name: str | None = None, within: str | None = None,
+                   options: dict | None = None) -> dict:
+        """Segment a lesion from a seed point (LPS mm), add it to the scene as a structure carved
+        out of its host and record it in the plan; the scene on disk is updated (always saved)."""
+        from ..scene.scene import save_scene
+        from .lesion import segment_lesion
+
+        if self.scene.root is None:
+            raise SceneError("add_lesion: the scene has no folder yet (save_scene it first)")
+        rec = self.add("lesions", segment_lesion(self, seed, name=name, within=within, options=options))
+        save_scene(self.scene, write_meshes=False)
+        return rec
+
+    def add_segments(self, structure: str = "liver", landmarks: dict | None = None, *, save_meshes: bool = True,
+                     save: bool = False) -> dict:
+        """Couinaud segments I-VIII of the liver from landmarks (see :mod:`.segments`), with a
+        mesh per segment (``meshes``) for the viewer and the report."""
+        from .segments import segments_record, write_segment_meshes
+
+        rec = segments_record(self, structure, landmarks)
+        rid = next_id(self.scene.plan, "segments")
+        rec["meshes"] = write_segment_meshes(self, rec, rid) if save_meshes else {}
+        return self.add("segments", rec, save=save)
+
+    def add_segment_resection(self, segments, structure: str = "liver", landmarks: dict | None = None, *,
+                              liver_state: str | None = None, save: bool = False) -> dict:
+        """Resect whole Couinaud segments (e.g. ["VI", "VII"]): a record in ``cuts``."""
+        from .segments import segment_resection_record
+
+        if landmarks is None and self.scene.plan.get("segments"):
+            landmarks = self.scene.plan["segments"][-1]["landmarks"]
+        rec = segment_resection_record(self, segments, structure, landmarks, liver_state=liver_state)
         return self.add("cuts", rec, save=save)
 
     def add_trajectory(self, entry, target, radius_mm: float, *, safety_margin_mm: float | None = None,

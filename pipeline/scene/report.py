@@ -73,7 +73,53 @@ def html_to_pdf(html_path: Path, pdf_path: Path) -> Path:
     return pdf_path
 
 
+PLAN_SECTIONS = ("landmarks", "measurements", "lesions", "segments", "cuts", "trajectories")
+
+
 # -- numbers -----------------------------------------------------------------------------------
+def all_warnings(scene, rows: list[dict], stale: dict[str, list[str]]) -> list[tuple[str, str]]:
+    """Every warning the banner lists: scan, structure QC (implausible, out of range, uncertain),
+    every plan record's own warnings, and stale numbers."""
+    out = [("segmentation", w) for w in (scene.extra or {}).get("scan_warnings", [])]
+    out += [(r["name"], "QC: " + "; ".join(r["flags"])) for r in rows if r.get("implausible") or r.get("qc_warning")]
+    for sec in PLAN_SECTIONS:
+        out += [(rec["id"], w) for rec in scene.plan.get(sec, []) for w in rec.get("warnings", [])]
+    out += [(rid, f"computed from an earlier version of {', '.join(s)}: recompute it") for rid, s in stale.items() if s]
+    return out
+
+
+def header_fields(source: dict) -> dict:
+    """What the report's header shows: modality and series description without repeated words
+    ("CT" + "CT Body" -> "CT Body"); patient ID and study date only when the scene is identified."""
+    modality = str(source.get("modality") or "").strip()
+    desc = str(source.get("series_description") or "").strip()
+    words: list[str] = []
+    for w in (modality + " " + desc).split():
+        if not words or w.lower() != words[-1].lower():
+            words.append(w)
+    deid = bool(source.get("deidentified") or source.get("patient_identity_removed"))
+    pid = None if deid else source.get("patient_id")
+    date = None if deid else source.get("study_date")
+    if date and len(str(date)) == 8 and str(date).isdigit():
+        date = f"{date[:4]}-{date[4:6]}-{date[6:]}"
+    return {"series": " ".join(words) or "?", "patient_id": pid or None, "study_date": date or None,
+            "deidentified": deid}
+
+
+def rules_table(scene) -> list[dict]:
+    """The planning rules applied to this scene's structures (configs/planning.yaml)."""
+    from ..planning.rules import load_rules
+
+    rules = load_rules()
+    out = []
+    for m in scene.meshes:
+        c = rules.structure_class(m.name, bool(m.label.critical))
+        out.append({"name": m.name, **c, "remnant_threshold": rules.remnant_threshold(m.name, "normal"),
+                    "remnant_threshold_compromised": rules.remnant_threshold(m.name, "compromised")})
+    return out
+
+
+
 def structure_rows(scene, image, labelmap, uncertainty=None) -> list[dict]:
     """One row per structure: volumes, HU statistics (one bincount pass), extents, QC flags."""
     from ..planning.measure import structure_metrics
@@ -97,8 +143,11 @@ def structure_rows(scene, image, labelmap, uncertainty=None) -> list[dict]:
         if isinstance(am.qa.get("qc"), dict):
             qc.update(am.qa["qc"])
         flags = []
+        implausible = qc.get("plausible") is False
         if qc.get("warning"):
             flags.append(str(qc["warning"]))
+        elif implausible:
+            flags.append("implausible: " + "; ".join(qc.get("flags") or []))
         if qc.get("in_range") is False:
             flags.append("volume outside the expected range")
         if qc.get("truncated"):
@@ -118,6 +167,7 @@ def structure_rows(scene, image, labelmap, uncertainty=None) -> list[dict]:
                         m.get("extent_superior_inferior_mm")] if m else None,
             "diameter_mm": m.get("max_diameter_mm"), "uncertainty": None if u is None else round(float(u), 3),
             "uncertainty_level": qc.get("uncertainty_level"), "flags": flags,
+            "implausible": implausible, "qc_warning": bool(qc.get("warning")),
         })
     return rows
 
@@ -205,6 +255,35 @@ def slice_pictures(scene, image, labelmap) -> tuple[list[tuple[str, bytes]], str
     return pics, why
 
 
+def segment_pictures(scene, image) -> list[tuple[str, bytes]]:
+    """Axial slices above and below the portal plane and a coronal slice of the latest Couinaud
+    segments record, each segment tinted in its colour (radiological convention)."""
+    from ..planning.plan import Planner
+    from ..planning.segments import segment_labelmap
+    from .report_slices import slice_picture
+
+    recs = scene.plan.get("segments") or []
+    if not recs:
+        return []
+    rec = recs[-1]
+    try:
+        seg_lm = segment_labelmap(Planner(scene), rec)
+    except SurgitwinError:
+        return []
+    portal, ivc = np.asarray(rec["landmarks"]["portal"], float), np.asarray(rec["landmarks"]["ivc"], float)
+    idx = np.argwhere(seg_lm.array > 0)
+    pts = seg_lm.volume.index_to_lps(idx[:: max(1, len(idx) // 20000)])
+    lo, hi = pts.min(0) - 15, pts.max(0) + 15
+    out = []
+    for plane, focus, what in (("axial", (ivc + portal) / 2 + [0, 0, (ivc[2] - portal[2]) / 4], "above the portal plane"),
+                               ("axial", portal - [0, 0, 20], "below the portal plane"),
+                               ("coronal", portal, "through the portal bifurcation")):
+        png = slice_picture(image, seg_lm, plane, focus, lo, hi, modality=(scene.source or {}).get("modality", "CT"))
+        axis = {"axial": 2, "coronal": 1}[plane]
+        out.append((f"Couinaud segments ({rec['id']}): {plane} slice {what} ({'xyz'[axis]} = {focus[axis]:.1f} mm LPS)", png))
+    return out
+
+
 def closeup_names(scene, limit: int) -> list[str]:
     """Structures worth a close-up: trajectory targets, cut structures and margin structures,
     lesions, then critical structures near a trajectory."""
@@ -252,24 +331,23 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
     else:
         notes.append("3D pictures were not rendered (rendering switched off for this report)")
     slices, _ = slice_pictures(scene, image, labelmap)
+    seg_pics = segment_pictures(scene, image)
     hashes = file_hashes(scene)
     plan = scene.plan
-    stale = {r["id"]: stale_inputs(r, hashes) for sec in ("landmarks", "measurements", "cuts", "trajectories")
-             for r in plan.get(sec, [])}
-    warnings = [("segmentation", w) for w in (scene.extra or {}).get("scan_warnings", [])]
-    warnings += [(t["id"], w) for t in plan.get("trajectories", []) for w in t.get("warnings", [])]
-    warnings += [(c["id"], w) for c in plan.get("cuts", []) for w in c.get("warnings", [])]
-    warnings += [(rid, f"computed from an earlier version of {', '.join(s)}: recompute it") for rid, s in stale.items() if s]
+    stale = {r["id"]: stale_inputs(r, hashes) for sec in PLAN_SECTIONS for r in plan.get(sec, [])}
+    rows = structure_rows(scene, image, labelmap, unc)
+    warnings = all_warnings(scene, rows, stale)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = _num
     env.filters["pt"] = lambda p: "—" if p is None else "(" + ", ".join(f"{x:.1f}" for x in p) + ")"
     env.filters["side"] = _side
     text = env.get_template("report.html.j2").render(
-        scene=scene, source=scene.source or {}, rows=structure_rows(scene, image, labelmap, unc),
-        plan=plan, stale=stale, warnings=warnings, hashes=hashes,
+        scene=scene, source=scene.source or {}, rows=rows, header=header_fields(scene.source or {}),
+        rules=rules_table(scene), plan=plan, stale=stale, warnings=warnings, hashes=hashes,
         provenance=[p.to_dict() for p in scene.provenance],
         pictures3d=[(c, data_uri(b)) for c, b in pictures3d], slices=[(c, data_uri(b)) for c, b in slices],
+        segment_pictures=[(c, data_uri(b)) for c, b in seg_pics],
         notes=notes, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), software=Planner.__module__,
         versions=_versions(), grid={"shape": list(image.shape), "spacing": [round(float(s), 3) for s in image.spacing]},
     )

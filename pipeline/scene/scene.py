@@ -18,7 +18,10 @@ Layout of a scene folder::
     labels        the label table: [{id, name, rgb, code, critical, expected_ml, components}]
     structures    [{name, label, color, mesh, volume_ml, voxel_volume_ml, watertight,
                     n_faces, area_mm2, deviation_percent, qc: {...}}]
-    plan          {landmarks: [], measurements: [], cuts: [], trajectories: []}
+                  qc also carries anatomical plausibility (pipeline/scene/plausibility.py):
+                  plausible (bool), flags [reasons], status "fail" when flagged
+    plan          {landmarks: [], measurements: [], cuts: [], trajectories: []} and, once
+                  used, lesions: [] (surgitwin lesion) and segments: [] (Couinaud)
     provenance    [StageRecord dicts, in order]
     snapshots     [relative paths]
 
