@@ -88,3 +88,18 @@ def total_memory_mb() -> float | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps freed arenas mapped: after the
+    network stage of a clinical CT, ~300 MB that later stages would otherwise stack on)."""
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
