@@ -426,7 +426,7 @@ def crop_surface(crop: np.ndarray, spacing, cfg: MeshConfig, budget: int, voxels
             best = (verts, faces, info)
         if abs(dev) <= cfg.max_volume_error_percent:
             break
-        if tried.count(fac) == 1:
+        if tried.count(fac) < 4:
             aim = aim / (1.0 + dev / 100.0)  # same grid, iso-level corrected by what smoothing/decimation changed
             continue
         if fac == (1, 1, 1):
