@@ -346,6 +346,21 @@ def _items_from_manifest(m: Manifest, known: dict[str, StudyItem]) -> list[Study
     return items
 
 
+def _memory_fit(opts: BatchOptions, items, rep) -> int:
+    """The process-pool size, lowered (and said) when that many studies at once would not fit in
+    memory: the estimate is the largest study's (see :func:`pipeline.resources.study_peak_estimate_mb`)."""
+    from ..resources import available_memory_mb, fit_workers, input_bytes, study_peak_estimate_mb
+
+    if opts.scheduler or opts.workers <= 1 or not items:
+        return opts.workers
+    largest = max(input_bytes(it.input) for it in items)
+    n, why = fit_workers(opts.workers, study_peak_estimate_mb(largest), available_memory_mb())
+    if why:
+        log.warning(why)
+        rep.message(why)
+    return n
+
+
 def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *, reporter=None,
               live: LiveSource | None = None) -> BatchSummary:
     """Run every study in ``inputs`` into ``out_dir`` (see module doc); returns the summary.
@@ -384,7 +399,8 @@ def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *
             if opts.resume:  # the batch is everything in the manifest plus what is named now
                 items += _items_from_manifest(m, {it.key: it for it in items})
             by_key = {it.key: it for it in items}
-            executor = make_executor(opts.workers, opts.scheduler)
+            workers = _memory_fit(opts, items, rep)
+            executor = make_executor(workers, opts.scheduler)
             run_id = m.start_run(argv=opts.argv, executor=executor.describe(), workers=executor.slots,
                                  software=_software())
             coord = _Coordinator(out, opts, m, rep, run_id)
