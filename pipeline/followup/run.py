@@ -76,9 +76,11 @@ def study_date(volume: Volume) -> str | None:
 def check_same_labels(scene_labels, new_labels, scene_dir) -> None:
     a = {l.name: l.id for l in scene_labels}
     b = {l.name: l.id for l in new_labels}
-    diff = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
-    if diff:
-        raise SceneError(f"follow-up: the new study's label table must be the scene's; these structures differ: {diff[:8]}",
+    missing = sorted(n for n in a if b.get(n) != a[n])
+    extra = sorted(n for n in b if a.get(n) != b[n])
+    if missing or extra:
+        raise SceneError(f"follow-up: the new study's label table must be the scene's (same names and ids); "
+                         f"not in the new study: {missing[:8]}; not in the scene: {extra[:8]}",
                          path=str(scene_dir), rule="same label table across time points")
 
 
