@@ -269,3 +269,48 @@ def test_cli_errors_name_the_file_and_exit_1(tmp_path, followed):
     assert r.returncode == 0 and f"* {FOLLOWUP_DATE}" in r.stdout
     r = _cli("change", str(followed["dir"]), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["recist"]["category"] == "progressive_disease"
+
+
+def test_report_has_a_what_changed_section(followed, tmp_path):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from pipeline.scene.report import build_report
+
+    scene_dir = tmp_path / "scene"
+    shutil.copytree(followed["dir"], scene_dir)
+    html = build_report(scene_dir, render=False).html.read_text()
+    assert "What changed: baseline → " + FOLLOWUP_DATE in html
+    section = html[html.index("What changed"):html.index("<h2>Structures</h2>")]
+    assert "RECIST 1.1: progressive disease" in section and "liver_tumor" in section
+    assert "clearance to liver_tumor" in section  # the flagged carried-over trajectory
+    pics = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", section)
+    assert len(pics) == 3
+    for p in pics:
+        assert Image.open(io.BytesIO(base64.b64decode(p))).size[0] > 100
+    # the time point's own scene reports the same section
+    tp_html = build_report(scene_dir / "timepoints" / FOLLOWUP_DATE, render=False).html.read_text()
+    assert "What changed: baseline → " + FOLLOWUP_DATE in tp_html
+
+
+def test_change_picture_puts_the_patients_right_on_the_left():
+    import io
+
+    import trimesh
+    from PIL import Image
+
+    from pipeline.followup.change import vertex_colours
+    from pipeline.followup.report import anterior_view
+
+    mesh = trimesh.creation.icosphere(subdivisions=3, radius=20.0)
+    d = np.where(mesh.vertices[:, 0] < 0, 5.0, -5.0)  # grew on the patient's right (LPS x < 0)
+    mesh.visual.vertex_colors = vertex_colours(d)
+    img = np.asarray(Image.open(io.BytesIO(anterior_view(mesh))).convert("RGB")).astype(int)
+    h, w, _ = img.shape
+    left, right = img[:, : w // 2], img[:, w // 2:]
+    redness = lambda a: (a[..., 0] - a[..., 2]).clip(0).sum()  # noqa: E731
+    blueness = lambda a: (a[..., 2] - a[..., 0]).clip(0).sum()  # noqa: E731
+    assert redness(left) > 10 * max(redness(right), 1) and blueness(right) > 10 * max(blueness(left), 1)

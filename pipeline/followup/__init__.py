@@ -75,7 +75,7 @@ def format_change(rep: dict) -> str:
             notes.append(f"{len(r['components']['vanished'])} vanished")
         if r.get("cut_by_field_of_view"):
             notes.append("cut by the field of view")
-        if s.get("growth_side") not in (None, "none") and s.get("max_growth_mm", 0) >= 2.0:
+        if s.get("growth_side") not in (None, "none") and s.get("p95_mm", 0) >= 2.0:
             notes.append(f"grows most on the {s['growth_side']} side ({s['max_growth_mm']:+.1f} mm)")
         lines.append(f"{r['name']:<22}{r['volume_ml'][0]:>10.1f}{r['volume_ml'][1]:>10.1f}{pct:>10}"
                      f"{r.get('centroid_shift_mm', float('nan')):>9.1f}  {r.get('centroid_shift_direction', '-'):<15}"

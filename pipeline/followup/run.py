@@ -162,7 +162,6 @@ def _write_transforms(folder: Path, reg: Registration, info: dict) -> dict:
                       "(ITK: fixed = baseline, moving = follow-up); the B-spline acts before the rigid",
         "baseline_to_timepoint": np.round(reg.rigid, 8).tolist(),
         "timepoint_to_baseline": np.round(reg.rigid_inverse, 8).tolist(),
-        "rotation_deg": round(reg.rotation_deg(), 4), "translation_mm": np.round(reg.rigid[:3, 3], 4).tolist(),
         "metric": reg.metric, "timings_s": reg.timings, **info, "files": files})
     return files
 
@@ -244,11 +243,12 @@ def follow_up(scene_path, new_input, *, out=None, model: str | None = None, conf
     if not reliable:
         warnings.append(f"registration residual at the body surface is {body} mm, above the {residual_limit_mm} mm limit: "
                         "changes are not reported")
-    reg_info = {"residuals": res, "residual_limit_mm": residual_limit_mm, "reliable": reliable}
+    reg_info = {"residuals": res, "residual_limit_mm": residual_limit_mm, "reliable": reliable,
+                "rotation_deg": round(reg.rotation_deg(), 3), "translation_mm": np.round(reg.rigid[:3, 3], 3).tolist(),
+                "deformable": reg.bspline is not None}
     records.append(StageRecord("register", software_versions("SimpleITK"), config_hash(rcfg.__dict__),
                                inputs={"fixed": scene.image, "moving": src.get("series_instance_uid")},
-                               outputs={"rotation_deg": round(reg.rotation_deg(), 4),
-                                        "translation_mm": np.round(reg.rigid[:3, 3], 3).tolist(), **reg_info},
+                               outputs=dict(reg_info),
                                duration_s=round(timings["register"], 3)))
     progress("register", f"rotation {reg.rotation_deg():.2f} deg, translation {np.round(reg.rigid[:3, 3], 2).tolist()} mm, "
                          f"body residual {body} mm")
@@ -345,8 +345,7 @@ def follow_up(scene_path, new_input, *, out=None, model: str | None = None, conf
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     add_timepoint(src_dir, entry, replace=replace)
-    return FollowUpResult(src_dir, entry, final, {"rigid_baseline_to_timepoint": np.round(reg.rigid, 6).tolist(),
-                                                  "rotation_deg": round(reg.rotation_deg(), 4), **reg_info,
+    return FollowUpResult(src_dir, entry, final, {"rigid_baseline_to_timepoint": np.round(reg.rigid, 6).tolist(), **reg_info,
                                                   "metric": reg.metric, "timings_s": reg.timings},
                           change, carried, {k: round(v, 3) for k, v in timings.items()}, warnings)
 
