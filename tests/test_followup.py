@@ -230,6 +230,9 @@ def test_follow_up_refuses_another_label_table_and_publishes_nothing(followed, t
     with pytest.raises(SceneError) as e:
         follow_up(scene_dir, followed["dicom"], segmenter=other_model, registration=FAST)
     assert e.value.rule == "same label table across time points" and "spleen" in str(e.value)
+    with pytest.raises(SceneError):  # with --out: neither the copy nor its temporary folder is left
+        follow_up(scene_dir, followed["dicom"], out=tmp_path / "copy", segmenter=other_model, registration=FAST)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene"]
     assert not (scene_dir / "timepoints").exists() or not any((scene_dir / "timepoints").iterdir())
     assert "timepoints" not in json.loads((scene_dir / "scene.json").read_text())
 
@@ -314,3 +317,55 @@ def test_change_picture_puts_the_patients_right_on_the_left():
     redness = lambda a: (a[..., 0] - a[..., 2]).clip(0).sum()  # noqa: E731
     blueness = lambda a: (a[..., 2] - a[..., 0]).clip(0).sum()  # noqa: E731
     assert redness(left) > 10 * max(redness(right), 1) and blueness(right) > 10 * max(blueness(left), 1)
+
+
+@pytest.mark.slow
+def test_bspline_follows_a_liver_that_slid_and_inverts_consistently():
+    """The liver (with its tumour) slid 8 mm up inside a rigidly moved body: the rigid part still
+    matches the body, and the B-spline carries a point in the tumour most of the way to where it went."""
+    from pipeline.followup.register import register
+
+    ct0, lab0 = make_phantom(0)
+    ct1, lab1, truth = follow_up_phantom(1, liver_shift_mm=(0.0, 0.0, 8.0), tumor_growth_mm=0.0)
+    c0 = ct0.index_to_lps(np.argwhere(lab0.array == 7).mean(0)[None])[0]
+    c1 = ct1.index_to_lps(np.argwhere(lab1.array == 7).mean(0)[None])[0]
+    reg = register(ct0, lab0.array, ct1, lab1.array, RegistrationConfig(deformable=True))
+    rigid_err = np.linalg.norm(reg.map_forward(c0[None], deformable=False)[0] - c1)
+    deformable_err = np.linalg.norm(reg.map_forward(c0[None], deformable=True)[0] - c1)
+    assert rigid_err == pytest.approx(8.0, abs=1.0)  # the rigid part follows the body, not the liver
+    assert deformable_err < 0.75 * rigid_err
+    fwd = reg.map_forward(c0[None])
+    assert np.linalg.norm(reg.map_inverse(fwd, deformable=True)[0] - c0) < 0.5
+    m = truth.motion
+    skin = np.argwhere(lab0.array > 0)[::4000]
+    pts = ct0.index_to_lps(skin)
+    err = np.linalg.norm(reg.map_forward(pts, deformable=False) - (pts @ m[:3, :3].T + m[:3, 3]), axis=1)
+    assert err.max() < 1.0
+
+
+@pytest.mark.slow
+def test_cli_follow_up_segments_with_the_scenes_model_into_a_copy(tmp_path):
+    """End to end through the CLI: a scene made by `run` with hu_rules, then `follow-up --out` with
+    the real DICOM reader and the scene's own model (no stand-in)."""
+    from scene_factory import SAMPLE
+
+    from pipeline.run import run_case
+
+    run_case(SAMPLE / "dicom", tmp_path / "scene", model="hu_rules", snapshot=False)
+    folder, _, truth = write_follow_up(tmp_path, seed=1, tumor_growth_mm=0.0)
+    r = _cli("follow-up", str(tmp_path / "scene"), str(folder), "--out", str(tmp_path / "copy"), "--rigid-only", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["folder"] == str(tmp_path / "copy" / "timepoints" / FOLLOWUP_DATE)
+    assert "timepoints" not in json.loads((tmp_path / "scene" / "scene.json").read_text())  # original untouched
+    tp = load_scene(tmp_path / "copy" / "timepoints" / FOLLOWUP_DATE, load_meshes=False)
+    assert [p.stage for p in tp.provenance] == ["ingest", "segment", "register"]
+    assert tp.provenance[1].inputs["model"] == "hu_rules"
+    m = np.array(out["registration"]["rigid_baseline_to_timepoint"])
+    assert rotation_angle_deg(m[:3, :3] @ truth.motion[:3, :3].T) < 0.5
+    assert np.allclose(m[:3, 3], truth.motion[:3, 3], atol=1.0)
+    rows = {r["name"]: r for r in out["change"]["structures"]}
+    assert abs(rows["bone"]["surface"]["mean_mm"]) < 0.5  # nothing grew: bone and body surfaces agree
+    assert abs(rows["body"]["surface"]["mean_mm"]) < 0.5
+    r = _cli("follow-up", str(tmp_path / "scene"), str(folder), "--out", str(tmp_path / "copy"))
+    assert r.returncode == 1 and "out must not exist" not in r.stderr and "copy" in r.stderr

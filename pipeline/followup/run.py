@@ -177,23 +177,42 @@ def follow_up(scene_path, new_input, *, out=None, model: str | None = None, conf
     replaces the model (tests use the phantom's ground truth). Raises a SurgitwinError naming the
     file and rule on bad input; nothing is published then.
     """
+    from ..scene.scene import resolve_scene_path
+
+    src_dir = resolve_scene_path(scene_path)
+    if out is None:
+        return _follow_up(src_dir, new_input, model=model, config=config, timepoint_id=timepoint_id,
+                          registration=registration, segmenter=segmenter, progress=progress, replace=replace,
+                          residual_limit_mm=residual_limit_mm, carry_plan=carry_plan)
+    out = Path(out)
+    if out.exists():
+        raise SceneError("--out must be a new folder (the scene is copied there)", path=str(out), rule="out must not exist")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src_dir, tmp)
+    try:
+        res = _follow_up(tmp, new_input, model=model, config=config, timepoint_id=timepoint_id,
+                         registration=registration, segmenter=segmenter, progress=progress, replace=replace,
+                         residual_limit_mm=residual_limit_mm, carry_plan=carry_plan)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    res.scene_path, res.folder = out, out / res.folder.relative_to(tmp)
+    return res
+
+
+def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registration, segmenter, progress, replace,
+               residual_limit_mm, carry_plan) -> FollowUpResult:
     from ..geometry import write_image_file
     from ..mesh import MeshConfig, labelmap_to_meshes
     from ..scene import Scene, load_scene, save_scene
-    from ..scene.scene import resolve_scene_path
     from .change import change_report, is_lesion
     from .register import register
     from .timepoints import add_timepoint, check_id, choose_id, find_timepoint, list_timepoints, load_registration
 
     progress = progress or _quiet
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
-    src_dir = resolve_scene_path(scene_path)
-    if out is not None:
-        out = Path(out)
-        if out.exists():
-            raise SceneError("--out must be a new folder (the scene is copied there)", path=str(out), rule="out must not exist")
-        shutil.copytree(src_dir, out)
-        src_dir = out
     scene = load_scene(src_dir, load_meshes=True)
     timings: dict[str, float] = {}
     records: list[StageRecord] = []

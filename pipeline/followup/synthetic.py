@@ -2,7 +2,8 @@
 
 The follow-up shows the same analytic anatomy as :func:`pipeline.phantom.make_phantom`, with
 the liver tumour's radius grown by ``tumor_growth_mm`` and its centre moved by
-``tumor_shift_mm`` (LPS, body frame), and the whole patient moved rigidly: a point ``x`` of
+``tumor_shift_mm`` (LPS, body frame), the liver and its tumour slid by ``liver_shift_mm`` inside the
+body (breathing: a deformation, not a rigid motion), and the whole patient moved rigidly: a point ``x`` of
 the baseline patient lies at ``motion @ x`` in the follow-up scanner space, where ``motion``
 rotates by ``rotation_deg`` (x, y, z) about ``centre_lps`` and translates by ``shift_mm``.
 Each follow-up voxel centre ``p`` therefore samples the anatomy at ``motion^-1 @ p``.
@@ -27,6 +28,7 @@ class FollowUpTruth:
     anatomy: Anatomy
     tumor_growth_mm: float
     tumor_shift_mm: tuple
+    liver_shift_mm: tuple = (0.0, 0.0, 0.0)
 
 
 def rigid_motion(rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0), centre_lps=PATIENT_OFFSET_LPS) -> np.ndarray:
@@ -39,7 +41,8 @@ def rigid_motion(rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0), centre_
 
 
 def follow_up_phantom(seed: int = 1, *, rotation_deg=(2.0, -1.0, 3.0), shift_mm=(5.0, -3.0, 4.0),
-                      tumor_growth_mm: float = 3.0, tumor_shift_mm=(0.0, 0.0, 0.0), shape=DEFAULT_SHAPE,
+                      tumor_growth_mm: float = 3.0, tumor_shift_mm=(0.0, 0.0, 0.0), liver_shift_mm=(0.0, 0.0, 0.0),
+                      shape=DEFAULT_SHAPE,
                       spacing=DEFAULT_SPACING, blur_sigma_vox: float = 0.7, noise_sd: float = 12.0,
                       anatomy: Anatomy | None = None) -> tuple[Volume, LabelMap, FollowUpTruth]:
     """Follow-up CT (int16 HU) and its exact labels on the standard phantom grid, plus the truth."""
@@ -47,8 +50,10 @@ def follow_up_phantom(seed: int = 1, *, rotation_deg=(2.0, -1.0, 3.0), shift_mm=
     from scipy import ndimage
 
     base = anatomy or Anatomy()
+    liver = np.asarray(liver_shift_mm, float)  # the liver (and its tumour) slid inside the body
     an = replace(base, tumor_radius=base.tumor_radius + float(tumor_growth_mm),
-                 tumor_center=tuple(float(a) + float(b) for a, b in zip(base.tumor_center, tumor_shift_mm)))
+                 liver_center=tuple(float(v) for v in np.asarray(base.liver_center) + liver),
+                 tumor_center=tuple(float(v) for v in np.asarray(base.tumor_center) + np.asarray(tumor_shift_mm, float) + liver))
     motion = rigid_motion(rotation_deg, shift_mm)
     affine = phantom_grid(shape, spacing, "axial")
     hu, lab = sample_phantom(np.linalg.inv(motion) @ affine, shape, an)
@@ -63,4 +68,4 @@ def follow_up_phantom(seed: int = 1, *, rotation_deg=(2.0, -1.0, 3.0), shift_mm=
               "tumor_growth_mm": float(tumor_growth_mm), "tumor_shift_mm": list(map(float, tumor_shift_mm))}
     vol = Volume(ct, affine, for_uid, source)
     labels = LabelMap(Volume(lab, affine, for_uid, {**source, "kind": "ground_truth_labels"}), PHANTOM_LABELS)
-    return vol, labels, FollowUpTruth(motion, an, float(tumor_growth_mm), tuple(tumor_shift_mm))
+    return vol, labels, FollowUpTruth(motion, an, float(tumor_growth_mm), tuple(tumor_shift_mm), tuple(liver_shift_mm))
