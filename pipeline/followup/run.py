@@ -109,20 +109,20 @@ def surface_residual(fixed_mask: np.ndarray, fixed: Volume, moving_in_fixed: np.
     return None if n == 0 else float((db[ea].sum() + da[eb].sum()) / n)
 
 
-def resample_to_earlier(reg: Registration, moving: Volume, fixed: Volume, *, labels: bool, deformable: bool = True):
+def resample_to_earlier(reg: Registration, moving: Volume, fixed: Volume, *, labels: bool, deformable: bool = True,
+                        default: float | None = None) -> np.ndarray:
     """The follow-up array on the earlier grid through the registration (nearest for labels)."""
     import SimpleITK as sitk
 
     from ..geometry import volume_from_sitk, volume_to_sitk
+    from .register import affine_to_sitk
 
     arr = moving.array if labels else moving.array.astype(np.float32)
     img = volume_to_sitk(moving, arr)
     ref = volume_to_sitk(fixed, np.zeros(fixed.shape, np.uint8))
-    from .register import affine_to_sitk
-
-    t = reg.forward_sitk() if deformable else affine_to_sitk(reg.rigid)
-    out = sitk.Resample(img, ref, t, sitk.sitkNearestNeighbor if labels else sitk.sitkLinear,
-                        0.0 if labels else -1024.0, img.GetPixelID())
+    t = reg.forward_resampling_sitk(ref) if deformable else affine_to_sitk(reg.rigid)
+    fill = default if default is not None else (0.0 if labels else -1024.0)
+    out = sitk.Resample(img, ref, t, sitk.sitkNearestNeighbor if labels else sitk.sitkLinear, float(fill), img.GetPixelID())
     return volume_from_sitk(out).array
 
 
@@ -130,9 +130,12 @@ def residuals(reg: Registration, fixed: LabelMap, moving: LabelMap) -> dict:
     """Body and bone surface distance after registration (rigid + B-spline), mm."""
     from scipy import ndimage
 
-    moved = resample_to_earlier(reg, moving.volume, fixed.volume, labels=True)
-    seen = resample_to_earlier(reg, moving.volume.with_array(np.ones(moving.volume.shape, np.uint8)), fixed.volume, labels=True)
-    valid = ndimage.binary_erosion(seen > 0, iterations=2, border_value=0)
+    # labels + 1 with 0 outside the follow-up's field of view: one resampling gives both
+    shifted = moving.volume.with_array(moving.array.astype(np.int32) + 1)
+    out_arr = resample_to_earlier(reg, shifted, fixed.volume, labels=True)
+    seen = out_arr > 0
+    moved = np.where(seen, out_arr - 1, 0)
+    valid = ndimage.binary_erosion(seen, iterations=2, border_value=0)
     out = {"body_surface_mean_mm": surface_residual(fixed.array > 0, fixed.volume, moved > 0, valid)}
     bone = [l.id for l in fixed.labels if any(w in l.name for w in BONE_WORDS)]
     if bone:
