@@ -19,11 +19,11 @@ from scene_factory import sample_scan_scene
 FOLLOWUP_DATE = "20250601"
 
 
-def write_follow_up(dest, **kwargs):
+def write_follow_up(dest, *, date: str = FOLLOWUP_DATE, **kwargs):
     """Follow-up DICOM folder under ``dest``; returns (folder, truth labels LabelMap, FollowUpTruth)."""
     ct, labels, truth = follow_up_phantom(**kwargs)
-    folder = Path(dest) / "followup_dicom"
-    write_dicom_series(ct, folder, DicomMeta(study_date=FOLLOWUP_DATE, uid_seed=f"followup-{sorted(kwargs.items())}",
+    folder = Path(dest) / f"followup_dicom_{date}"
+    write_dicom_series(ct, folder, DicomMeta(study_date=date, uid_seed=f"followup-{date}-{sorted(kwargs.items())}",
                                              series_description="Phantom CT follow-up"))
     return folder, labels, truth
 

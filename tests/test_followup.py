@@ -369,3 +369,31 @@ def test_cli_follow_up_segments_with_the_scenes_model_into_a_copy(tmp_path):
     assert abs(rows["body"]["surface"]["mean_mm"]) < 0.5
     r = _cli("follow-up", str(tmp_path / "scene"), str(folder), "--out", str(tmp_path / "copy"))
     assert r.returncode == 1 and "out must not exist" not in r.stderr and "copy" in r.stderr
+
+
+@pytest.mark.slow
+def test_later_and_earlier_studies_take_their_place_in_time(followed, tmp_path):
+    """A third study (later) is compared with the follow-up, not the baseline; an older study
+    slots in by date and does not become current."""
+    scene_dir = tmp_path / "scene"
+    shutil.copytree(followed["dir"], scene_dir)
+    folder, labels, _ = write_follow_up(tmp_path, date="20251201", seed=2, tumor_growth_mm=GROWTH_MM + 2.0,
+                                        rotation_deg=(0.0, 0.0, -2.0), shift_mm=(-3.0, 2.0, 0.0))
+    res = follow_up(scene_dir, folder, segmenter=truth_segmenter(labels), registration=FAST)
+    assert res.change["from"] == FOLLOWUP_DATE and res.change["to"] == "20251201"
+    tumour = {r["name"]: r for r in res.change["structures"]}["liver_tumor"]
+    v1 = float((followed["labels"].array == 7).sum()) * labels.volume.voxel_volume_ml
+    v2 = float((labels.array == 7).sum()) * labels.volume.voxel_volume_ml
+    assert tumour["volume_change_ml"] == pytest.approx(v2 - v1, rel=0.10)
+    assert tumour["centroid_shift_mm"] < 1.0  # both motions registered away, through the baseline
+    assert 1.2 < tumour["surface"]["mean_mm"] < 2.6  # radius 18 -> 20 mm
+    # the plan carried into 20250601 is carried again
+    traj = load_scene(res.folder, load_meshes=False).plan["trajectories"][0]
+    assert traj["carried_from"]["id"] == "T1"
+    old, old_labels, _ = write_follow_up(tmp_path, date="20240101", seed=3, tumor_growth_mm=-2.0)
+    follow_up(scene_dir, old, segmenter=truth_segmenter(old_labels), registration=FAST)
+    tps = list_timepoints(scene_dir)
+    assert [t["id"] for t in tps] == ["baseline", "20240101", FOLLOWUP_DATE, "20251201"]
+    assert [t["id"] for t in tps if t["current"]] == ["20251201"]
+    older = json.loads((scene_dir / "timepoints" / "20240101" / "change_report.json").read_text())
+    assert older["from"] == "baseline"

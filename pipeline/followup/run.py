@@ -212,7 +212,7 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
     from ..scene import Scene, load_scene, save_scene
     from .change import change_report, is_lesion
     from .register import register
-    from .timepoints import add_timepoint, check_id, choose_id, find_timepoint, list_timepoints, load_registration
+    from .timepoints import add_timepoint, check_id, choose_id, list_timepoints, load_registration
 
     progress = progress or _quiet
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
@@ -290,9 +290,7 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
     tp_id = check_id(timepoint_id, src_dir) if timepoint_id else choose_id(
         date, src.get("series_instance_uid"), [t["id"] for t in tps] if not replace else [t["id"] for t in tps[:1]],
         "followup")
-    previous = find_timepoint(tps, None, src_dir)
-    if previous["id"] == tp_id:
-        previous = tps[-2] if len(tps) > 1 else tps[0]
+    previous = previous_in_time(tps, tp_id, date)
     tp_root = src_dir / "timepoints"
     tp_root.mkdir(exist_ok=True)
     tmp = tp_root / f".{tp_id}.tmp-{os.getpid()}"
@@ -370,6 +368,16 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
     return FollowUpResult(src_dir, entry, final, {"rigid_baseline_to_timepoint": np.round(reg.rigid, 6).tolist(), **reg_info,
                                                   "metric": reg.metric, "timings_s": reg.timings},
                           change, carried, {k: round(v, 3) for k, v in timings.items()}, warnings)
+
+
+def previous_in_time(tps: list[dict], tp_id: str, date: str | None) -> dict:
+    """The time point the new study is compared with: the latest one dated on or before it
+    (undated studies: the latest one); never the one being replaced; the baseline at least."""
+    others = [t for t in tps if t["id"] != tp_id]
+    if date:
+        dated = [t for t in others[1:] if t.get("study_date") and t["study_date"] <= date]
+        return dated[-1] if dated else others[0]
+    return others[-1]
 
 
 def _write_change_meshes(folder: Path, meshes, dists: dict, change: dict) -> None:
