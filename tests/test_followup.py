@@ -397,3 +397,33 @@ def test_later_and_earlier_studies_take_their_place_in_time(followed, tmp_path):
     assert [t["id"] for t in tps if t["current"]] == ["20251201"]
     older = json.loads((scene_dir / "timepoints" / "20240101" / "change_report.json").read_text())
     assert older["from"] == "baseline"
+
+
+def test_report_says_when_changes_were_not_reported(followed, tmp_path):
+    from pipeline.scene.report import build_report
+
+    scene_dir = tmp_path / "scene"
+    shutil.copytree(followed["dir"], scene_dir)
+    d = json.loads((scene_dir / "scene.json").read_text())
+    for t in d["timepoints"]:
+        t.pop("change_report", None)  # what follow_up writes when the residual is above its limit
+    (scene_dir / "scene.json").write_text(json.dumps(d))
+    html = build_report(scene_dir, render=False).html.read_text()
+    assert f"What changed: not reported for {FOLLOWUP_DATE}" in html and "RECIST" not in html
+
+
+def test_follow_up_above_the_residual_limit_adds_the_study_but_reports_no_change(followed, tmp_path):
+    scene_dir = tmp_path / "scene"
+    shutil.copytree(followed["dir"], scene_dir)
+    shutil.rmtree(scene_dir / "timepoints")
+    d = json.loads((scene_dir / "scene.json").read_text())
+    d.pop("timepoints"), d.pop("current_timepoint")
+    (scene_dir / "scene.json").write_text(json.dumps(d))
+    res = follow_up(scene_dir, followed["dicom"], segmenter=truth_segmenter(followed["labels"]), registration=FAST,
+                    residual_limit_mm=0.05)
+    assert res.change is None and res.carried == [] and not res.registration["reliable"]
+    assert any("above the 0.05 mm limit" in w for w in res.warnings)
+    assert not (res.folder / "change_report.json").exists()
+    assert load_scene(res.folder, load_meshes=False).plan["trajectories"] == []
+    r = _cli("change", str(scene_dir))
+    assert r.returncode == 1 and "residual" in r.stderr

@@ -19,8 +19,9 @@ import numpy as np
 from .change import COLOUR_RANGE_MM
 
 
-def _found(scene) -> tuple[dict, Path, dict, dict] | None:
-    """(change report, baseline scene folder, earlier and later time point entries), or None."""
+def _found(scene):
+    """(change report, baseline scene folder, earlier and later time point entries), None (one
+    time point), or {"refused": id, ...} when the current time point's changes were not reported."""
     from .timepoints import find_timepoint, list_timepoints
 
     root = Path(scene.root)
@@ -32,9 +33,12 @@ def _found(scene) -> tuple[dict, Path, dict, dict] | None:
         base = (root / tp.get("baseline", "../..")).resolve()
     else:
         tps = (scene.extra or {}).get("timepoints") or []
-        cur = [t for t in tps if t.get("current") and t.get("change_report")]
+        cur = [t for t in tps if t.get("current") and t.get("path") != "."]
         if not cur:
             return None
+        if not cur[0].get("change_report"):  # added, but its registration was not good enough
+            info = json.loads((root / cur[0]["registration"]).read_text())
+            return {"refused": cur[0]["id"], "residuals": info.get("residuals"), "limit": info.get("residual_limit_mm")}
         rep = json.loads((root / cur[0]["change_report"]).read_text())
         base = root
     tps = list_timepoints(base)
@@ -56,6 +60,8 @@ def change_section(scene) -> dict | None:
     found = _found(scene)
     if found is None:
         return None
+    if "refused" in found:
+        return {"report": None, **found}
     rep, base, ta, tb = found
     out = {"report": rep, "pictures": [], "notes": [], "colour_range_mm": COLOUR_RANGE_MM}
     row = _focus_row(rep)

@@ -341,7 +341,9 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
         timings["change"] = time.perf_counter() - t0
 
         carried = []
-        if carry_plan:
+        if carry_plan and not reliable:
+            warnings.append("the plan was not carried over: the registration is not good enough to map it")
+        if carry_plan and reliable:
             from .carry import carry_plan as _carry
 
             t0 = time.perf_counter()
