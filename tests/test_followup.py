@@ -427,3 +427,12 @@ def test_follow_up_above_the_residual_limit_adds_the_study_but_reports_no_change
     assert load_scene(res.folder, load_meshes=False).plan["trajectories"] == []
     r = _cli("change", str(scene_dir))
     assert r.returncode == 1 and "residual" in r.stderr
+
+
+def test_the_same_series_is_added_once(followed, tmp_path):
+    scene_dir = tmp_path / "scene"
+    shutil.copytree(followed["dir"], scene_dir)
+    with pytest.raises(SceneError) as e:
+        follow_up(scene_dir, followed["dicom"], segmenter=truth_segmenter(followed["labels"]), registration=FAST)
+    assert e.value.rule == "a series is added to a scene once" and FOLLOWUP_DATE in str(e.value)
+    assert len(list_timepoints(scene_dir)) == 2

@@ -231,6 +231,14 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
     timings["ingest"] = time.perf_counter() - t0
     src = dict(volume.source)
     date = study_date(volume)
+    known = {t.get("series_instance_uid"): t["id"] for t in list_timepoints(src_dir) if t.get("series_instance_uid")}
+    uid = src.get("series_instance_uid")
+    if uid and uid in known:
+        if not replace or known[uid] == list_timepoints(src_dir)[0]["id"]:
+            raise SceneError(f"series {uid} is already time point '{known[uid]}' of this scene"
+                             + ("" if replace else " (pass --replace to redo it)"), path=str(src_dir),
+                             rule="a series is added to a scene once")
+        timepoint_id = timepoint_id or known[uid]
     records.append(StageRecord("ingest", software_versions("pydicom", "SimpleITK"), config_hash(cfg.get("selection")),
                                inputs={k: src.get(k) for k in ("study_instance_uid", "series_instance_uid", "input", "n_files")
                                        if k in src}, outputs={"shape": list(volume.shape), "study_date": date},
@@ -255,6 +263,11 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
     t0 = time.perf_counter()
     base_img, base_lm = scene.load_image(), scene.load_labelmap()
     rcfg = registration or RegistrationConfig()
+    modalities = {str(m).upper() for m in (scene.source.get("modality"), src.get("modality")) if m}
+    if rcfg.bspline_metric == "mean_squares" and modalities - {"CT"}:
+        from dataclasses import replace as _replace
+
+        rcfg = _replace(rcfg, bspline_metric="mattes")  # intensities are comparable only CT to CT
     progress("register", "rigid" + (" + B-spline" if rcfg.deformable else ""))
     reg = register(base_img, base_lm.array, volume, labelmap.array, rcfg)
     res = residuals(reg, base_lm, labelmap)
