@@ -8,7 +8,6 @@ previous time point over, compute what changed, and publish ``timepoints/<id>/``
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -19,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import config_hash, load_pipeline_config, software_versions
-from ..errors import SceneError, SurgitwinError
+from ..errors import SceneError
 from ..types import LabelMap, StageRecord, Volume
 from .register import Registration, RegistrationConfig
 
