@@ -390,6 +390,13 @@ def test_later_and_earlier_studies_take_their_place_in_time(followed, tmp_path):
     # the plan carried into 20250601 is carried again
     traj = load_scene(res.folder, load_meshes=False).plan["trajectories"][0]
     assert traj["carried_from"]["id"] == "T1"
+    from pipeline.followup import change_between
+
+    again = {r["name"]: r for r in change_between(scene_dir, FOLLOWUP_DATE, "20251201")["structures"]}
+    assert again["liver_tumor"]["volume_change_ml"] == pytest.approx(tumour["volume_change_ml"])
+    assert again["liver_tumor"]["surface"]["mean_mm"] == pytest.approx(tumour["surface"]["mean_mm"], abs=0.05)
+    whole = {r["name"]: r for r in change_between(scene_dir, "baseline", "20251201")["structures"]}
+    assert whole["liver_tumor"]["centroid_shift_mm"] < 1.0
     old, old_labels, _ = write_follow_up(tmp_path, date="20240101", seed=3, tumor_growth_mm=-2.0)
     follow_up(scene_dir, old, segmenter=truth_segmenter(old_labels), registration=FAST)
     tps = list_timepoints(scene_dir)
