@@ -443,3 +443,12 @@ def test_the_same_series_is_added_once(followed, tmp_path):
         follow_up(scene_dir, followed["dicom"], segmenter=truth_segmenter(followed["labels"]), registration=FAST)
     assert e.value.rule == "a series is added to a scene once" and FOLLOWUP_DATE in str(e.value)
     assert len(list_timepoints(scene_dir)) == 2
+
+
+@pytest.mark.slow
+def test_demo_follow_up_shows_the_change_report(tmp_path):
+    r = _cli("demo-follow-up", "--out", str(tmp_path / "demo"))
+    assert r.returncode == 0, r.stderr
+    assert "PROGRESSIVE DISEASE" in r.stdout and "plan changed: T2 trajectory: clearance to liver_tumor" in r.stdout
+    html = (tmp_path / "demo" / "report" / "report.html").read_text()
+    assert "What changed: 20250101 → 20250601" in html

@@ -90,7 +90,7 @@ def print_follow_up(res, stream=None) -> None:
             print(f"plan record {c['id']} not carried over: {c['error']}", file=out)
     for w in res.warnings:
         print(f"warning {w}", file=out)
-    print("timings " + ", ".join(f"{k} {v:.1f}s" if isinstance(v, float) else f"{k} {v}" for k, v in res.timings.items()), file=out)
+    print("timings " + ", ".join(f"{k} {v:.1f}s" for k, v in res.timings.items()), file=out)
 
 
 def cmd_change(args) -> int:
@@ -117,6 +117,8 @@ def cmd_demo_follow_up(args) -> int:
     from pipeline.commands.core import SAMPLE
     from pipeline.followup.demo import run_demo
 
-    res = run_demo(Path(args.out), SAMPLE, model=args.model, report=not args.no_report, progress=_printer())
+    res, html = run_demo(Path(args.out), SAMPLE, model=args.model, report=not args.no_report, progress=_printer())
     print_follow_up(res)
+    if html:
+        print(f"report: {html}")
     return 0

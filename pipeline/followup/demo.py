@@ -59,6 +59,7 @@ def _truth_segmenter(labels):
 
 
 def run_demo(out: Path, sample: Path, *, model: str = "ground_truth", report: bool = True, progress=None):
+    """Baseline scene in ``out``, the follow-up added to it; returns (FollowUpResult, report HTML or None)."""
     from ..dicom_writer import DicomMeta, write_dicom_series
     from ..phantom import generate_sample
     from ..planning import Planner
@@ -87,10 +88,9 @@ def run_demo(out: Path, sample: Path, *, model: str = "ground_truth", report: bo
                                                                 series_description="Phantom CT follow-up"))
     res = follow_up(out, inputs / "followup_dicom", model=None if model == "ground_truth" else model,
                     segmenter=_truth_segmenter(labels) if model == "ground_truth" else None, progress=progress)
-    if report:
+    html = None
+    if report:  # slice pictures and the change pictures need no renderer; 3D views are left out for speed
         from ..scene.report import build_report
 
-        r = build_report(out, render=False)
-        res.warnings.extend(n for n in r.notes if "not" in n)
-        res.timings["report_html"] = str(r.html)  # type: ignore[assignment]
-    return res
+        html = build_report(out, render=False).html
+    return res, html
