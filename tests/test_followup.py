@@ -452,3 +452,25 @@ def test_demo_follow_up_shows_the_change_report(tmp_path):
     assert "PROGRESSIVE DISEASE" in r.stdout and "plan changed: T2 trajectory: clearance to liver_tumor" in r.stdout
     html = (tmp_path / "demo" / "report" / "report.html").read_text()
     assert "What changed: 20250101 → 20250601" in html
+
+
+def test_an_oblique_reversed_follow_up_on_another_grid_keeps_left_and_right():
+    """The follow-up scanned on another grid (oblique, slices head to feet, other spacing): the motion
+    is still found and a growth on the patient's right is still reported on the right."""
+    from pipeline.followup.register import register
+
+    base = make_phantom(0)
+    ct1, lab1, truth = follow_up_phantom(1, tumor_growth_mm=2.0, tumor_shift_mm=(-4.0, 0.0, 0.0), orientation="oblique",
+                                         reverse_slices=True, shape=(90, 200, 200), spacing=(3.0, 1.7, 1.7))
+    assert not np.allclose(ct1.affine, base[0].affine, atol=1.0)
+    reg = register(base[0], base[1].array, ct1, lab1.array, FAST)
+    pts = base[1].volume.index_to_lps(np.argwhere(base[1].array > 0)[::4000])
+    err = np.linalg.norm(reg.map_forward(pts) - (pts @ truth.motion[:3, :3].T + truth.motion[:3, 3]), axis=1)
+    assert err.max() < 1.0
+    names = {"liver_tumor"}
+    m0 = {m.name: m.mesh for m in labelmap_to_meshes(base[1], MeshConfig(), names=names)}
+    m1 = {m.name: m.mesh for m in labelmap_to_meshes(lab1, MeshConfig(), names=names)}
+    rep, _ = change_report(base[1], lab1, m0, m1, reg.rigid_inverse, names=names)
+    row = rep["structures"][0]
+    assert row["centroid_shift_lps_mm"][0] == pytest.approx(-4.0, abs=0.8)
+    assert row["centroid_shift_direction"] == "patient right" and row["surface"]["growth_side"] == "patient right"

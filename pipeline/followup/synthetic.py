@@ -42,10 +42,11 @@ def rigid_motion(rotation_deg=(0.0, 0.0, 0.0), shift_mm=(0.0, 0.0, 0.0), centre_
 
 def follow_up_phantom(seed: int = 1, *, rotation_deg=(2.0, -1.0, 3.0), shift_mm=(5.0, -3.0, 4.0),
                       tumor_growth_mm: float = 3.0, tumor_shift_mm=(0.0, 0.0, 0.0), liver_shift_mm=(0.0, 0.0, 0.0),
-                      shape=DEFAULT_SHAPE,
-                      spacing=DEFAULT_SPACING, blur_sigma_vox: float = 0.7, noise_sd: float = 12.0,
+                      shape=DEFAULT_SHAPE, spacing=DEFAULT_SPACING, orientation="axial", reverse_slices: bool = False,
+                      blur_sigma_vox: float = 0.7, noise_sd: float = 12.0,
                       anatomy: Anatomy | None = None) -> tuple[Volume, LabelMap, FollowUpTruth]:
-    """Follow-up CT (int16 HU) and its exact labels on the standard phantom grid, plus the truth."""
+    """Follow-up CT (int16 HU) and its exact labels on a phantom grid (shape, spacing, orientation as
+    :func:`pipeline.phantom.phantom_grid`; by default the sample scan's), plus the truth."""
     from pydicom.uid import generate_uid
     from scipy import ndimage
 
@@ -55,7 +56,7 @@ def follow_up_phantom(seed: int = 1, *, rotation_deg=(2.0, -1.0, 3.0), shift_mm=
                  liver_center=tuple(float(v) for v in np.asarray(base.liver_center) + liver),
                  tumor_center=tuple(float(v) for v in np.asarray(base.tumor_center) + np.asarray(tumor_shift_mm, float) + liver))
     motion = rigid_motion(rotation_deg, shift_mm)
-    affine = phantom_grid(shape, spacing, "axial")
+    affine = phantom_grid(shape, spacing, orientation, reverse_slices=reverse_slices)
     hu, lab = sample_phantom(np.linalg.inv(motion) @ affine, shape, an)
     if blur_sigma_vox > 0:
         hu = ndimage.gaussian_filter(hu, float(blur_sigma_vox), mode="nearest")
