@@ -474,3 +474,23 @@ def test_an_oblique_reversed_follow_up_on_another_grid_keeps_left_and_right():
     row = rep["structures"][0]
     assert row["centroid_shift_lps_mm"][0] == pytest.approx(-4.0, abs=0.8)
     assert row["centroid_shift_direction"] == "patient right" and row["surface"]["growth_side"] == "patient right"
+
+
+def test_change_picture_outlines_the_earlier_surface():
+    import io
+
+    import trimesh
+    from PIL import Image
+
+    from pipeline.followup.change import vertex_colours
+    from pipeline.followup.report import anterior_view
+
+    later = trimesh.creation.icosphere(subdivisions=3, radius=20.0)
+    later.visual.vertex_colors = vertex_colours(np.full(len(later.vertices), 5.0))
+    earlier = trimesh.creation.icosphere(subdivisions=3, radius=10.0)
+    earlier.apply_translation((-8.0, 0.0, 0.0))  # on the patient's right of the later centre
+    img = np.asarray(Image.open(io.BytesIO(anterior_view(later, outline=earlier))).convert("RGB")).astype(int)
+    white = np.argwhere((img > 240).all(-1))
+    white = white[(white[:, 0] > 30) & (white[:, 1] > 30) & (white[:, 1] < img.shape[1] - 30)]  # not the letters
+    assert len(white) > 50
+    assert white[:, 1].mean() < img.shape[1] / 2 - 20  # the outline sits left of centre: the patient's right

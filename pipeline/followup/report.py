@@ -95,22 +95,37 @@ def _pictures(row: dict, base: Path, ta: dict, tb: dict) -> list[tuple[str, str]
             (f"{row['name']}: later ({tb['id']}), the same point after registration",
              data_uri(slice_picture(ib, lb, "axial", cb, cb - half, cb + half, title=f"later {tb['id']}")))]
     mesh = trimesh.load_mesh(str(base / tb["path"] / row["change_mesh"]), process=False)
+    earlier = None
+    rel = next((m.qa.get("mesh_path") for m in a.meshes if m.name == row["name"]), None)
+    if rel and (base / ta["path"] / rel).exists():
+        earlier = trimesh.load_mesh(str(base / ta["path"] / rel), process=False)
+        earlier.apply_transform(a_to_b)  # into the later space, where the coloured surface lies
     pics.append((f"{row['name']}: later surface coloured by signed distance from the earlier one (anterior view; "
-                 f"red = grew, blue = shrank, saturating at ±{COLOUR_RANGE_MM:g} mm)", data_uri(anterior_view(mesh))))
+                 f"red = grew, blue = shrank, saturating at ±{COLOUR_RANGE_MM:g} mm; white line: the earlier outline)",
+                 data_uri(anterior_view(mesh, outline=earlier))))
     return pics
 
 
-def anterior_view(mesh, size: int = 420) -> bytes:
-    """PNG of a vertex-coloured mesh seen from the front (patient's right on the left), flat-shaded."""
+def anterior_view(mesh, size: int = 420, outline=None) -> bytes:
+    """PNG of a vertex-coloured mesh seen from the front (patient's right on the left), flat-shaded.
+
+    ``outline``: another mesh (the earlier surface, in the same space) drawn as a white silhouette
+    line over it, so growth shows as colour outside the line.
+    """
     from PIL import Image, ImageDraw, ImageFont
+    from scipy import ndimage
 
     v = np.asarray(mesh.vertices, float)
     f = np.asarray(mesh.faces)
     col = np.asarray(mesh.visual.vertex_colors, float)[:, :3]
-    lo, hi = v.min(0), v.max(0)
+    allv = v if outline is None else np.concatenate([v, np.asarray(outline.vertices, float)])
+    lo, hi = allv.min(0), allv.max(0)
     scale = (size - 40) / max(hi[0] - lo[0], hi[2] - lo[2], 1e-6)
-    px = 20 + (v[:, 0] - lo[0]) * scale  # LPS +x (patient left) -> picture right
-    py = size - 20 - (v[:, 2] - lo[2]) * scale  # superior at the top
+
+    def project(p):  # LPS +x (patient left) -> picture right; superior at the top
+        return 20 + (p[:, 0] - lo[0]) * scale, size - 20 - (p[:, 2] - lo[2]) * scale
+
+    px, py = project(v)
     tri = v[f]
     normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
     normals /= np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
@@ -123,6 +138,18 @@ def anterior_view(mesh, size: int = 420) -> bytes:
             continue
         c = col[f[k]].mean(0) * (0.35 + 0.65 * facing[k])
         draw.polygon([(px[i], py[i]) for i in f[k]], fill=tuple(int(x) for x in np.clip(c, 0, 255)))
+    if outline is not None:
+        sil = Image.new("L", (size, size), 0)
+        sd = ImageDraw.Draw(sil)
+        ox, oy = project(np.asarray(outline.vertices, float))
+        for face in np.asarray(outline.faces):
+            sd.polygon([(ox[i], oy[i]) for i in face], fill=255)
+        m = np.asarray(sil) > 0
+        edge = m & ~ndimage.binary_erosion(m, iterations=2)
+        arr = np.asarray(img).copy()
+        arr[edge] = (255, 255, 255)
+        img = Image.fromarray(arr)
+        draw = ImageDraw.Draw(img)
     font = ImageFont.load_default(size=15)
     draw.text((6, size // 2 - 8), "R", fill=(255, 255, 255), font=font)
     draw.text((size - 16, size // 2 - 8), "L", fill=(255, 255, 255), font=font)
