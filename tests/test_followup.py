@@ -359,7 +359,7 @@ def test_cli_follow_up_segments_with_the_scenes_model_into_a_copy(tmp_path):
     assert out["folder"] == str(tmp_path / "copy" / "timepoints" / FOLLOWUP_DATE)
     assert "timepoints" not in json.loads((tmp_path / "scene" / "scene.json").read_text())  # original untouched
     tp = load_scene(tmp_path / "copy" / "timepoints" / FOLLOWUP_DATE, load_meshes=False)
-    assert [p.stage for p in tp.provenance] == ["ingest", "segment", "register"]
+    assert [p.stage for p in tp.provenance] == ["ingest", "segment", "register", "mesh"]
     assert tp.provenance[1].inputs["model"] == "hu_rules"
     m = np.array(out["registration"]["rigid_baseline_to_timepoint"])
     assert rotation_angle_deg(m[:3, :3] @ truth.motion[:3, :3].T) < 0.5
