@@ -350,6 +350,7 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
         segment_pictures=[(c, data_uri(b)) for c, b in seg_pics],
         notes=notes, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), software=Planner.__module__,
         versions=_versions(), grid={"shape": list(image.shape), "spacing": [round(float(s), 3) for s in image.spacing]},
+        changes=_change_section(scene),
     )
     tmp = out_html.with_name(f".tmp-{os.getpid()}-{out_html.name}")
     tmp.write_text(text, encoding="utf-8")
@@ -362,6 +363,13 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
             result.notes.append(f"PDF not written: {e}")
     result.notes.append(f"report built in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _change_section(scene):
+    """The "What changed" section for scenes with time points (pipeline.followup), else None."""
+    from ..followup.report import change_section
+
+    return change_section(scene)
 
 
 def _versions() -> dict:
