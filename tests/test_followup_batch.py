@@ -56,3 +56,33 @@ def test_a_returning_patient_becomes_a_time_point_of_their_scene(tmp_path):
     assert np.allclose(second["followup"]["registration"]["translation_mm"], truth.motion[:3, 3], atol=1.0)
     again = study_or_follow_up(folder, cases / "study3", model="hu_rules", rigid_only=True)
     assert again["status"] == "skipped" and "already in scene study1" in again["reason"]
+
+
+def test_batch_follow_up_flag_selects_the_follow_up_case_function(tmp_path, monkeypatch):
+    """`surgitwin batch --follow-up` runs each study through the returning-patient rule with the
+    pipeline's options; combined with --case-fn it is refused with a clear message."""
+    from pipeline import cli
+    from pipeline.batch import runner
+
+    seen = {}
+
+    def fake_run_batch(inputs, out, opts, reporter=None):
+        seen["opts"] = opts
+
+        class S:
+            def text(self):
+                return "ok"
+
+            def to_dict(self):
+                return {}
+
+            interrupted = False
+            ok = True
+
+        return S()
+
+    monkeypatch.setattr(runner, "run_batch", fake_run_batch)
+    cli.main(["batch", str(tmp_path), "--out", str(tmp_path / "b"), "--follow-up", "--model", "hu_rules"])
+    assert seen["opts"].case_fn == runner.FOLLOW_UP_CASE_FN and seen["opts"].model == "hu_rules"
+    rc = cli.main(["batch", str(tmp_path), "--out", str(tmp_path / "c"), "--follow-up", "--case-fn", "x:y"])
+    assert rc == 1

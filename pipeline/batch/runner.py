@@ -42,6 +42,8 @@ from .run_case import DEFAULT_CASE_FN, execute, fn_name, read_marker
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
+# a study of a patient who already has a scene becomes a time point of it (docs/FOLLOW_UP.md)
+FOLLOW_UP_CASE_FN = "pipeline.followup.batch:study_or_follow_up"
 
 
 @dataclass
@@ -179,7 +181,7 @@ class _Coordinator:
             self.deid = Deidentifier.from_mapping(saved) if saved else Deidentifier()
             self.deid_salt = self.deid.salt
         self.case_kwargs = dict(opts.case_kwargs)
-        if opts.case_fn == DEFAULT_CASE_FN:
+        if opts.case_fn in (DEFAULT_CASE_FN, FOLLOW_UP_CASE_FN):
             self.case_kwargs.setdefault("model", opts.model)  # None: segment.model of the config
             self.case_kwargs.setdefault("snapshot", opts.snapshot)
             if opts.config:
