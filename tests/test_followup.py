@@ -368,7 +368,8 @@ def test_cli_follow_up_segments_with_the_scenes_model_into_a_copy(tmp_path):
     assert abs(rows["bone"]["surface"]["mean_mm"]) < 0.5  # nothing grew: bone and body surfaces agree
     assert abs(rows["body"]["surface"]["mean_mm"]) < 0.5
     r = _cli("follow-up", str(tmp_path / "scene"), str(folder), "--out", str(tmp_path / "copy"))
-    assert r.returncode == 1 and "out must not exist" not in r.stderr and "copy" in r.stderr
+    assert r.returncode == 1 and "--out must be a new folder" in r.stderr and "copy" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
