@@ -18,6 +18,7 @@ import numpy as np
 
 from .config import config_hash, load_pipeline_config, software_versions
 from .errors import SurgitwinError
+from .fileio import replace_dir
 from .resources import StagePeaks, release_memory
 from .types import StageRecord
 
@@ -322,13 +323,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             peaks.mb["snapshot_process"] = _children_peak_mb()
 
         # 6. publish atomically ------------------------------------------------------------
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

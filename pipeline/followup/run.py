@@ -19,6 +19,7 @@ import numpy as np
 
 from ..config import config_hash, load_pipeline_config, software_versions
 from ..errors import SceneError
+from ..fileio import replace_dir
 from ..types import LabelMap, StageRecord, Volume
 from .register import Registration, RegistrationConfig
 
@@ -371,16 +372,10 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
             timings["carry_plan"] = time.perf_counter() - t0
 
         final = tp_root / tp_id
-        if final.exists():
-            if not replace:
-                raise SceneError(f"time point folder '{final.name}' already exists (pass --replace to redo it)",
-                                 path=str(final), rule="time point ids are unique")
-            old = tp_root / f".{tp_id}.old-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        if final.exists() and not replace:
+            raise SceneError(f"time point folder '{final.name}' already exists (pass --replace to redo it)",
+                             path=str(final), rule="time point ids are unique")
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
