@@ -307,7 +307,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         if snapshot:
             t0 = time.perf_counter()
             try:
-                from viewer.render import snapshot_subprocess
+                from pipeline.render.offscreen import snapshot_subprocess
 
                 (tmp / "snapshots").mkdir(exist_ok=True)
                 snapshot_subprocess(tmp, tmp / "snapshots" / "overview.png", views=("anterior", "left"))

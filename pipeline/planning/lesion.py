@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 LESION_RGB = (230, 215, 60)
 LESION_CODE = "52988006"  # SNOMED CT "Lesion"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 SEGMENTS = ("I", "II", "III", "IVa", "IVb", "V", "VI", "VII", "VIII")
 LANDMARKS = ("ivc", "rhv", "mhv", "lhv", "portal")

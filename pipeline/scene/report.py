@@ -1,7 +1,7 @@
 """Surgical planning report of a scene: one self-contained HTML file (and PDF via Chromium).
 
 Contents, in the order a surgeon reads it: plan warnings first; 3D pictures (anterior /
-left overview and structure close-ups from :mod:`viewer.render`, run in a subprocess, with the
+left overview and structure close-ups from :mod:`pipeline.render.offscreen`, run in a subprocess, with the
 plan drawn as in the viewer) and
 patient-aligned slice pictures with outlines and the plan drawn on them; the structure table
 (volumes from voxels and mesh, HU, extents, QC and uncertainty flags); measurements; cuts;
@@ -220,12 +220,12 @@ def _bounds(scene, image=None) -> tuple[np.ndarray, np.ndarray]:
 
 # -- pictures ----------------------------------------------------------------------------------
 def render_3d(scene, workdir: Path, closeups: list[str], timeout: float) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """Overview + close-ups via viewer.render in subprocesses; (pictures, notes)."""
+    """Overview + close-ups via pipeline.render.offscreen in subprocesses; (pictures, notes)."""
     pics, notes = [], []
     try:
-        from viewer.render import snapshot_subprocess
+        from pipeline.render.offscreen import snapshot_subprocess
     except ImportError as e:
-        return pics, [f"3D pictures unavailable: the viewer package cannot be imported ({e})"]
+        return pics, [f"3D pictures unavailable: the renderer cannot be imported ({e})"]
     jobs = [("Overview: anterior and left views", "overview.png", (), ("anterior", "left"))]
     for n in closeups:
         jobs.append((f"Close-up: {n}", f"closeup_{n}.png", tuple(x for x in scene.structure_names if x != n), ("anterior", "left")))

@@ -232,8 +232,6 @@ def load_scene(path, *, load_meshes: bool = True) -> Scene:
     _check_paths(folder, d)
     labels = LabelTable.from_list(d["labels"])
     meshes = []
-    if load_meshes:
-        import trimesh
     for s in d["structures"]:
         s = dict(s)
         label = labels.by_id(s.pop("label"))
