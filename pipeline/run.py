@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from .config import config_hash, load_pipeline_config, software_versions
+from .config import config_hash, software_versions
+from .configuration import load_pipeline_config  # every section validated before ingest
 from .errors import SurgitwinError
 from .resources import StagePeaks
 from .types import StageRecord

@@ -240,7 +240,7 @@ def _apply(planner, label, host, region, box, seed, image, method: dict, opts: d
     new_lm = LabelMap(lm.volume.with_array(arr), table)
     root = Path(scene.root)
     write_image_file(new_lm.volume, root / scene.labelmap, arr.astype(np.uint16 if arr.max() > 255 else np.uint8))
-    cfg = MeshConfig(**(load_pipeline_config().get("mesh") or {}))
+    cfg = MeshConfig.from_dict(load_pipeline_config().get("mesh"))
     names = {label.name} | ({host} if host else set())
     meshes = {m.name: m for m in labelmap_to_meshes(new_lm, cfg, names=names)}
     if label.name not in meshes:
