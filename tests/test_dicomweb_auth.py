@@ -4,7 +4,6 @@ server; credentials from options, files or the environment, never printed."""
 from __future__ import annotations
 
 import http.server
-import json
 import ssl
 import threading
 

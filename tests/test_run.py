@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import DicomError, SurgitwinError
+from pipeline.errors import SurgitwinError
 from pipeline.geometry import read_image_file, resample_like
 from pipeline.ingest import read_input
 from pipeline.mesh import labelmap_to_meshes
