@@ -15,7 +15,28 @@ from typing import Any
 
 from .errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """The folder holding ``configs/``, ``models/`` and ``sample_scans/``.
+
+    In order: ``SURGITWIN_HOME`` (a folder with that layout, for a site's own configs and
+    models), the source checkout this package runs from, and the copy an installed wheel carries
+    as package data (``pipeline/_data``, read through importlib.resources). A ``--config`` file
+    overrides the pipeline configuration on any command.
+    """
+    home = os.environ.get("SURGITWIN_HOME")
+    if home:  # a wrong folder shows up as "config file not found" naming SURGITWIN_HOME/configs/...
+        return Path(home).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "configs").is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("pipeline") / "_data"))
+
+
+ROOT = data_root()
 CONFIG_DIR = ROOT / "configs"
 DEFAULT_PIPELINE = CONFIG_DIR / "pipeline.yaml"
 
