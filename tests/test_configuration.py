@@ -86,6 +86,7 @@ def test_batch_and_pacs_commands_check_every_section(tmp_path):
     assert batch.workers == 3 and pacs.port == 11112
 
 
+@pytest.mark.slow
 def test_cli_reports_all_errors_exit_1_no_traceback(tmp_path):
     cfg = _config(tmp_path, segment={"devise": "cpu"}, mesh={"smothing_iterations": 3})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

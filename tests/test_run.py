@@ -17,6 +17,8 @@ from pipeline.scene import load_scene
 from pipeline.types import LabelMap
 from tests.conftest import ROOT, real_data
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 SAMPLE = ROOT / "sample_scans" / "phantom_ct"
 SMALL = dict(shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))
 

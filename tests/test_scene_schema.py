@@ -93,6 +93,7 @@ def test_a_writer_cannot_put_an_invalid_scene_on_disk(tmp_path):
     assert (path / "scene.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_open_sections_keep_keys_other_tools_add(tmp_path):
     from tests.scene_factory import make_constructed_scene
 
