@@ -62,13 +62,15 @@ def test_errors_name_every_broken_key_at_once(tmp_path):
     d["plan"]["cuts"][0]["planes"][0]["normal"] = [1.0, 0.0]
     del d["plan"]["trajectories"][0]["entry"]
     d["provenance"][0]["duration_s"] = "slow"
+    d["plan"]["segments"] = [{"id": "S1", "kind": "segments", "structure": 7}]
+    d["plan"]["measurements"].append({"id": "M9", "kind": ["not", "a", "name"]})
     (tmp_path / "scene.json").write_text(json.dumps(d))
     with pytest.raises(SceneError) as e:
         load_scene(tmp_path, load_meshes=False)
     msg = str(e.value)
     assert e.value.path.endswith("scene.json") and "docs/scene.schema.json" in e.value.rule
     for key in ("structures[1].volume_ml", "plan.cuts[0].planes[0].normal", "plan.trajectories[0].entry",
-                "provenance[0].duration_s"):
+                "provenance[0].duration_s", "plan.segments[0].structure", "plan.measurements[5].kind"):
         assert key in msg, (key, msg)
 
 

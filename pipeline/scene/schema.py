@@ -105,10 +105,8 @@ class Source(_Open):
 
 
 # -- provenance ------------------------------------------------------------------------------
-class StageRecord(BaseModel):
+class StageRecord(_Open):
     """One link of the provenance chain (``pipeline.types.StageRecord``, key for key)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     stage: str
     software: dict[str, str]
@@ -252,7 +250,7 @@ assert tuple(_KINDS) == KNOWN_KINDS
 
 def _kind(rec: Any) -> str:
     kind = rec.get("kind") if isinstance(rec, dict) else getattr(rec, "kind", None)
-    return kind if kind in _KINDS else "other"
+    return kind if isinstance(kind, str) and kind in _KINDS else "other"
 
 
 PlanRecord = Annotated[Union[tuple(Annotated[m, Tag(k)] for k, m in _KINDS.items())
@@ -321,14 +319,15 @@ def error_lines(err: ValidationError) -> list[str]:
     """``dotted.key[3].path: message`` for every error (union branches named by kind only once)."""
     out = []
     for e in err.errors():
-        loc = ""
+        loc, prev = "", None
         for part in e["loc"]:
             if isinstance(part, int):
                 loc += f"[{part}]"
-            elif part in _KINDS or part == "other":
-                continue  # the union branch (the record's kind), not a key
+            elif isinstance(prev, int) and (part in _KINDS or part == "other"):
+                pass  # the union branch (the record's kind) after a record's index, not a key
             else:
                 loc += ("." if loc else "") + str(part)
+            prev = part
         line = f"{loc or '(top level)'}: {e['msg']}"
         if line not in out:
             out.append(line)
