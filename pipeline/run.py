@@ -19,7 +19,7 @@ import numpy as np
 from .config import config_hash, software_versions
 from .configuration import load_pipeline_config  # every section validated before ingest
 from .errors import SurgitwinError
-from .resources import StagePeaks
+from .resources import StagePeaks, release_memory
 from .types import StageRecord
 
 Progress = Callable[[str, str], None]  # (stage, message)
@@ -254,6 +254,8 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         t0 = time.perf_counter()
         with peaks.stage("write"):
             unc_rel = _write_images(tmp, volume, labelmap, seg.uncertainty)
+            seg = dataclasses.replace(seg, uncertainty=None, probabilities=None)  # on disk now: not kept in memory
+            release_memory()
         timings["write"] = time.perf_counter() - t0
 
         # 3. mesh --------------------------------------------------------------------------

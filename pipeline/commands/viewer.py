@@ -37,6 +37,8 @@ def register(sub) -> None:
     p.add_argument("--size", default="1440x900", help="window WIDTHxHEIGHT (default 1440x900)")
     p.add_argument("--script", metavar="JSON", help="run a list of viewer actions, then exit (tests, automation)")
     p.add_argument("--result", metavar="JSON", help="with --script/--screenshot: write panel values and measurements here")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="with --script/--screenshot: seconds before a stuck viewer is reported and ended (exit 3)")
     p.set_defaults(func=cmd_view)
 
 
@@ -63,7 +65,7 @@ def cmd_view(args) -> int:
 
     require_display()
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
-                      script=args.script, result=args.result)
+                      script=args.script, result=args.result, timeout=args.timeout)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,6 @@ Without a working renderer the report says so and keeps the slice pictures.
 """
 from __future__ import annotations
 
-import base64
 import html
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SurgitwinError
+from .report_slices import data_uri
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,10 +39,6 @@ class ReportResult:
     pdf: Path | None = None
     pictures: list[str] = field(default_factory=list)  # captions of the pictures embedded
     notes: list[str] = field(default_factory=list)     # what could not be done, and why
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def chromium_path() -> str | None:
@@ -350,6 +346,7 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
         segment_pictures=[(c, data_uri(b)) for c, b in seg_pics],
         notes=notes, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), software=Planner.__module__,
         versions=_versions(), grid={"shape": list(image.shape), "spacing": [round(float(s), 3) for s in image.spacing]},
+        changes=_change_section(scene),
     )
     tmp = out_html.with_name(f".tmp-{os.getpid()}-{out_html.name}")
     tmp.write_text(text, encoding="utf-8")
@@ -362,6 +359,13 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
             result.notes.append(f"PDF not written: {e}")
     result.notes.append(f"report built in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _change_section(scene):
+    """The "What changed" section for scenes with time points (pipeline.followup), else None."""
+    from ..followup.report import change_section
+
+    return change_section(scene)
 
 
 def _versions() -> dict:
