@@ -52,6 +52,7 @@ def test_pull_downloads_and_runs_the_study(pulled):
     assert row["status"] == "done" and row["study"] == study_uid and row["study_uid"] == study_uid
 
 
+@pytest.mark.slow
 def test_push_seg_and_read_it_back_from_orthanc(pulled, orthanc, tmp_path):
     import highdicom as hd
     import pydicom
