@@ -16,7 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from .config import config_hash, load_pipeline_config, software_versions
+from .config import config_hash, software_versions
+from .configuration import load_pipeline_config  # every section validated before ingest
 from .errors import SurgitwinError
 from .fileio import replace_dir
 from .resources import StagePeaks, release_memory
@@ -310,7 +311,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         if snapshot:
             t0 = time.perf_counter()
             try:
-                from viewer.render import snapshot_subprocess
+                from pipeline.render.offscreen import snapshot_subprocess
 
                 (tmp / "snapshots").mkdir(exist_ok=True)
                 snapshot_subprocess(tmp, tmp / "snapshots" / "overview.png", views=("anterior", "left"))

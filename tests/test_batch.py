@@ -15,6 +15,8 @@ from pipeline.batch.manifest import Manifest
 from pipeline.batch.runner import BatchOptions, run_batch
 from pipeline.errors import SurgitwinError
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 GOOD = ["case_a", "case_b", "case_c", "case_d"]
 
 

@@ -28,6 +28,8 @@ from pipeline.phantom import make_phantom
 from pipeline.scene import load_scene, save_scene
 from pipeline.types import LabelMap
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 GROWTH_MM = 4.0
 # passes ~6 mm in front of (anterior to) the tumour, along the patient's right-left axis
 FAST = RegistrationConfig(deformable=False, rigid_spacing_mm=4.0, rigid_shrink=(2, 1), sampling=0.1)  # tests only

@@ -10,6 +10,8 @@ from followup_helpers import FOLLOWUP_DATE, write_follow_up
 from pipeline.followup.batch import find_patient_scene, patient_key, study_or_follow_up, tag_scene
 from scene_factory import SAMPLE
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 
 def _write(tmp_path, name, patient_id):
     from pipeline.dicom_writer import DicomMeta, write_dicom_series

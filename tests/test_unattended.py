@@ -15,6 +15,8 @@ import pytest
 import dicom_synth as ds_
 from pipeline.errors import DicomError, SceneError
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 
 def _ct(folder: Path, n: int = 6, shape=(32, 32), value=None, **kw) -> list[Path]:
     rng = np.random.default_rng(0)

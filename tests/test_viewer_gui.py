@@ -21,6 +21,8 @@ import pytest
 from conftest import require_tool
 from viewer.synthetic import Blob, make_scene
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (1000, 640)  # window; the 3-D view is the width minus the panel (300 px here)
 VIEW = (700, 640)

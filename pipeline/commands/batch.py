@@ -59,12 +59,12 @@ def cmd_batch(args) -> int:
     if not args.inputs and not args.resume:
         raise SurgitwinError("name at least one INPUT (or use --resume to continue the batch in --out)")
 
-    from pipeline.batch import settings
+    from pipeline.configuration import batch_and_pacs
     from pipeline.batch.progress import make_reporter
     from pipeline.batch.run_case import DEFAULT_CASE_FN
     from pipeline.batch.runner import FOLLOW_UP_CASE_FN, BatchOptions, run_batch
 
-    bcfg, _ = settings.load(args.config)
+    bcfg, _ = batch_and_pacs(args.config)
     case_kwargs = {}
     for item in args.case_arg:
         k, sep, v = item.partition("=")

@@ -43,8 +43,8 @@ def register(sub) -> None:
 
 
 def cmd_snapshot(args) -> int:
-    from viewer.render import parse_opacity, parse_size, parse_slices, snapshot_subprocess
-    from viewer.views import check_view
+    from pipeline.render.offscreen import parse_opacity, parse_size, parse_slices, snapshot_subprocess
+    from pipeline.render.views import check_view
 
     views = [check_view(v) for v in (args.view or ["anterior", "left"])]
     out = snapshot_subprocess(args.scene, args.output, views, parse_size(args.size), hide=args.hide,
@@ -57,8 +57,8 @@ def cmd_snapshot(args) -> int:
 
 
 def cmd_view(args) -> int:
-    from viewer.render import parse_size
-    from viewer.views import check_view
+    from pipeline.render.offscreen import parse_size
+    from pipeline.render.views import check_view
 
     check_view(args.view)
     from viewer.app import require_display, run_viewer

@@ -80,8 +80,7 @@ def _pictures(row: dict, base: Path, ta: dict, tb: dict) -> list[tuple[str, str]
     import trimesh
 
     from ..scene import load_scene
-    from ..scene.report import data_uri
-    from ..scene.report_slices import slice_picture
+    from ..scene.report_slices import data_uri, slice_picture
     from .timepoints import rigid_between
 
     a, b = load_scene(base / ta["path"], load_meshes=False), load_scene(base / tb["path"], load_meshes=False)

@@ -1,7 +1,7 @@
 """Surgical planning report of a scene: one self-contained HTML file (and PDF via Chromium).
 
 Contents, in the order a surgeon reads it: plan warnings first; 3D pictures (anterior /
-left overview and structure close-ups from :mod:`viewer.render`, run in a subprocess, with the
+left overview and structure close-ups from :mod:`pipeline.render.offscreen`, run in a subprocess, with the
 plan drawn as in the viewer) and
 patient-aligned slice pictures with outlines and the plan drawn on them; the structure table
 (volumes from voxels and mesh, HU, extents, QC and uncertainty flags); measurements; cuts;
@@ -14,7 +14,6 @@ Without a working renderer the report says so and keeps the slice pictures.
 """
 from __future__ import annotations
 
-import base64
 import html
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SurgitwinError
+from .report_slices import data_uri
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,10 +39,6 @@ class ReportResult:
     pdf: Path | None = None
     pictures: list[str] = field(default_factory=list)  # captions of the pictures embedded
     notes: list[str] = field(default_factory=list)     # what could not be done, and why
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def chromium_path() -> str | None:
@@ -220,12 +216,12 @@ def _bounds(scene, image=None) -> tuple[np.ndarray, np.ndarray]:
 
 # -- pictures ----------------------------------------------------------------------------------
 def render_3d(scene, workdir: Path, closeups: list[str], timeout: float) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """Overview + close-ups via viewer.render in subprocesses; (pictures, notes)."""
+    """Overview + close-ups via pipeline.render.offscreen in subprocesses; (pictures, notes)."""
     pics, notes = [], []
     try:
-        from viewer.render import snapshot_subprocess
+        from pipeline.render.offscreen import snapshot_subprocess
     except ImportError as e:
-        return pics, [f"3D pictures unavailable: the viewer package cannot be imported ({e})"]
+        return pics, [f"3D pictures unavailable: the renderer cannot be imported ({e})"]
     jobs = [("Overview: anterior and left views", "overview.png", (), ("anterior", "left"))]
     for n in closeups:
         jobs.append((f"Close-up: {n}", f"closeup_{n}.png", tuple(x for x in scene.structure_names if x != n), ("anterior", "left")))

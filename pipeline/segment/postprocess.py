@@ -52,7 +52,6 @@ def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
 
     Faster than ``scipy.ndimage.binary_fill_holes`` (iterated dilation) on large masks.
     """
-    from scipy import ndimage
 
     lab, n = label_compact(~mask)
     if n == 0:
@@ -74,7 +73,6 @@ def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.
     n_components : components found
     n_kept : components kept
     """
-    from scipy import ndimage
 
     lab, n = label_compact(mask, _FULL)
     if n <= 1:
