@@ -88,3 +88,18 @@ def test_batch_follow_up_flag_selects_the_follow_up_case_function(tmp_path, monk
     assert seen["opts"].case_fn == runner.FOLLOW_UP_CASE_FN and seen["opts"].model == "hu_rules"
     rc = cli.main(["batch", str(tmp_path), "--out", str(tmp_path / "c"), "--follow-up", "--case-fn", "x:y"])
     assert rc == 1
+
+
+def test_listen_and_pull_follow_up_flag_selects_the_follow_up_case_function():
+    import argparse
+
+    from pipeline.batch.run_case import DEFAULT_CASE_FN
+    from pipeline.batch.runner import FOLLOW_UP_CASE_FN
+    from pipeline.commands import pacs
+
+    p = argparse.ArgumentParser()
+    pacs._batch_args(p)
+    bcfg = type("B", (), {"model": None, "snapshot": False, "scheduler": None, "study_timeout_s": None})()
+    opts = pacs._batch_options(p.parse_args(["--follow-up"]), bcfg, 1)
+    assert opts.case_fn == FOLLOW_UP_CASE_FN
+    assert pacs._batch_options(p.parse_args([]), bcfg, 1).case_fn == DEFAULT_CASE_FN

@@ -12,6 +12,9 @@ def _batch_args(p) -> None:
     p.add_argument("--config", help="pipeline YAML (default configs/pipeline.yaml)")
     p.add_argument("--deidentify", action="store_true", help="process de-identified copies (PS3.15 Basic profile)")
     p.add_argument("--progress", choices=("auto", "rich", "plain", "none"), default="plain")
+    p.add_argument("--follow-up", action="store_true",
+                   help="a study of a patient who already has a scene here becomes a follow-up time point of that "
+                        "scene (docs/FOLLOW_UP.md) instead of a new case")
 
 
 def register(sub) -> None:
@@ -67,12 +70,14 @@ def _console_logging() -> None:
 
 
 def _batch_options(args, bcfg, workers_default: int):
-    from pipeline.batch.runner import BatchOptions
+    from pipeline.batch.run_case import DEFAULT_CASE_FN
+    from pipeline.batch.runner import FOLLOW_UP_CASE_FN, BatchOptions
 
     return BatchOptions(model=args.model or bcfg.model, config=args.config, snapshot=bcfg.snapshot,
                         workers=workers_default if args.workers is None else args.workers,
                         scheduler=args.scheduler or bcfg.scheduler, deidentify=args.deidentify,
-                        timeout_s=bcfg.study_timeout_s, argv=["surgitwin", *sys.argv[1:]])
+                        timeout_s=bcfg.study_timeout_s, argv=["surgitwin", *sys.argv[1:]],
+                        case_fn=FOLLOW_UP_CASE_FN if getattr(args, "follow_up", False) else DEFAULT_CASE_FN)
 
 
 def _dimse_args(p) -> None:
