@@ -28,13 +28,22 @@ class QCConfig(BaseModel):
     uncertainty_high: float = 0.30
 
 
-def _slab_bincount(labels: np.ndarray, n: int, weights, slab: int = 16) -> np.ndarray:
-    out = np.zeros(n, np.float64)
+def _label_sums(labels: np.ndarray, n: int, hu, unc, slab: int = 16):
+    """Per label: voxel count, sum of HU, sum of HU^2, sum of uncertainty, in one pass of slabs
+    (each slab read once; float64 sums)."""
+    count, s_hu, s_hu2, s_unc = (np.zeros(n, np.float64) for _ in range(4))
     for k in range(0, labels.shape[0], slab):
         lab = labels[k:k + slab].ravel()
-        w = None if weights is None else weights[k:k + slab].ravel().astype(np.float64)
-        out += np.bincount(lab, weights=w, minlength=n)[:n]
-    return out
+        count += np.bincount(lab, minlength=n)[:n]
+        if hu is not None:
+            h = hu[k:k + slab].ravel().astype(np.float64)
+            s_hu += np.bincount(lab, weights=h, minlength=n)[:n]
+            h *= h
+            s_hu2 += np.bincount(lab, weights=h, minlength=n)[:n]
+        if unc is not None:
+            s_unc += np.bincount(lab, weights=unc[k:k + slab].ravel().astype(np.float64), minlength=n)[:n]
+    return count, (s_hu if hu is not None else None), (s_hu2 if hu is not None else None), \
+        (s_unc if unc is not None else None)
 
 
 def touching_edge(labels: np.ndarray) -> set[int]:
@@ -64,15 +73,9 @@ def structure_qc(labelmap: LabelMap, image: Volume | None = None, uncertainty: V
     if lab.dtype.kind == "i" and lab.size and lab.min() < 0:
         raise ValueError("label map values must be non-negative")
     n = int(lab.max()) + 1 if lab.size else 1
-    count = _slab_bincount(lab, n, None)
+    count, s_hu, s_hu2, s_unc = _label_sums(lab, n, None if image is None else image.array,
+                                            None if uncertainty is None else uncertainty.array)
     voxel_ml = labelmap.volume.voxel_volume_ml
-    s_hu = s_hu2 = s_unc = None
-    if image is not None:
-        hu = image.array
-        s_hu = _slab_bincount(lab, n, hu)
-        s_hu2 = _slab_bincount(lab, n, _Squares(hu))
-    if uncertainty is not None:
-        s_unc = _slab_bincount(lab, n, uncertainty.array)
     edge = touching_edge(lab)
     out: dict[str, dict] = {}
     for label in labelmap.labels:
@@ -113,12 +116,3 @@ def structure_qc(labelmap: LabelMap, image: Volume | None = None, uncertainty: V
         out[label.name] = e
     return out
 
-
-class _Squares:
-    """Lazy elementwise square so slabs are squared one at a time (bounded memory)."""
-
-    def __init__(self, a: np.ndarray):
-        self.a = a
-
-    def __getitem__(self, item):
-        return self.a[item].astype(np.float64) ** 2

@@ -353,7 +353,10 @@ def _lerp_axis(a: np.ndarray, axis: int, f: np.ndarray, w: np.ndarray) -> np.nda
     hi = a.take(np.minimum(f + 1, a.shape[axis] - 1), axis)
     shape = [1, 1, 1]
     shape[axis] = len(w)
-    return lo + (hi - lo) * w.reshape(shape)
+    hi -= lo  # in place: two arrays of the output's size, no temporaries
+    hi *= w.reshape(shape)
+    lo += hi
+    return lo
 
 
 def separable_argmax_back(fin, m: np.ndarray, shape, ch: np.ndarray, ent: np.ndarray, slab: int = 16):
