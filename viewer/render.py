@@ -87,15 +87,21 @@ def structure_styles(scene, *, hide: Iterable[str] = (), opacity: Mapping[str, f
                      body_opacity: float | None = BODY_OPACITY) -> dict[str, StructureStyle]:
     """Display style of every structure of ``scene``, in scene order.
 
+    Colours are :func:`pipeline.scene.colors.scene_colors` (the label table's, separated by at
+    least CIEDE2000 20 within the scene), the same the report's outlines use.
+
     ``body_opacity=None`` hides body/skin structures (snapshots); a number draws them
     translucent so the organs show through (GUI default).
     """
+    from pipeline.scene.colors import scene_colors
+
     hide = set(hide)
     opacity = dict(opacity or {})
+    colors = scene_colors(scene.labels)  # the whole table: the report uses the same
     styles = {}
     for m in scene.meshes:
         flagged, note = qc_flag(m.qa)
-        st = StructureStyle(m.name, tuple(m.label.rgb), 1.0, m.name not in hide, flagged, note)
+        st = StructureStyle(m.name, colors.get(m.name, tuple(m.label.rgb)), 1.0, m.name not in hide, flagged, note)
         if m.name in BODY_NAMES:
             if body_opacity is None:
                 st.visible = False
