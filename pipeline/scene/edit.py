@@ -382,7 +382,13 @@ def _update_qc(scene, new_lm, meshes: dict, touched: set[str]) -> dict:
             image = None
     except Exception:  # noqa: BLE001 - QC without HU statistics rather than no edit
         image = None
-    fresh = structure_qc(new_lm, image)
+    try:
+        unc = scene.load_uncertainty()
+        if unc is not None and unc.shape != new_lm.volume.shape:
+            unc = None
+    except Exception:  # noqa: BLE001
+        unc = None
+    fresh = structure_qc(new_lm, image, unc)
     qc_all = scene.extra.setdefault("qc", {})
     out = {}
     for name in touched:
