@@ -133,3 +133,46 @@ def test_cli_edit_and_undo(scene):
     assert p.returncode == 1 and "spleen" in p.stderr and "Traceback" not in p.stderr
     p = cli("--structure", "liver", "--grow", "-2")
     assert p.returncode == 1 and "mm" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_a_leak_into_the_chest_is_erased_on_the_sample_scan(tmp_path):
+    """The demo's failure in miniature: the sample scan's true liver plus a 'tentacle' painted up
+    into the chest (as the model's leak), a resection planned on it; erasing the tentacle brings
+    the liver back to the truth voxel for voxel, and the resection is recomputed."""
+    from pipeline.planning.plan import Planner
+    from pipeline.scene import load_scene
+    from pipeline.scene.edit import edit_structure
+    from scene_factory import sample_scan_scene
+
+    path, phantom = sample_scan_scene(tmp_path, names=("liver", "liver_tumor", "aorta"))
+    truth = _labels(path).array.copy()
+    vox = _labels(path).volume.voxel_volume_ml
+    liver = np.argwhere(truth == 1)
+    top = _labels(path).volume.index_to_lps(liver)
+    top = top[np.argmax(top[:, 2])]  # the dome
+    tip = top + np.array([0.0, 0.0, 30.0])  # 30 mm above it: the chest
+    for t in np.linspace(0, 1, 7):  # a tube of spheres from the dome up into the lung, as a model leaks
+        edit_structure(path, "liver", "paint_sphere", center=top + t * (tip - top), radius_mm=6, overwrite=True)
+    leaked = _labels(path).array.copy()
+    added = int(((leaked == 1) & (truth != 1)).sum())
+    assert added > 100
+    pl = Planner(path)
+    cut = pl.add_cut("liver", {"point": (top[0], top[1], top[2] - 60), "normal": (0, 0, 1)}, save=True)
+    # the surgeon's way: cut the leak's neck at the dome (a sphere), then remove the piece as an island
+    res1 = edit_structure(path, "liver", "erase_sphere", center=top + [0, 0, 2], radius_mm=8)
+    res2 = edit_structure(path, "liver", "remove_island", point=tip)
+    fixed = _labels(path).array
+    removed = res1.voxels_removed + res2.voxels_removed
+    assert res2.volume_ml_after == pytest.approx(res1.volume_ml_before - removed * vox, abs=1e-3)
+    extra = int(((fixed == 1) & (truth != 1)).sum())
+    lost = int(((fixed != 1) & (truth == 1)).sum())
+    assert extra == 0 and lost < 0.002 * (truth == 1).sum(), (extra, lost)  # the leak is gone, the liver kept
+    assert removed >= added
+    s = load_scene(path)
+    assert s.mesh("liver").mesh.is_watertight
+    c = next(r for r in s.plan["cuts"] if r["id"] == cut["id"])
+    assert c["changed_by_edit"]["recomputed"] and c["changed_by_edit"]["edit"] == res2.id
+    fresh = Planner(path).add_cut("liver", cut["planes"], save_meshes=False)  # computed anew on the fixed scene
+    assert c["value"] == fresh["value"] != cut["value"]
+    stages = [p for p in s.provenance if p.stage == "edit"]
+    assert len(stages) == 7 + 2 and stages[-1].outputs["voxels_removed"] == res2.voxels_removed

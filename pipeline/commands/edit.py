@@ -29,6 +29,7 @@ def register(sub) -> None:
     g.add_argument("--grow", type=float, metavar="MM", help="grow the structure by MM into background/body")
     g.add_argument("--shrink", type=float, metavar="MM", help="shrink the structure by MM")
     g.add_argument("--undo", action="store_true", help="undo the last edit (edits/history.json)")
+    p.add_argument("--overwrite", action="store_true", help="--paint-sphere paints over other structures too")
     p.add_argument("--user", help="who makes the edit (recorded in the provenance; default: login name)")
     p.add_argument("--config", help="pipeline configuration YAML (mesh budgets; default configs/pipeline.yaml)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -38,7 +39,10 @@ def register(sub) -> None:
 def _request(args) -> tuple[str, dict]:
     if args.erase_sphere or args.paint_sphere:
         v = args.erase_sphere or args.paint_sphere
-        return ("erase_sphere" if args.erase_sphere else "paint_sphere"), {"center": v[:3], "radius_mm": v[3]}
+        kw = {"center": v[:3], "radius_mm": v[3]}
+        if args.paint_sphere and args.overwrite:
+            kw["overwrite"] = True
+        return ("erase_sphere" if args.erase_sphere else "paint_sphere"), kw
     if args.keep_largest:
         return "keep_largest", {}
     if args.remove_island:

@@ -21,7 +21,7 @@ Operations (points and radii in patient LPS mm):
 =================  =======================================================================
 erase_sphere       voxels of the structure within ``radius_mm`` of ``center`` -> background
 paint_sphere       voxels within the sphere that are background or body -> the structure
-                   (other organs are never painted over; how many were spared is recorded)
+                   (other organs are spared unless ``overwrite``)
 keep_largest       keep the largest connected piece (26-connected), erase the others
 remove_island      erase the connected piece that contains ``point``
 grow               background/body voxels within ``mm`` of the structure -> the structure
@@ -125,7 +125,7 @@ def apply_op(volume, arr: np.ndarray, lid: int, op: str, params: dict, body_ids:
         if op == "erase_sphere":
             sub[ball & (sub == lid)] = 0
         else:
-            sub[ball & _paintable(sub, body_ids)] = lid
+            sub[ball & (True if params.get("overwrite") else _paintable(sub, body_ids))] = lid
         return new
     if not mask.any():
         raise EditError(f"{op}: the structure has no voxels", rule="edit a present structure")
@@ -229,7 +229,8 @@ def _who(user: str | None) -> str:
 
 
 def edit_structure(scene_path, structure: str, op: str, *, center=None, radius_mm: float | None = None,
-                   point=None, mm: float | None = None, user: str | None = None, config=None) -> EditResult:
+                   point=None, mm: float | None = None, overwrite: bool = False, user: str | None = None,
+                   config=None) -> EditResult:
     """Apply one correction to ``structure`` of the scene at ``scene_path`` and save the scene.
 
     Parameters
@@ -238,6 +239,7 @@ def edit_structure(scene_path, structure: str, op: str, *, center=None, radius_m
     center, radius_mm : the sphere of ``erase_sphere`` / ``paint_sphere`` (LPS mm)
     point : LPS mm inside the piece ``remove_island`` removes
     mm : distance of ``grow`` / ``shrink``
+    overwrite : ``paint_sphere`` paints over other structures too (they lose those voxels)
     user : who made the edit (default: the login name)
     config : pipeline configuration (dict or YAML path; default configs/pipeline.yaml)
     """
@@ -246,6 +248,8 @@ def edit_structure(scene_path, structure: str, op: str, *, center=None, radius_m
     if op not in OPS:
         raise EditError(f"unknown edit operation {op!r}; known: {list(OPS)}", rule="known edit operation")
     params = _check_params(op, center=center, radius_mm=radius_mm, point=point, mm=mm)
+    if overwrite and op == "paint_sphere":
+        params["overwrite"] = True
     scene = load_scene(scene_path)
     if structure not in scene.labels:
         raise EditError(f"structure '{structure}' is not in scene '{scene.case_id}'; known: {scene.labels.names}",
@@ -328,6 +332,7 @@ def _commit(scene, lm, new: np.ndarray, structure: str, op: str, params: dict, u
                         f"segmentation, not by erasing it", path=str(scene.root), rule="a structure keeps voxels")
     vox_ml = lm.volume.voxel_volume_ml
     new_lm = LabelMap(lm.volume.with_array(new), scene.labels)
+    touched = {structure} | (touched & set(scene.structure_names))  # unmeshed neighbours stay unmeshed
     meshes = {m.name: m for m in labelmap_to_meshes(new_lm, _mesh_config(config), names=touched)}
     root = Path(scene.root)
     history = read_history(root)
