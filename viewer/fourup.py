@@ -159,7 +159,7 @@ class FourUp:
 
     def pane(self, plane: str, width: int, height: int):
         """(PIL image, PaneGeometry) of one slice pane."""
-        from PIL import Image, ImageDraw
+        from PIL import Image
         from scipy import ndimage
         from scipy.ndimage import map_coordinates
 

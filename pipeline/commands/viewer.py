@@ -77,19 +77,28 @@ def cmd_view(args) -> int:
 
 
 def _four_up(args) -> int:
-    from viewer.render import RenderError, parse_size
+    """Four-up: the interactive window when a display is usable; a --screenshot without one is
+    composed headless (panes in numpy, the 3-D pane with EGL)."""
+    from viewer.app import DisplayMissing, require_display, run_viewer
+    from viewer.render import parse_size
 
-    if not args.screenshot:
-        raise RenderError("--layout four-up is drawn as a picture in this version: add --screenshot OUT.png "
-                          "(the interactive window shows the 3-D view with its CT planes)",
-                          rule="four-up needs --screenshot")
-    from viewer.fourup import four_up_screenshot
+    settings = {"crosshair": args.crosshair, "window": args.window, "overlay": args.overlay,
+                "opacity": args.overlay_opacity}
+    try:
+        require_display()
+    except DisplayMissing as e:
+        if not args.screenshot:
+            raise DisplayMissing(f"{e}; or draw the four-up without a display: --layout four-up --screenshot OUT.png",
+                                 rule="the interactive viewer needs a display") from None
+        from viewer.fourup import four_up_screenshot
 
-    out = four_up_screenshot(args.scene, args.screenshot, parse_size(args.size), view=args.view,
-                             crosshair=args.crosshair, window=args.window, overlay=args.overlay,
-                             opacity=args.overlay_opacity)
-    print(out)
-    return 0
+        out = four_up_screenshot(args.scene, args.screenshot, parse_size(args.size), view=args.view,
+                                 crosshair=args.crosshair, window=args.window, overlay=args.overlay,
+                                 opacity=args.overlay_opacity)
+        print(out)
+        return 0
+    return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
+                      script=args.script, result=args.result, layout="four-up", four_up=settings)
 
 
 if __name__ == "__main__":  # pragma: no cover
