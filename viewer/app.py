@@ -210,6 +210,14 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             return redraw
         letters = self.edge_letters()
         changed = False
+        if self._marker_on:  # an axis seen end-on would draw its two letters on top of each other
+            from .drawing import marker_letters
+
+            fwd = -np.asarray(self.widget.scene.camera.get_view_matrix())[2, :3]
+            for lab, text in zip(self._marker_labels, marker_letters(fwd)):
+                if lab.text != text:
+                    lab.text = text
+                    changed = True
         for k, lab in self.edge.items():
             if lab.text != letters[k]:
                 lab.text = letters[k]
@@ -252,9 +260,9 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             for lab in self._marker_labels:
                 lab.text = lab.text if on else ""
             if on:
-                from .drawing import MARKER_AXES
-                names = [t for _, _, pair in MARKER_AXES for t in (pair[1], pair[0])]
-                for lab, t in zip(self._marker_labels, names):
+                from .drawing import marker_letters
+                fwd = -np.asarray(self.widget.scene.camera.get_view_matrix())[2, :3]
+                for lab, t in zip(self._marker_labels, marker_letters(fwd)):
                     lab.text = t
         self._on_main(ui)
 
@@ -356,6 +364,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             for n in self.styles:
                 self._restyle(n)
             self.ui["uncertainty"].checked = bool(on)
+            self.ui["colorbar"].visible = bool(on)
+            self.window.set_needs_layout()
         self._on_main(ui)
 
     def _sync_structure_rows(self):
@@ -508,6 +518,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                                    "uncertain": self.styles[n].uncertain} for n, r in u["rows"].items()},
                 "slices": dict(self.slice_state, index=dict(self.slice_state["index"])),
                 "color_by_uncertainty": self.color_by_uncertainty,
+                "colorbar_visible": bool(u["colorbar"].visible),
                 "edge_letters": self.edge_letters(),
                 "hud": {k: lab.text for k, lab in self.edge.items()},
                 "drawn": list(self._plan_geoms), "labels3d": len(self._labels3d),

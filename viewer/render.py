@@ -261,6 +261,25 @@ def draw_legend(img, styles: Mapping[str, StructureStyle]):
             break
 
 
+def colorbar_image(width: int, height: int, title: str = "uncertainty"):
+    """PIL picture of the uncertainty colour scale (:func:`uncertainty_colormap`) with its ends
+    named: 0 certain (blue) .. 1 uncertain (red)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (int(width), int(height)), (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    s = max(9, min(14, height // 4))
+    bar_h = max(6, height - 2 * s - 10)
+    x0, x1, y0 = 6, width - 6, s + 4
+    ramp = (uncertainty_colormap(np.linspace(0, 1, max(x1 - x0, 2))) * 255).astype(np.uint8)
+    img.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (x0, y0))
+    d.rectangle([x0 - 1, y0 - 1, x1, y0 + bar_h], outline=(60, 60, 60))
+    d.text((x0, 2), title, font=_font(s), fill=(30, 30, 30))
+    d.text((x0, y0 + bar_h + 2), "0 certain", font=_font(s), fill=(30, 30, 30))
+    d.text((x1, y0 + bar_h + 2), "1 uncertain", font=_font(s), fill=(30, 30, 30), anchor="ra")
+    return img
+
+
 def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size=(1280, 720), *,
                  hide: Iterable[str] = (), show_body: bool = False, legend: bool = True,
                  color_by_uncertainty: bool = False, vfov_deg: float = 30.0,
@@ -346,7 +365,14 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
         canvas.paste(t, (n * tile_w, 0))
     if legend:
         strip = Image.new("RGB", (legend_w, height), (250, 250, 250))
-        draw_legend(strip, styles)
+        bar_h = min(64, height // 5) if color_by_uncertainty else 0
+        if not bar_h:
+            draw_legend(strip, styles)
+        else:  # the legend above, the colour scale of the surfaces below
+            top = Image.new("RGB", (legend_w, height - bar_h), (250, 250, 250))
+            draw_legend(top, styles)
+            strip.paste(top, (0, 0))
+            strip.paste(colorbar_image(legend_w, bar_h), (0, height - bar_h))
         canvas.paste(strip, (width - legend_w, 0))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
