@@ -146,3 +146,22 @@ def test_cli_view_four_up_screenshot_without_a_display(scene, tmp_path):
     p = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(scene[0]), "--layout", "four-up"],
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
     assert p.returncode == 1 and "--screenshot" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_landmarks_show_in_the_pane_that_cuts_them(scene):
+    from pipeline.planning.plan import Planner
+    from viewer.fourup import FourUp
+
+    Planner(scene[0]).add_landmark("tip", (-45.0, 0.0, 0.0), save=True)
+    fu = FourUp(scene[0])
+    fu.set_crosshair((-45.0, 0.0, 0.0))
+    img, g = fu.pane("axial", W, H)
+    x, y = (int(round(v)) for v in g.to_px((-45.0, 0.0, 0.0)))
+    a = np.asarray(img).astype(int)
+    green = (a[..., 1] > 200) & (a[..., 0] < 80) & (a[..., 2] < 160)
+    assert green[y - 6:y + 7, x - 6:x + 7].sum() >= 10  # the cross at the landmark
+    fu.set_crosshair((-45.0, 0.0, 20.0))  # 20 mm above: not drawn
+    img, g = fu.pane("axial", W, H)
+    a = np.asarray(img).astype(int)
+    assert ((a[..., 1] > 200) & (a[..., 0] < 80) & (a[..., 2] < 160))[y - 6:y + 7, x - 6:x + 7].sum() == 0
+    assert fu.pane_point("axial", x, y, W, H) == pytest.approx([-45.0, 0.0, 20.0], abs=g.px_mm)

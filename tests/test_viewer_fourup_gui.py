@@ -73,10 +73,14 @@ def test_four_up_window_panes_crosshair_and_brush(xvfb, tmp_path):  # noqa: F811
     script = [{"do": "set_crosshair", "args": [-30.0, 22.0, 0.0]},
               {"do": "brush", "args": ["axial", gx / ax[2], gy / ax[3], True],
                "kwargs": {"structure": "liver", "radius_mm": 6.0}},
+              {"do": "set_mode", "args": ["landmark"]},
+              {"do": "pane_tool_point", "args": ["axial", gx / ax[2], gy / ax[3]]},
               {"do": "panel_state"}]
     out = _run(xvfb, scene, script, tmp_path)
+    lm = out["actions"][3]["value"]  # a landmark placed in the axial pane lies where it was clicked
+    assert lm["kind"] == "landmark" and lm["point"] == pytest.approx([-70.0, 0.0, 0.0], abs=1.5)
     edit = out["actions"][1]["value"]
     after = load_scene(scene, load_meshes=False).load_labelmap()
     gone = np.argwhere((before == 1) & (after.array != 1))
-    assert len(gone) == edit["voxels_removed"] > 0 and "erase_sphere" in out["panel"]["status"]
+    assert len(gone) == edit["voxels_removed"] > 0 and edit["op"] == "erase_sphere"
     assert np.all(after.volume.index_to_lps(gone)[:, 0] < -60)  # on the patient's right, where it was brushed

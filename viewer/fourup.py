@@ -205,6 +205,7 @@ class FourUp:
                 d.line([(x, 0), (x, h)], fill=PLANE_RGB[p], width=1)
             elif axis == g.row[0]:
                 d.line([(0, y), (w, y)], fill=PLANE_RGB[p], width=1)
+        self._draw_plan(d, g)
         s = max(14, min(w, h) // 22)
         first_c, last_c = EDGE[g.col]
         first_r, last_r = EDGE[g.row]
@@ -219,6 +220,34 @@ class FourUp:
         label_text(d, (4, 4), title, max(11, s - 3), "la", fg=PLANE_RGB[g.plane])
         label_text(d, (4, h - 4), f"{self.window.replace('_', ' ')}  W{ww:g} L{wl:g}", max(10, s - 5), "lb")
         d.rectangle([0, 0, w - 1, h - 1], outline=PLANE_RGB[g.plane], width=2)
+
+    def _draw_plan(self, d, g: PaneGeometry, near_mm: float | None = None):
+        """Landmarks and measurement points within a slice of this pane's plane (green crosses,
+        distances as lines with their value), so what was placed in 3-D shows in the panes."""
+        from pipeline.scene.report_slices import PLANES as RP
+
+        fixed = RP[g.plane][2]
+        near = near_mm if near_mm is not None else float(np.max(self.image.spacing))
+        plan = self.scene.plan or {}
+        for rec in plan.get("landmarks", []) + plan.get("measurements", []):
+            pts = [np.asarray(p, float) for p in rec.get("points") or []]
+            on = [p for p in pts if abs(p[fixed] - self.crosshair[fixed]) <= near]
+            if not on:
+                continue
+            xy = [g.to_px(p) for p in on]
+            for x, y in xy:
+                d.line([(x - 6, y), (x + 6, y)], fill=(0, 255, 120), width=2)
+                d.line([(x, y - 6), (x, y + 6)], fill=(0, 255, 120), width=2)
+            if rec.get("kind") == "distance" and len(xy) == 2:
+                d.line(xy, fill=(0, 255, 120), width=1)
+            text = str(rec.get("id", ""))
+            if isinstance(rec.get("value"), (int, float)):
+                text += f" {rec['value']:.1f} {rec.get('unit', '')}"
+            label_text(d, (xy[0][0] + 8, xy[0][1] - 8), text.strip(), 12, "ld", fg=(0, 255, 120))
+
+    def pane_point(self, plane: str, x: float, y: float, width: int, height: int) -> np.ndarray:
+        """LPS point under pane pixel (x, y) (for landmarks and measurements placed in a pane)."""
+        return self.geometry(plane, width, height).to_lps(x, y)
 
     # -- 3-D pane -------------------------------------------------------------------------------
     def slice_indices(self) -> dict[str, int]:

@@ -87,6 +87,16 @@ class FourUpMixin:
         self._on_main(self._draw_panes)
         return p.tolist()
 
+    def pane_tool_point(self, plane: str, fx: float, fy: float) -> dict | None:
+        """Feed the point under (fx, fy) of a pane to the current measuring tool (landmark,
+        distance, angle, ...): measurements and landmarks are placed in the panes too."""
+        x, y, w, h = self._on_main(self._pane_px, plane, fx, fy)
+        point = self.fourup.pane_point(plane, x, y, w, h)
+        rec = self.add_point(point.tolist(), None)
+        self.fourup.scene.plan = self.scene.plan
+        self._on_main(self._draw_panes)
+        return rec
+
     def set_overlay(self, mode: str = "outline", opacity: float | None = None):
         from .fourup import OVERLAYS
 
@@ -167,7 +177,9 @@ class FourUpMixin:
             self._background(self.scroll_pane, plane, -int(np.sign(event.wheel_dy)) or 1)
             return gui.Widget.EventCallbackResult.CONSUMED
         if event.type == gui.MouseEvent.Type.BUTTON_DOWN and event.is_button_down(gui.MouseButton.LEFT):
-            if event.is_modifier_down(gui.KeyModifier.CTRL):
+            if event.is_modifier_down(gui.KeyModifier.ALT):  # the measuring tool's point
+                self._background(self.pane_tool_point, plane, fx, fy)
+            elif event.is_modifier_down(gui.KeyModifier.CTRL):
                 erase = event.is_modifier_down(gui.KeyModifier.SHIFT)
                 self._background(self.brush, plane, fx, fy, erase)
             else:
@@ -182,7 +194,7 @@ def build_correct_section(app, root, em):
 
     gui = app.gui
     sec = gui.CollapsableVert("Correct (slice panes)", int(0.25 * em), gui.Margins(int(0.5 * em), 0, 0, 0))
-    sec.add_child(gui.Label("Ctrl+click paints, Ctrl+Shift+click erases"))
+    sec.add_child(gui.Label("Ctrl+click paints, Ctrl+Shift+click erases; Alt+click: tool point"))
     names = app.scene.structure_names
     combo = gui.Combobox()
     for n in names:
