@@ -176,3 +176,24 @@ def test_a_leak_into_the_chest_is_erased_on_the_sample_scan(tmp_path):
     assert c["value"] == fresh["value"] != cut["value"]
     stages = [p for p in s.provenance if p.stage == "edit"]
     assert len(stages) == 7 + 2 and stages[-1].outputs["voxels_removed"] == res2.voxels_removed
+
+
+def test_qc_plausibility_is_checked_again_after_an_edit(tmp_path):
+    """A kidney_right painted far onto the patient's left is flagged by the edit's QC (the same
+    side rule the pipeline applies), and undoing the paint clears the flag."""
+    from pipeline.scene import load_scene
+    from pipeline.scene.edit import edit_structure, undo_last
+    from pipeline.types import Label
+
+    labels = (Label(1, "liver", (127, 53, 17)), Label(2, "aorta", (225, 30, 40)),
+              Label(3, "kidney_right", (215, 160, 29)))
+    shapes = {"aorta": __import__("scene_factory").Cylinder((0.0, 20.0, -40.0), (0.0, 20.0, 40.0), 6.0),
+              "kidney_right": Box((-50.0, 25.0, 0.0), (6.0, 6.0, 10.0)), "liver": Sphere((-40.0, -10.0, 0.0), 15.0)}
+    path, _ = cached_constructed_scene(tmp_path, shapes=shapes, labels=labels, case_id="side")
+    edit_structure(path, "kidney_right", "paint_sphere", center=(60.0, 25.0, 0.0), radius_mm=18.0)
+    q = load_scene(path, load_meshes=False).extra["qc"]["kidney_right"]
+    assert q["edited"] and q["plausible"] is False and q["status"] == "fail"
+    assert any("lies on the right" in f for f in q["flags"])
+    undo_last(path)
+    q = load_scene(path, load_meshes=False).extra["qc"]["kidney_right"]
+    assert q["plausible"] is True and "status" not in q and not q["flags"]

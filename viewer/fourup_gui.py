@@ -164,6 +164,8 @@ class FourUpMixin:
             self._vertex_coloured.discard(name)
             self.widget.scene.show_geometry(key, self.styles[name].visible)
             self._ray_scene = None
+            self._redraw_plan()  # recomputed cuts and trajectories are drawn anew
+            self.fourup.scene.plan = self.scene.plan
             self._draw_panes()
             self._set_status(f"{res.id} {res.op} {name}: +{res.voxels_added}/-{res.voxels_removed} voxels, "
                              f"{res.volume_ml_after:.1f} ml" + (f"; plan: {len(res.plan)} record(s) updated" if res.plan else ""))

@@ -394,15 +394,33 @@ def _update_qc(scene, new_lm, meshes: dict, touched: set[str]) -> dict:
     except Exception:  # noqa: BLE001
         unc = None
     fresh = structure_qc(new_lm, image, unc)
+    plaus = _plausibility(new_lm, image, fresh)
     qc_all = scene.extra.setdefault("qc", {})
     out = {}
     for name in touched:
         e = {**(qc_all.get(name) or {}), **fresh.get(name, {}), "edited": True}
+        if name in plaus:  # side, position and size checked again on the corrected voxels
+            p = plaus[name]
+            e.update(plausible=p["plausible"], flags=p["flags"], centroid_lps=p["centroid_lps"])
+            e.pop("status", None)
+            if p["flags"]:
+                e["status"] = "fail"
+                w = "implausible: " + "; ".join(p["flags"])
+                e["warning"] = w if not e.get("warning") else f"{e['warning']}; {w}"
         qc_all[name] = e
         out[name] = e
         if name in meshes:
             meshes[name].qa["qc"] = {**(_old_qa(scene, name).get("qc") or {}), **e}
     return out
+
+
+def _plausibility(labelmap, image, qc: dict) -> dict:
+    from .plausibility import plausibility
+
+    try:
+        return plausibility(labelmap, image, qc)
+    except Exception:  # noqa: BLE001 - a rules file problem must not lose the edit; QC keeps its numbers
+        return {}
 
 
 def _old_qa(scene, name: str) -> dict:
