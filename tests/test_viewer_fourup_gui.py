@@ -75,8 +75,13 @@ def test_four_up_window_panes_crosshair_and_brush(xvfb, tmp_path):  # noqa: F811
                "kwargs": {"structure": "liver", "radius_mm": 6.0}},
               {"do": "set_mode", "args": ["landmark"]},
               {"do": "pane_tool_point", "args": ["axial", gx / ax[2], gy / ax[3]]},
+              {"do": "measure_distance", "args": [[-45, 0, 0], [45, 0, 0]]},
+              {"do": "measure_distance", "args": [[-45, 0, 0], [45, 0, 0]]},  # same place: labels would overlap
+              {"do": "layout_labels3d"},
               {"do": "panel_state"}]
     out = _run(xvfb, scene, script, tmp_path)
+    pos = np.array(out["actions"][6]["value"])
+    assert len(pos) >= 2 and np.linalg.norm(pos[-1] - pos[-2]) > 1.0  # the two labels were moved apart
     lm = out["actions"][3]["value"]  # a landmark placed in the axial pane lies where it was clicked
     assert lm["kind"] == "landmark" and lm["point"] == pytest.approx([-70.0, 0.0, 0.0], abs=1.5)
     edit = out["actions"][1]["value"]

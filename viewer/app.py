@@ -210,6 +210,11 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             return redraw
         letters = self.edge_letters()
         changed = False
+        model = np.asarray(self.widget.scene.camera.get_model_matrix())
+        last = getattr(self, "_labels_camera", None)
+        if self._labels3d and (last is None or not np.allclose(model, last)):
+            self._layout_labels3d()  # the camera moved: lay the measurement labels out again
+            changed = True
         if self._marker_on:  # an axis seen end-on would draw its two letters on top of each other
             from .drawing import marker_letters
 

@@ -397,13 +397,14 @@ def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
     if not scene.meshes:
         return []
     scale = marker_scale(np.concatenate([m.mesh.bounds for m in scene.meshes if m.mesh is not None]))
+    shown = structure_styles(scene)  # cut pieces in the structure's display colour
     skip = superseded_pieces(scene.plan)
     out = []
     for sec in ("landmarks", "measurements", "segments", "cuts", "trajectories"):
         for rec in scene.plan.get(sec, []):
             rgb = (200, 200, 200)
-            if rec.get("kind") == "cut" and rec.get("structure") in scene.structure_names:
-                rgb = scene.mesh(rec["structure"]).label.rgb
+            if rec.get("kind") == "cut" and rec.get("structure") in shown:
+                rgb = shown[rec["structure"]].rgb
             for n, prim in enumerate(record_primitives(rec, scale)):
                 if prim.kind == "mesh" and (rec.get("structure") in set(hide) or rec.get("id") in skip):
                     continue
