@@ -259,7 +259,12 @@ def edit_structure(scene_path, structure: str, op: str, *, center=None, radius_m
     arr = lm.array
     lid = scene.labels.by_name(structure).id
     body_ids = {l.id for l in scene.labels if l.name in BODY_LIKE and l.id != lid}
-    new = apply_op(lm.volume, arr, lid, op, params, body_ids)
+    try:
+        new = apply_op(lm.volume, arr, lid, op, params, body_ids)
+    except EditError as e:
+        if e.path:
+            raise
+        raise EditError(f"{structure}: {e}", path=str(scene.root), rule=e.rule) from None
     return _commit(scene, lm, new, structure, op, params, user, config, t0)
 
 
