@@ -275,7 +275,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
     def _apply_view(self, name: str):
         f = self.widget.frame
         aspect = (f.width / f.height) if f.height > 0 else 1.4
-        pose = fit_camera(self._visible_points(), name, aspect, VFOV)
+        pose = fit_camera(self._visible_points(), name, aspect, VFOV, frame_slab=True)
         bbox = self.widget.scene.bounding_box
         self.widget.setup_camera(VFOV, bbox, pose.center.astype(np.float32))
         self.widget.scene.camera.set_projection(VFOV, aspect, pose.near, pose.far, self.rendering.Camera.FovType.Vertical)

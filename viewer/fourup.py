@@ -276,7 +276,7 @@ class FourUp:
         pts = [np.asarray(m.mesh.vertices) for m in self.scene.meshes
                if m.mesh is not None and len(m.mesh.vertices) and m.name not in BODY_NAMES]
         if pts:
-            pose = fit_camera(np.concatenate(pts), view, width / height, 30.0)
+            pose = fit_camera(np.concatenate(pts), view, width / height, 30.0, frame_slab=True)
             x, y = project(pose, width / height, [self.crosshair])[0] * (width, height)
             d = ImageDraw.Draw(img)
             r = max(8, min(width, height) // 30)

@@ -350,7 +350,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
         sc.scene.enable_sun_light(True)
         tiles = []
         for view in views:
-            pose = fit_camera(pts, view, tile_w / height, vfov_deg)
+            pose = fit_camera(pts, view, tile_w / height, vfov_deg, frame_slab=True)
             sc.camera.set_projection(pose.vfov_deg, tile_w / height, pose.near, pose.far,
                                      rendering.Camera.FovType.Vertical)
             sc.camera.look_at(pose.center, pose.eye, pose.up)
