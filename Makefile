@@ -1,6 +1,7 @@
 # surgitwin: two commands on a fresh clone.
 #   make demo   run the whole pipeline on the shipped sample scan -> out/demo
-#   make test   run the test suite
+#   make test   lint (ruff) and run the whole test suite
+#   make test-fast   lint and the tests not marked slow (the edit loop: under a minute)
 # Both bootstrap .venv (torch pinned first, then the project) and the Debian packages.
 SHELL := /bin/bash
 PY ?= python3
@@ -11,7 +12,7 @@ APT_PACKAGES := dcm2niix dicom3tools dcmtk openssl orthanc orthanc-dicomweb xvfb
 	chromium libegl1 libgl1 libegl-mesa0 libgl1-mesa-dri imagemagick
 export EGL_PLATFORM ?= surfaceless
 
-.PHONY: demo test bench venv system clean-venv
+.PHONY: demo test test-fast lint wheel wheel-demo bench venv system clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,8 +29,27 @@ system:
 demo: venv system
 	$(BIN)/surgitwin demo --out out/demo
 
-test: venv system
+lint: venv
+	$(BIN)/python -m ruff check pipeline viewer tests benchmarks setup.py
+
+test: lint system
 	$(BIN)/python -m pytest -q tests
+
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow and not real" -p no:cacheprovider tests
+
+# A self-contained wheel (configs, model weights and the sample scan as package data), installed
+# non-editable into a fresh venv and run from another directory: no source tree on the path.
+WHEEL_VENV := build/wheel-venv
+wheel: venv
+	rm -rf dist build/lib
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w dist .
+
+wheel-demo: wheel system
+	rm -rf $(WHEEL_VENV) && $(PY) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(WHEEL_VENV)/bin/python -m pip install -q dist/surgitwin-*.whl
+	d=$$(mktemp -d) && cd $$d && $(CURDIR)/$(WHEEL_VENV)/bin/surgitwin demo --out $$d/demo && test -f $$d/demo/scene.json
 
 bench: venv
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

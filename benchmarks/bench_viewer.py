@@ -12,7 +12,10 @@
 4. Live cut preview: latency of one plane move on the demo liver (``cut_record`` without
    writing meshes: what a slider drag triggers).
 
-Run: ``python benchmarks/bench_viewer.py [--json]`` (the GUI part needs Xvfb).
+5. ``--scene DIR``: a real-size scene (``bench_e2e.py --out X`` leaves X/scene: a 512x512x300 CT):
+   faces, window ready, first frame, and a whole ``surgitwin view --screenshot`` process.
+
+Run: ``python benchmarks/bench_viewer.py [--json] [--scene DIR]`` (the GUI part needs Xvfb).
 """
 from __future__ import annotations
 
@@ -197,10 +200,33 @@ def bench_cut(tmp: Path, repeat: int) -> dict:
     return {"cut_preview_ms_median": round(1000 * float(np.median(times)), 1), "remnant_percent_last": rec["remnant_percent"]}
 
 
+def bench_big(scene: Path, tmp: Path) -> dict:
+    """The real-size scene (``bench_e2e.py --out DIR`` writes one: DIR/scene): first frame, and a
+    whole ``surgitwin view --screenshot`` process, under Xvfb; the bare Open3D window alongside."""
+    import json as _json
+
+    n_faces = sum(s.get("n_faces", 0) for s in _json.loads((scene / "scene.json").read_text())["structures"])
+    gui = bench_gui(scene, tmp)
+    proc, display = _xvfb()
+    if proc is None:
+        return {"skipped": "Xvfb not installed (apt-get install xvfb)"}
+    try:
+        env = dict(os.environ, DISPLAY=display)
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(scene), "--screenshot", str(tmp / "big.png")],
+                           capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+        shot = time.perf_counter() - t
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return {"faces": n_faces, **gui, "screenshot_process_s": round(shot, 2), "screenshot_exit": p.returncode}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--scene", default=None, help="also measure a real-size scene (from bench_e2e.py --out DIR: DIR/scene)")
     a = ap.parse_args(argv)
     from viewer.synthetic import make_scene, many_blobs
 
@@ -210,6 +236,8 @@ def main(argv=None) -> int:
         make_scene(scene, many_blobs(40), shape=(60, 40, 110), spacing=3.0, case_id="forty")
         res = {"snapshot": bench_snapshot(scene, tmp, a.repeat), "gui": bench_gui(scene, tmp),
                "picking": bench_picking(scene, 200_000), "cut_preview": bench_cut(tmp, 5)}
+        if a.scene:
+            res["real_size_scene"] = bench_big(Path(a.scene), tmp)
     if a.json:
         print(json.dumps(res, indent=1))
     else:

@@ -1,9 +1,9 @@
 """Configuration: YAML files hold values only (no code). Each stage validates its own section.
 
 ``configs/pipeline.yaml`` has one top-level section per stage (``selection``, ``ingest``,
-``segment``, ``mesh``, ``scene``, ``batch``, ``pacs``, ...). :func:`load_pipeline_config`
-returns the parsed mapping; :func:`section` validates one section with a pydantic model and
-turns validation errors into a ConfigError naming the file and the key.
+``segment``, ``mesh``, ``batch``, ``pacs``). :func:`load_pipeline_config` returns the parsed
+mapping; :mod:`pipeline.configuration` validates every section at once (each with its stage's
+own definition) and reports every broken key with the file.
 """
 from __future__ import annotations
 
@@ -11,15 +11,34 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    """The folder holding ``configs/``, ``models/`` and ``sample_scans/``.
+
+    In order: ``SURGITWIN_HOME`` (a folder with that layout, for a site's own configs and
+    models), the source checkout this package runs from, and the copy an installed wheel carries
+    as package data (``pipeline/_data``, read through importlib.resources). A ``--config`` file
+    overrides the pipeline configuration on any command.
+    """
+    home = os.environ.get("SURGITWIN_HOME")
+    if home:  # a wrong folder shows up as "config file not found" naming SURGITWIN_HOME/configs/...
+        return Path(home).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "configs").is_dir():
+        return checkout
+    from importlib.resources import files
+
+    return Path(str(files("pipeline") / "_data"))
+
+
+ROOT = data_root()
 CONFIG_DIR = ROOT / "configs"
 DEFAULT_PIPELINE = CONFIG_DIR / "pipeline.yaml"
-
-T = TypeVar("T")
 
 
 def load_yaml(path) -> Any:
@@ -41,20 +60,6 @@ def load_pipeline_config(path=None) -> dict:
         raise ConfigError(f"top level must be a mapping of sections; found {type(data).__name__}", path=str(path))
     data["__file__"] = str(path)
     return data
-
-
-def section(cfg: dict, name: str, model: type[T]) -> T:
-    """Validate ``cfg[name]`` with a pydantic model; errors name the file and the key."""
-    from pydantic import ValidationError
-
-    raw = cfg.get(name) or {}
-    try:
-        return model.model_validate(raw)  # type: ignore[attr-defined]
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join([name, *(str(x) for x in err["loc"])])
-        raise ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=cfg.get("__file__")) from None
-
 
 def config_hash(obj: Any) -> str:
     """Stable short hash of a config value for provenance."""

@@ -90,3 +90,20 @@ def gzip_parallel(src, dst, *, level: int = 1, chunk_mb: int = 8, threads: int |
                 break
             for out in pool.map(member, batch):
                 fout.write(out)
+
+
+def replace_dir(staging, final) -> None:
+    """Publish the complete folder ``staging`` as ``final`` with renames only: an existing ``final``
+    is moved aside first and removed after, so ``final`` is at every moment absent, the old
+    complete folder or the new one (never half-written)."""
+    import secrets
+    import shutil
+
+    staging, final = Path(staging), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
+        os.replace(final, old)
+        os.replace(staging, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, final)

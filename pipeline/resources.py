@@ -88,3 +88,56 @@ def total_memory_mb() -> float | None:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def release_memory() -> None:
+    """Give freed heap memory back to the system (glibc keeps freed arenas mapped: after the
+    network stage of a clinical CT, ~300 MB that later stages would otherwise stack on)."""
+    import gc
+
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+# What one study needs at peak, from measurements (README, benchmarks/bench_e2e.py): about 450 MiB
+# of libraries and model (torch, VTK) plus about 13 bytes per voxel of the input (the int16 image,
+# labels, float16 uncertainty and the stages' slab-sized temporaries) for a 512x512x300 CT.
+STUDY_BASE_MB = 450.0
+STUDY_BYTES_PER_VOXEL = 13.0
+
+
+def study_peak_estimate_mb(input_bytes: int) -> float:
+    """Expected peak RSS of one study whose (uncompressed) image data is ``input_bytes`` (int16)."""
+    return STUDY_BASE_MB + STUDY_BYTES_PER_VOXEL * (input_bytes / 2.0) / 2**20
+
+
+def input_bytes(path) -> int:
+    """Bytes of the regular files under ``path`` (a study folder or a file); symlinks followed."""
+    p = Path(path)
+    if p.is_file():
+        return p.stat().st_size
+    total = 0
+    for f in p.rglob("*"):
+        try:
+            if f.is_file():
+                total += f.stat().st_size
+        except OSError:
+            continue
+    return total
+
+
+def fit_workers(requested: int, per_study_mb: float, available_mb: float | None, headroom: float = 0.8) -> tuple[int, str | None]:
+    """Workers whose studies fit in ``headroom`` of the available memory: (n, why it was lowered or None)."""
+    if requested <= 1 or not available_mb:
+        return requested, None
+    fit = max(1, int(headroom * available_mb // max(per_study_mb, 1.0)))
+    if fit >= requested:
+        return requested, None
+    return fit, (f"lowering workers from {requested} to {fit}: each study needs about {per_study_mb:.0f} MiB at peak "
+                 f"(largest input), {available_mb:.0f} MiB available ({int(headroom * 100)} % used at most)")

@@ -16,9 +16,11 @@ from typing import Callable
 
 import numpy as np
 
-from .config import config_hash, load_pipeline_config, software_versions
+from .config import config_hash, software_versions
+from .configuration import load_pipeline_config  # every section validated before ingest
 from .errors import SurgitwinError
-from .resources import StagePeaks
+from .fileio import replace_dir
+from .resources import StagePeaks, release_memory
 from .types import StageRecord
 
 Progress = Callable[[str, str], None]  # (stage, message)
@@ -253,6 +255,8 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         t0 = time.perf_counter()
         with peaks.stage("write"):
             unc_rel = _write_images(tmp, volume, labelmap, seg.uncertainty)
+            seg = dataclasses.replace(seg, uncertainty=None, probabilities=None)  # on disk now: not kept in memory
+            release_memory()
         timings["write"] = time.perf_counter() - t0
 
         # 3. mesh --------------------------------------------------------------------------
@@ -307,7 +311,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
         if snapshot:
             t0 = time.perf_counter()
             try:
-                from viewer.render import snapshot_subprocess
+                from pipeline.render.offscreen import snapshot_subprocess
 
                 (tmp / "snapshots").mkdir(exist_ok=True)
                 snapshot_subprocess(tmp, tmp / "snapshots" / "overview.png", views=("anterior", "left"))
@@ -320,13 +324,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             peaks.mb["snapshot_process"] = _children_peak_mb()
 
         # 6. publish atomically ------------------------------------------------------------
-        if out_dir.exists():
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -281,6 +281,8 @@ class StageRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "StageRecord":
-        d = dict(d)
+        """From scene.json; keys a later version added (the scene contract keeps them) are left out here."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
         d["notes"] = tuple(d.get("notes", ()))
         return cls(**d)

@@ -76,7 +76,6 @@ def write_mixed_series(folder, n: int) -> None:
 
 def write_non_image(folder, n: int, count: int = 3) -> list[Path]:
     """Only non-image objects: Basic Text SR documents and a Key Object Selection."""
-    import pydicom
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 

@@ -15,6 +15,8 @@ from pipeline.batch.manifest import Manifest
 from pipeline.batch.runner import BatchOptions, run_batch
 from pipeline.errors import SurgitwinError
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 GOOD = ["case_a", "case_b", "case_c", "case_d"]
 
 
@@ -295,3 +297,29 @@ def test_concurrent_studies_share_the_cores(tmp_path, workers, scheduler):
     seen = {json.loads((Path(r["outputs"]["scene"]) / "digest.json").read_text())["max_threads"] for r in rows}
     want = None if workers == 0 else "1" if scheduler else str(max(1, (os.cpu_count() or 1) // 2))
     assert seen == {want}
+
+
+def test_workers_lowered_when_studies_would_not_fit_in_memory(tmp_path, monkeypatch):
+    """N workers x the per-study peak must fit: the coordinator lowers N and says so."""
+    from pipeline import resources
+    from pipeline.batch import runner
+
+    assert resources.fit_workers(2, 1500, 24000) == (2, None)
+    n, why = resources.fit_workers(4, 1500, 3000)
+    assert n == 1 and "lowering workers from 4 to 1" in why and "1500 MiB" in why
+    # a 512x512x300 int16 series (150 MiB) is estimated near the measured 1.47 GB
+    assert 1300 < resources.study_peak_estimate_mb(512 * 512 * 300 * 2) < 1700
+    msgs = []
+
+    class Rep:
+        def message(self, text):
+            msgs.append(text)
+
+    monkeypatch.setattr(resources, "available_memory_mb", lambda: 2000.0)
+    study = tmp_path / "s1"
+    study.mkdir()
+    (study / "a.dcm").write_bytes(b"\0" * (200 * 2**20))  # a 200 MiB study: ~1.75 GB at peak
+    item = type("It", (), {"input": str(study)})()
+    opts = runner.BatchOptions(workers=3)
+    assert runner._memory_fit(opts, [item], Rep()) == 1
+    assert msgs and "lowering workers from 3 to 1" in msgs[0]

@@ -17,6 +17,8 @@ import batch_helpers as bh
 from pipeline.batch.manifest import Manifest
 from pipeline.batch.runner import BatchOptions, run_batch
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 N_GOOD = 10
 

@@ -5,9 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
-import numpy as np
 
-from tests.conftest import real_data
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^\| [a-z_]+ \| (\d\.\d{3}|-) \| (\d+\.\d|-|inf) \| (\d\.\d{3}|-) \| (\d\.\d\d \| |- \| )?\d+ \|$")

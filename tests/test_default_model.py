@@ -14,6 +14,8 @@ import yaml
 
 from tests.conftest import ROOT, real_data
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 pytest.importorskip("torch")
 pytest.importorskip("monai")
 

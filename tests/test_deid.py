@@ -179,6 +179,7 @@ def test_batch_deidentify_outputs_carry_no_identity(identified, tmp_path):
     assert row["timings"]["deid"] > 0
 
 
+@pytest.mark.slow
 def test_export_seg_deidentify_references_the_deidentified_source(identified, tmp_path):
     """export --format dicom-seg --deidentify with the map used for the source: the SEG holds no
     identity and references exactly the de-identified source series and instances."""

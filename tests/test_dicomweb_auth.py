@@ -4,7 +4,6 @@ server; credentials from options, files or the environment, never printed."""
 from __future__ import annotations
 
 import http.server
-import json
 import ssl
 import threading
 
@@ -35,6 +34,7 @@ def orthanc_auth(tmp_path_factory):
     o.stop()
 
 
+@pytest.mark.slow
 def test_basic_auth_from_file_env_or_url_and_never_printed(orthanc_auth, tmp_path, capsys, monkeypatch):
     o, study = orthanc_auth
     with pytest.raises(PacsError) as e:
@@ -88,6 +88,7 @@ class _Echo(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_bearer_token_client_certificate_and_custom_ca(tmp_path, monkeypatch):
     pki = _pki(tmp_path / "pki")
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -11,6 +11,8 @@ from pipeline.scene import load_scene, save_scene
 from tests.conftest import require_tool
 from tests.scene_factory import FOR_UID, SERIES_UID, STUDY_UID, cached_constructed_scene, write_dicom_series
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 
 @pytest.fixture
 def scene_with_dicom(tmp_path):

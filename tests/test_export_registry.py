@@ -12,6 +12,8 @@ import pytest
 from pipeline.errors import ModelError
 from tests.test_train import _cfg, _shapes_case
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 INF = {"resample": "probabilities", "min_extent_mm": [0.0, 0.0, 24.0]}
 

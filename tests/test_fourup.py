@@ -129,10 +129,7 @@ def test_cli_view_four_up_screenshot_without_a_display(scene, tmp_path):
     a = np.asarray(Image.open(out).convert("RGB")).astype(int)
     pw, ph = (900 - 180) // 2, 300
     v3 = a[:ph, pw:2 * pw]
-    from pipeline.scene.colors import scene_colors
     from pipeline.scene import load_scene
-
-    cols = scene_colors(load_scene(scene[0], load_meshes=False).labels)
     from viewer.views import fit_camera, project
 
     sc = load_scene(scene[0])

@@ -54,6 +54,7 @@ def dice(a, b) -> float:
     return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
+@pytest.mark.slow
 def test_lesion_on_the_phantom_tumour_is_carved_out_of_the_liver_on_the_right(tmp_path, capsys):
     path, truth, image = phantom_scene(tmp_path)
     liver_before = np.count_nonzero(load_scene(path, load_meshes=False).load_labelmap().array == 1)
@@ -87,6 +88,7 @@ def test_lesion_on_the_phantom_tumour_is_carved_out_of_the_liver_on_the_right(tm
     assert g["structure"] == "liver_tumour" and g["crossed"] and g["margin_mm"] < -10
 
 
+@pytest.mark.slow
 def test_lesion_errors_name_the_rule(tmp_path):
     path, truth, image = phantom_scene(tmp_path)
     pl = Planner(path)
@@ -135,6 +137,7 @@ def real_ct_with_lesion(tmp_path):
     return tmp_path / "scene", inside, centre, img
 
 
+@pytest.mark.slow
 def test_lesion_on_real_ct_with_an_inserted_lesion_of_known_shape(tmp_path):
     path, truth, centre, image = real_ct_with_lesion(tmp_path)
     assert centre[0] < 0  # the liver, on the patient's right
@@ -151,6 +154,7 @@ def test_lesion_on_real_ct_with_an_inserted_lesion_of_known_shape(tmp_path):
     assert p[2] == q[2]
 
 
+@pytest.mark.slow
 def test_demo_plan_adds_the_documented_lesion_and_resection_and_the_report_shows_them(tmp_path, capsys):
     from pipeline.commands.core import DEMO_LESION_SEED, _demo_plan
     from pipeline.scene.report import build_report
@@ -167,6 +171,7 @@ def test_demo_plan_adds_the_documented_lesion_and_resection_and_the_report_shows
     assert "Future liver remnant against the <b>functional</b> liver" in html
 
 
+@pytest.mark.slow
 def test_keep_plan_segments_the_lesion_again_on_the_new_segmentation(tmp_path):
     """`run --keep-plan`: lesions are grown again from their seeds, then cuts see them."""
     from pipeline.planning.revalidate import revalidate_plan

@@ -33,6 +33,7 @@ def pulled(orthanc, tmp_path_factory):
     return study_uid, out, files, rc
 
 
+@pytest.mark.slow
 def test_pull_downloads_and_runs_the_study(pulled):
     import pydicom
 
@@ -51,6 +52,7 @@ def test_pull_downloads_and_runs_the_study(pulled):
     assert row["status"] == "done" and row["study"] == study_uid and row["study_uid"] == study_uid
 
 
+@pytest.mark.slow
 def test_push_seg_and_read_it_back_from_orthanc(pulled, orthanc, tmp_path):
     import highdicom as hd
     import pydicom
@@ -98,6 +100,7 @@ def test_push_seg_and_read_it_back_from_orthanc(pulled, orthanc, tmp_path):
     assert (body != body[:, :, ::-1]).sum() > 50
 
 
+@pytest.mark.slow
 def test_pull_unknown_study_names_it(orthanc, tmp_path):
     from pipeline.pacs.dicomweb import PacsError, pull_study
 
@@ -107,6 +110,7 @@ def test_pull_unknown_study_names_it(orthanc, tmp_path):
         pull_study(orthanc.dicomweb, "../../etc", tmp_path / "x")
 
 
+@pytest.mark.slow
 def test_push_fetches_source_headers_by_wado_when_not_local(pulled, orthanc, tmp_path):
     """The scene's source folder is gone: push gets the source series from the server itself."""
     import shutil

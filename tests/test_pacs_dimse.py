@@ -29,6 +29,7 @@ def _peer(o, calling=US) -> Peer:
     return Peer.parse(f"127.0.0.1:{o.dicom_port}", o.aet, calling, timeout=10)
 
 
+@pytest.mark.slow
 def test_pull_by_c_find_and_c_get(orthanc, tmp_path):
     o, study, files = orthanc
     rep = pull_study_dimse(_peer(o), study, tmp_path / "pulled")
@@ -43,6 +44,7 @@ def test_pull_by_c_find_and_c_get(orthanc, tmp_path):
         find_series(_peer(o, "STRANGER"), study)
 
 
+@pytest.mark.slow
 def test_push_by_c_store_is_idempotent(orthanc, tmp_path, capsys):
     from pipeline.run import run_case
 

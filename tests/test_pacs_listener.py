@@ -19,6 +19,8 @@ from pipeline.batch.manifest import Manifest
 from pipeline.batch.runner import BatchOptions
 from pipeline.pacs.listener import ListenerOptions, listen
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 DIGEST = "pipeline.batch.testing:digest_case"
 

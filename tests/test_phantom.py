@@ -19,6 +19,8 @@ from pipeline.geometry import read_image_file
 from pipeline.types import LabelTable, Volume
 from tests.conftest import ROOT, require_tool
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "liver_tumor")
 SMALL = dict(shape=(12, 48, 40), spacing=(3.0, 2.0, 2.5))  # non-square, anisotropic: catches swaps
 

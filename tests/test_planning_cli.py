@@ -44,6 +44,7 @@ def test_measure_commands(scene, capsys):
     assert len(load_scene(path).plan["measurements"]) == 5
 
 
+@pytest.mark.slow
 def test_plan_cut_trajectory_list_remove(scene, capsys):
     path, truth = scene
     r = run_json(capsys, "plan", "cut", str(path), "--structure", "liver", "--point", "-45", "0", "0",
@@ -69,6 +70,7 @@ def test_plan_cut_trajectory_list_remove(scene, capsys):
     assert "T9" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_console_script_errors_are_clear(scene):
     path, _ = scene
     p = subprocess.run([sys.executable, "-m", "pipeline.cli", "measure", str(path), "between", "liver", "spleen"],

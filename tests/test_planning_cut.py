@@ -23,6 +23,7 @@ PLANES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,normal", PLANES)
 def test_single_plane_resection_matches_caps(scene, point, normal):
     path, truth = scene
@@ -70,6 +71,7 @@ def test_normal_points_to_the_resected_side_in_lps(scene):
     assert left["resected_ml"] == pytest.approx(cap, rel=0.02)
 
 
+@pytest.mark.slow
 def test_two_plane_wedge(scene):
     path, truth = scene
     pl = Planner(path)

@@ -42,6 +42,7 @@ def test_rules_classes_and_thresholds_come_from_the_config(tmp_path):
         load_rules(bad)
 
 
+@pytest.mark.slow
 def test_trajectory_crossing_bone_warns(scene):
     path, truth = scene
     # straight through the plate (6 mm of bone) into the tumour
@@ -128,6 +129,7 @@ def test_cut_remnant_below_threshold_warns_and_the_lesion_margin_is_negative(sce
     assert r["remnant_threshold"]["percent"] == 25
 
 
+@pytest.mark.slow
 def test_cut_remnant_threshold_depends_on_the_liver_state(scene):
     path, truth = scene
     pl = Planner(path)
@@ -139,6 +141,7 @@ def test_cut_remnant_threshold_depends_on_the_liver_state(scene):
     assert any("below the 40% threshold for a compromised liver" in w for w in compromised["warnings"])
 
 
+@pytest.mark.slow
 def test_a_plane_missing_the_structure_warns(scene):
     path, _ = scene
     pl = Planner(path)
@@ -148,6 +151,7 @@ def test_a_plane_missing_the_structure_warns(scene):
     assert everything["remnant_percent"] == 0 and any("misses liver" in w for w in everything["warnings"])
 
 
+@pytest.mark.slow
 def test_cut_of_a_truncated_structure_marks_the_remnant_invalid(scene, capsys):
     path, _ = scene
     s = load_scene(path)
@@ -163,6 +167,7 @@ def test_cut_of_a_truncated_structure_marks_the_remnant_invalid(scene, capsys):
 
 
 # -- the report's banner ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_report_banner_lists_every_warning_and_the_rules(scene, tmp_path):
     from pipeline.scene.report import build_report, header_fields
 

@@ -116,6 +116,7 @@ def test_rerun_on_a_scene_with_a_plan_refuses_before_any_work(planned, capsys):
     assert (planned / "scene.json").read_text() == before
 
 
+@pytest.mark.slow
 def test_rerun_discards_the_plan_only_when_asked(planned, tmp_path):
     from pipeline.run import run_case
     from pipeline.scene import load_scene
@@ -128,6 +129,7 @@ def test_rerun_discards_the_plan_only_when_asked(planned, tmp_path):
     assert load_scene(out, load_meshes=False).plan["trajectories"] == []
 
 
+@pytest.mark.slow
 def test_rerun_keeps_the_plan_recomputed_on_the_new_structures(tmp_path):
     from pipeline.planning import Planner
     from pipeline.run import run_case

@@ -16,6 +16,8 @@ import pytest
 from viewer.synthetic import Blob, make_scene
 from viewer.views import VIEWS, edge_letters, fit_camera, screen_basis
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 RED, BLUE, GREEN = (220, 30, 30), (30, 60, 220), (30, 200, 60)
 # red: patient left + anterior; blue: patient right + posterior; green: superior, centred
 BLOBS = (

@@ -15,6 +15,8 @@ from pipeline.scene.report_slices import slice_picture
 from tests.conftest import require_tool
 from tests.scene_factory import SERIES_UID, cached_constructed_scene
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 
 @pytest.fixture
 def planned(tmp_path):

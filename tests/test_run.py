@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import DicomError, SurgitwinError
+from pipeline.errors import SurgitwinError
 from pipeline.geometry import read_image_file, resample_like
 from pipeline.ingest import read_input
 from pipeline.mesh import labelmap_to_meshes
@@ -16,6 +16,8 @@ from pipeline.run import run_case
 from pipeline.scene import load_scene
 from pipeline.types import LabelMap
 from tests.conftest import ROOT, real_data
+
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
 
 SAMPLE = ROOT / "sample_scans" / "phantom_ct"
 SMALL = dict(shape=(60, 96, 96), spacing=(4.0, 3.6, 3.6))

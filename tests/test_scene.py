@@ -24,7 +24,8 @@ def _scene(tmp_path):
     write_image_file(lm.volume, tmp_path / "labels.nii.gz")
     sc = Scene("case1", {"series_instance_uid": "1.2.3"}, lm.labels, labelmap_to_meshes(lm),
                provenance=[StageRecord("mesh", {"surgitwin": "0.1"}, "abc", duration_s=1.5)])
-    sc.plan["landmarks"].append({"id": "l1", "name": "tip", "point": [1.0, 2.0, 3.0]})
+    sc.plan["landmarks"].append({"id": "L1", "kind": "landmark", "name": "tip", "point": [1.0, 2.0, 3.0],
+                                 "points": [[1.0, 2.0, 3.0]]})
     sc.extra["qc"] = {"liver": {"volume_ml": 14.1}}
     return sc, lm
 

@@ -65,6 +65,7 @@ def test_wholebody_bundle_needs_override_or_trust(tmp_path):
     assert low.preprocessing.spacing == [3.0, 3.0, 3.0] and low.weights.endswith("model_lowres.pt")
 
 
+@pytest.mark.slow
 def test_wholebody_bundle_end_to_end(tmp_path):
     folder = _copy_with_random_weights("wholeBody_ct_segmentation", tmp_path, overrides=["pixdim=3,3,3"])
     # a coarse grid and small windows keep the 18.8 M-parameter SegResNet fast on a CPU

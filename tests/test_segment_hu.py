@@ -64,6 +64,7 @@ def test_structures_match_truth(chest, chest_result):
     assert res.qc["lungs"]["postprocess"]["components_kept"] == 2
 
 
+@pytest.mark.slow
 def test_oblique_reversed_grid_same_anatomy():
     vol, truth = synthetic_chest(rot_deg=(15.0, -10.0, 20.0), flip_k=True, seed=1)
     res = segment(vol)

@@ -39,6 +39,7 @@ def test_parse_segments():
         parse_segments(["IX"])
 
 
+@pytest.mark.slow
 def test_couinaud_volumes_sum_to_the_liver_and_each_segment_is_on_its_side(phantom):
     path, truth = phantom
     r = Planner(path).add_segments("liver", LANDMARKS)
@@ -67,6 +68,7 @@ def test_couinaud_volumes_sum_to_the_liver_and_each_segment_is_on_its_side(phant
     assert set(r["lesion_segments"]["liver_tumor"]) <= {"V", "VI", "VII", "VIII"}  # the tumour: right liver
 
 
+@pytest.mark.slow
 def test_segment_resection_gives_remnant_flr_and_margin(phantom, capsys):
     path, truth = phantom
     assert main(["plan", "segments", str(path), *sum((["--" + k, *map(str, v)] for k, v in LANDMARKS.items()), []),
@@ -91,6 +93,7 @@ def test_segment_resection_gives_remnant_flr_and_margin(phantom, capsys):
     assert "segments VI, VII" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_functional_flr_and_tumour_margin_per_cut_match_the_label_map(phantom):
     """Known answers from the phantom's own ground-truth voxels (centres on either side)."""
     path, truth = phantom
@@ -121,6 +124,7 @@ def test_functional_flr_and_tumour_margin_per_cut_match_the_label_map(phantom):
         pl.add_segments("liver", {k: v for k, v in LANDMARKS.items() if k != "rhv"})
 
 
+@pytest.mark.slow
 def test_report_draws_the_segments(phantom, tmp_path):
     from pipeline.scene.report import build_report
 
@@ -132,6 +136,7 @@ def test_report_draws_the_segments(phantom, tmp_path):
     assert "<td>VIII</td>" in html
 
 
+@pytest.mark.slow
 def test_segments_have_meshes_the_viewer_draws(phantom, tmp_path):
     from viewer.tools import record_primitives, record_text
 

@@ -9,6 +9,8 @@ import pytest
 
 from pipeline.types import Volume
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 TINY_NET = {"name": "UNet", "args": {"spatial_dims": 3, "in_channels": 1, "channels": [4, 8, 16],
                                      "strides": [2, 2], "num_res_units": 1}}
 

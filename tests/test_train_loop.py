@@ -11,6 +11,8 @@ import pytest
 from pipeline.errors import ConfigError, SurgitwinError
 from tests.test_train import TINY_NET, _axial, _cfg, _shapes_case
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 
 def _write_shapes(root, n=3, flip_case=None, shape_case=None, bad_value_case=None):
     from pipeline.geometry import write_image_file

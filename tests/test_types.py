@@ -126,3 +126,12 @@ def test_resample_maps_physical_points():
     r = resample_to_grid(v, v.shape, b, order=0)
     pos = r.index_to_lps(np.argwhere(r.array == 1))
     np.testing.assert_allclose(pos, v.index_to_lps([[1, 2, 3]]))
+
+
+def test_stage_record_from_a_newer_scene_keeps_what_it_knows():
+    from pipeline.types import StageRecord
+
+    r = StageRecord.from_dict({"stage": "mesh", "software": {"vtk": "9"}, "peak_rss_mb": 812.5,
+                               "gpu_memory_mb": 100, "notes": ["a"]})
+    assert r.stage == "mesh" and r.peak_rss_mb == 812.5 and r.notes == ("a",)
+    assert StageRecord.from_dict(r.to_dict()) == r

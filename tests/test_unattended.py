@@ -15,6 +15,8 @@ import pytest
 import dicom_synth as ds_
 from pipeline.errors import DicomError, SceneError
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 
 def _ct(folder: Path, n: int = 6, shape=(32, 32), value=None, **kw) -> list[Path]:
     rng = np.random.default_rng(0)
@@ -723,8 +725,12 @@ def test_listener_logs_rejected_ae_and_idle_connections_cannot_hold_every_slot(t
             for _ in range(16):
                 s = socket.create_connection(("127.0.0.1", port), timeout=10)
                 idle.append(s)
-            time.sleep(0.3)
-            held = sum(1 for a in scp.server.active_associations if a.requestor.address == "127.0.0.1")
+            deadline = time.monotonic() + 10.0  # the listener's threads refuse the surplus; slower under load
+            while True:
+                time.sleep(0.3)
+                held = sum(1 for a in scp.server.active_associations if a.requestor.address == "127.0.0.1")
+                if held <= opts.max_associations_per_peer or time.monotonic() > deadline:
+                    break
             assert held <= opts.max_associations_per_peer
             assert echo(host="127.0.0.2")  # another host still gets in at once
             assert any(f"limit {opts.max_associations_per_peer} per host" in r.getMessage() for r in caplog.records)

@@ -21,6 +21,8 @@ import pytest
 from conftest import require_tool
 from viewer.synthetic import Blob, make_scene
 
+pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
+
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (1000, 640)  # window; the 3-D view is the width minus the panel (300 px here)
 VIEW = (700, 640)
@@ -315,3 +317,33 @@ def test_forty_structures_open_in_under_three_seconds(xvfb, tmp_path):
     # scene loaded, 40 meshes in the renderer, panel built (the first software-rendered frame
     # comes later; its time is reported by benchmarks/bench_viewer.py)
     assert r["timings"]["window_ready_s"] < 3.0, r["timings"]
+
+
+def test_a_stuck_viewer_is_reported_and_exits_non_zero(xvfb, scene_dir, tmp_path):
+    """Never a silent exit or a hang: a script that outlives --timeout ends with a message, exit 3."""
+    script = tmp_path / "slow.json"
+    script.write_text(json.dumps([{"do": "wait", "args": [60]}]))
+    p = _run_view(xvfb, scene_dir, ["--script", str(script), "--timeout", "5"], timeout=120)
+    assert p.returncode == 3
+    assert "did not finish within 5 s" in p.stderr and "first frame drawn" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_viewer_opens_a_real_ct_scene_with_body_and_bone(xvfb, tmp_path):
+    """A scene from a real CT (body and bone meshes from the HU rules) opens under Xvfb and the
+    screenshot shows the anatomy (not a blank window)."""
+    from pipeline.run import run_case
+    from tests.conftest import real_data
+
+    res = run_case(real_data("ct_thorax_abdomen_dicom_j2k", "series"), tmp_path / "scene", model="hu_rules",
+                   snapshot=False)
+    names = {s["name"] for s in res.structures}
+    assert {"body", "bone"} <= names
+    png = tmp_path / "real.png"
+    p = _run_view(xvfb, tmp_path / "scene", ["--screenshot", str(png), "--result", str(tmp_path / "r.json")])
+    assert p.returncode == 0, p.stderr[-2000:]
+    img = _rgb(png)
+    assert img.std() > 10  # something drawn
+    assert json.loads((tmp_path / "r.json").read_text())["timings"]["first_frame_s"] > 0

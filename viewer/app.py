@@ -560,6 +560,12 @@ def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screensh
             actions += [{"do": "set_view", "args": [view]}, {"do": "screenshot", "args": [screenshot]}]
         outcome = start_driver(app, actions, result, timeout=timeout)
         app.run()
-        return 0 if outcome.get("ok") else 1
+        if not outcome.get("ok"):
+            import sys
+
+            print(f"surgitwin view: {outcome.get('error') or 'the viewer closed before its actions finished'}",
+                  file=sys.stderr, flush=True)
+            return 1
+        return 0
     app.run()
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 import time
 import traceback
@@ -100,6 +101,10 @@ def start_driver(app, actions: list[dict], result_path=None, *, timeout: float =
     def watchdog():
         time.sleep(timeout)
         outcome["error"] = f"script did not finish within {timeout:.0f} s"
+        done = [x["do"] for x in outcome["actions"]]
+        print(f"surgitwin view: the viewer did not finish within {timeout:.0f} s (GUI thread stuck or the renderer "
+              f"too slow; first frame {'drawn' if 'first_frame_s' in outcome['timings'] else 'never drawn'}; "
+              f"actions done: {done or 'none'})", file=sys.stderr, flush=True)
         try:
             if result_path:
                 Path(result_path).write_text(json.dumps(_jsonable(outcome), default=str))

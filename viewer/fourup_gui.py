@@ -22,7 +22,7 @@ PANE_SLOTS = {"axial": (0, 0), "coronal": (0, 1), "sagittal": (1, 1)}  # (column
 class FourUpMixin:
     def _setup_four_up(self, settings: dict):
         """``settings``: crosshair (LPS mm), window, overlay, opacity (all optional)."""
-        from .fourup import FourUp
+        from pipeline.render.fourup import FourUp
 
         gui = self.gui
         self.fourup = FourUp(self.scene.root, window=settings.get("window") or "soft_tissue",
@@ -98,7 +98,7 @@ class FourUpMixin:
         return rec
 
     def set_overlay(self, mode: str = "outline", opacity: float | None = None):
-        from .fourup import OVERLAYS
+        from pipeline.render.fourup import OVERLAYS
 
         if mode not in OVERLAYS:
             raise SurgitwinError(f"overlay must be one of {list(OVERLAYS)}; found {mode!r}")

@@ -12,7 +12,8 @@ import numpy as np
 
 from pipeline.errors import PlanningError
 
-from .render import BODY_NAMES
+from pipeline.render.primitives import (  # noqa: F401 - re-exported: the viewer's names since 0.1
+    BODY_NAMES, COLOURS, Primitive, _fmt, marker_scale, record_primitives, superseded_pieces)
 
 MODES = ("navigate", "landmark", "distance", "angle", "trajectory", "cut", "lesion")
 POINTS_NEEDED = {"landmark": 1, "distance": 2, "angle": 3, "trajectory": 2, "cut": 1, "lesion": 1}
@@ -24,41 +25,6 @@ CUT_ORIENTATIONS = {  # plane normal for each preset (the resected side is where
     "coronal (cut anterior)": (0.0, -1.0, 0.0),
     "coronal (cut posterior)": (0.0, 1.0, 0.0),
 }
-
-
-@dataclass
-class Primitive:
-    """Something to draw for a plan record, in LPS mm.
-
-    kind: 'points' (spheres), 'polyline' (tubes through points), 'tool' (cylinder entry ->
-    target of ``radius``), 'plane' (square of side ``size`` through points[0] with ``normal``),
-    'mesh' (a PLY relative to the scene folder in ``path``). ``label``/``label_at``: 3-D text.
-    """
-
-    kind: str
-    points: np.ndarray
-    rgb: tuple[float, float, float]
-    label: str = ""
-    label_at: np.ndarray | None = None
-    radius: float = 0.0
-    normal: np.ndarray | None = None
-    size: float = 0.0
-    opacity: float = 1.0
-    path: str = ""
-
-
-COLOURS = {
-    "landmark": (1.0, 0.55, 0.0), "distance": (0.05, 0.75, 0.95), "angle": (0.95, 0.2, 0.85),
-    "structure_distance": (0.1, 0.9, 0.3), "extents": (0.6, 0.6, 0.6), "cut": (0.9, 0.15, 0.15),
-    "trajectory": (0.1, 0.6, 1.0), "trajectory_warn": (1.0, 0.15, 0.1), "pending": (1.0, 1.0, 0.2),
-}
-
-
-def _fmt(v, unit: str = "", nd: int = 1) -> str:
-    if v is None:
-        return "n/a"
-    unit = "°" if unit == "deg" else unit
-    return f"{float(v):.{nd}f}{'' if unit in ('', '°', '%') else ' '}{unit}"
 
 
 def record_text(rec: dict) -> str:
@@ -111,75 +77,6 @@ def clearance_lines(rec: dict, rows: int = 8) -> list[str]:
         flag += " (target)" if r.get("target") else (" critical" if r.get("critical") else "")
         out.append(f"{r['structure'][:20]:<20}{r['distance_mm']:>8.1f} mm  {r['at_depth_mm']:.0f} mm{flag}")
     return out
-
-
-def marker_scale(vertices: np.ndarray) -> float:
-    """Radius (mm) of plan markers for a scene spanning ``vertices``: 0.6 % of its diagonal."""
-    v = np.asarray(vertices, dtype=float).reshape(-1, 3)
-    return max(float(np.linalg.norm(v.max(0) - v.min(0))) * 0.006, 0.5) if len(v) else 0.5
-
-
-def superseded_pieces(plan: dict) -> set[str]:
-    """Ids of plan records whose pieces (cut halves, Couinaud segments) are not drawn because a
-    later record replaces the same structure with its own pieces (they would overlap)."""
-    latest: dict[str, tuple] = {}
-    for sec in ("segments", "cuts"):
-        for r in plan.get(sec, []):
-            if r.get("meshes"):
-                key = (str(r.get("created", "")), sec == "cuts", r.get("id"))
-                if r.get("structure") not in latest or key > latest[r["structure"]]:
-                    latest[r.get("structure")] = key
-    return {r.get("id") for sec in ("segments", "cuts") for r in plan.get(sec, [])
-            if r.get("meshes") and latest.get(r.get("structure"), (None, None, None))[2] != r.get("id")}
-
-
-def record_primitives(rec: dict, scale: float) -> list[Primitive]:
-    """What to draw for a plan record; ``scale`` is the marker radius in mm."""
-    kind = rec.get("kind")
-    pts = np.asarray(rec.get("points") or np.zeros((0, 3)), dtype=float).reshape(-1, 3)
-    c = COLOURS.get(kind, (0.8, 0.8, 0.8))
-    if kind == "landmark":
-        return [Primitive("points", pts, c, rec.get("name", rec.get("id", "")), pts[0] if len(pts) else None, scale * 1.3)]
-    if kind in ("distance", "structure_distance", "extents") and len(pts) == 2:
-        mid = pts.mean(axis=0)
-        return [Primitive("points", pts, c, radius=scale),
-                Primitive("polyline", pts, c, f"{rec.get('id')}: {_fmt(rec.get('value'), 'mm')}", mid, scale * 0.35)]
-    if kind == "angle" and len(pts) == 3:
-        return [Primitive("points", pts, c, radius=scale),
-                Primitive("polyline", pts, c, f"{rec.get('id')}: {_fmt(rec.get('value'), 'deg')}", pts[1], scale * 0.35)]
-    if kind == "cut":
-        out = []
-        for part, rgb, op in (("remnant", None, 1.0), ("resected", c, 0.45)):
-            if rec.get("meshes", {}).get(part):
-                out.append(Primitive("mesh", np.zeros((0, 3)), rgb or (-1, -1, -1), opacity=op, path=rec["meshes"][part]))
-        for pl in rec.get("planes", []):
-            out.append(Primitive("plane", np.asarray([pl["point"]]), c, f"{rec.get('id')}", np.asarray(pl["point"]),
-                                 normal=np.asarray(pl["normal"]), size=scale * 40, opacity=0.35))
-        return out
-    if kind == "segments":  # Couinaud segments: one translucent piece each, in its colour
-        from pipeline.planning.segments import SEGMENT_RGB
-
-        segs = rec.get("segments") or {}
-        out = []
-        for seg, rel in (rec.get("meshes") or {}).items():
-            at = (segs.get(seg) or {}).get("centroid_lps")
-            out.append(Primitive("mesh", np.zeros((0, 3)), tuple(c / 255 for c in SEGMENT_RGB[seg]), seg,
-                                 None if at is None else np.asarray(at, float), opacity=1.0, path=rel))
-        return out
-    if kind == "trajectory" and len(pts) == 2:
-        col = COLOURS["trajectory_warn"] if rec.get("warnings") else COLOURS["trajectory"]
-        close = rec.get("clearance") or []
-        # the structure that matters: closest one that is neither the target nor the skin the
-        # tool enters through
-        first = next((r for r in close if not r.get("target") and not r.get("contains_entry")
-                      and r["structure"] not in BODY_NAMES), None)
-        lab = f"{rec.get('id')}: {_fmt(rec.get('length_mm'), 'mm')}"
-        if first is not None:
-            lab += f", {first['structure']} {_fmt(first['distance_mm'], 'mm')}"
-        return [Primitive("tool", pts, col, lab, pts[0], radius=max(float(rec.get("radius_mm", 1.0)), scale * 0.3)),
-                Primitive("points", pts[:1], (0.1, 0.8, 0.2), radius=scale),
-                Primitive("points", pts[1:], (0.9, 0.1, 0.1), radius=scale)]
-    return []
 
 
 @dataclass

@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 from ..errors import SurgitwinError
 from ..fileio import fsync_dir as _fsync_dir
+from ..fileio import replace_dir
 from . import phi
 
 RESULT_FILE = "batch_result.json"
@@ -201,13 +202,7 @@ def publish(staging: Path, final: Path, epoch: int | None = None) -> None:
             raise Superseded(f"case '{final.name}' was published by a newer batch run ({have}) than this one "
                              f"({epoch}); this result is discarded", path=str(final),
                              rule="an older run never overwrites a newer publication")
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}-{secrets.token_hex(3)}")
-            os.replace(final, old)
-            os.replace(staging, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, final)
+        replace_dir(staging, final)
         _fsync_dir(final.parent)
     finally:
         os.close(fd)  # releases the lock

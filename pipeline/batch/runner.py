@@ -42,6 +42,8 @@ from .run_case import DEFAULT_CASE_FN, execute, fn_name, read_marker
 
 log = logging.getLogger(__name__)
 POLL_S = 0.25
+# a study of a patient who already has a scene becomes a time point of it (docs/FOLLOW_UP.md)
+FOLLOW_UP_CASE_FN = "pipeline.followup.batch:study_or_follow_up"
 
 
 @dataclass
@@ -179,7 +181,7 @@ class _Coordinator:
             self.deid = Deidentifier.from_mapping(saved) if saved else Deidentifier()
             self.deid_salt = self.deid.salt
         self.case_kwargs = dict(opts.case_kwargs)
-        if opts.case_fn == DEFAULT_CASE_FN:
+        if opts.case_fn in (DEFAULT_CASE_FN, FOLLOW_UP_CASE_FN):
             self.case_kwargs.setdefault("model", opts.model)  # None: segment.model of the config
             self.case_kwargs.setdefault("snapshot", opts.snapshot)
             if opts.config:
@@ -346,6 +348,21 @@ def _items_from_manifest(m: Manifest, known: dict[str, StudyItem]) -> list[Study
     return items
 
 
+def _memory_fit(opts: BatchOptions, items, rep) -> int:
+    """The process-pool size, lowered (and said) when that many studies at once would not fit in
+    memory: the estimate is the largest study's (see :func:`pipeline.resources.study_peak_estimate_mb`)."""
+    from ..resources import available_memory_mb, fit_workers, input_bytes, study_peak_estimate_mb
+
+    if opts.scheduler or opts.workers <= 1 or not items:
+        return opts.workers
+    largest = max(input_bytes(it.input) for it in items)
+    n, why = fit_workers(opts.workers, study_peak_estimate_mb(largest), available_memory_mb())
+    if why:
+        log.warning(why)
+        rep.message(why)
+    return n
+
+
 def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *, reporter=None,
               live: LiveSource | None = None) -> BatchSummary:
     """Run every study in ``inputs`` into ``out_dir`` (see module doc); returns the summary.
@@ -384,7 +401,8 @@ def run_batch(inputs: list[str], out_dir, options: BatchOptions | None = None, *
             if opts.resume:  # the batch is everything in the manifest plus what is named now
                 items += _items_from_manifest(m, {it.key: it for it in items})
             by_key = {it.key: it for it in items}
-            executor = make_executor(opts.workers, opts.scheduler)
+            workers = _memory_fit(opts, items, rep)
+            executor = make_executor(workers, opts.scheduler)
             run_id = m.start_run(argv=opts.argv, executor=executor.describe(), workers=executor.slots,
                                  software=_software())
             coord = _Coordinator(out, opts, m, rep, run_id)

@@ -54,15 +54,3 @@ class PacsConfig(BaseModel):
         if not v or "\\" in v or any(ord(c) < 32 for c in v):
             raise ValueError("AE title must be 1-16 printable characters without backslash")
         return v
-
-
-def load(config_path=None) -> tuple[BatchConfig, PacsConfig]:
-    """Both sections from ``config_path`` (default ``configs/pipeline.yaml``; absent file = defaults)."""
-    from pathlib import Path
-
-    from ..config import DEFAULT_PIPELINE, load_pipeline_config, section
-
-    if config_path is None and not Path(DEFAULT_PIPELINE).exists():
-        return BatchConfig(), PacsConfig()
-    cfg = load_pipeline_config(config_path)
-    return section(cfg, "batch", BatchConfig), section(cfg, "pacs", PacsConfig)

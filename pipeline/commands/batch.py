@@ -26,6 +26,9 @@ def register(sub) -> None:
     p.add_argument("--allow-burned-in", action="store_true", help="de-identify instances flagged BurnedInAnnotation=YES")
     p.add_argument("--timeout", type=float, metavar="S", help="per-study time limit in seconds")
     p.add_argument("--progress", choices=("auto", "rich", "plain", "none"), help="live bar, plain lines or nothing")
+    p.add_argument("--follow-up", action="store_true",
+                   help="a study of a patient who already has a scene in --out becomes a follow-up time point of "
+                        "that scene (matched by patient key, docs/FOLLOW_UP.md) instead of a new case")
     p.add_argument("--case-fn", metavar="MODULE:FUNCTION",
                    help="run this importable function per study instead of the pipeline (fn(input, out_dir, **kw) -> dict)")
     p.add_argument("--case-arg", action="append", default=[], metavar="KEY=VALUE",
@@ -56,12 +59,12 @@ def cmd_batch(args) -> int:
     if not args.inputs and not args.resume:
         raise SurgitwinError("name at least one INPUT (or use --resume to continue the batch in --out)")
 
-    from pipeline.batch import settings
+    from pipeline.configuration import batch_and_pacs
     from pipeline.batch.progress import make_reporter
     from pipeline.batch.run_case import DEFAULT_CASE_FN
-    from pipeline.batch.runner import BatchOptions, run_batch
+    from pipeline.batch.runner import FOLLOW_UP_CASE_FN, BatchOptions, run_batch
 
-    bcfg, _ = settings.load(args.config)
+    bcfg, _ = batch_and_pacs(args.config)
     case_kwargs = {}
     for item in args.case_arg:
         k, sep, v = item.partition("=")
@@ -71,6 +74,8 @@ def cmd_batch(args) -> int:
             case_kwargs[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
             case_kwargs[k.strip()] = v
+    if args.follow_up and args.case_fn:
+        raise SurgitwinError("--follow-up and --case-fn both choose the per-study function: use one")
     if case_kwargs and not args.case_fn:
         raise SurgitwinError("--case-arg needs --case-fn (the pipeline's options are --model, --config, --snapshot)")
     if args.deid_map and not args.deidentify:
@@ -81,7 +86,7 @@ def cmd_batch(args) -> int:
         workers=bcfg.workers if args.workers is None else args.workers,
         scheduler=args.scheduler or bcfg.scheduler, resume=args.resume, deidentify=args.deidentify,
         deid_map=args.deid_map, allow_burned_in=args.allow_burned_in,
-        timeout_s=args.timeout or bcfg.study_timeout_s, discovery_timeout_s=bcfg.discovery_timeout_s, case_fn=args.case_fn or DEFAULT_CASE_FN, case_kwargs=case_kwargs,
+        timeout_s=args.timeout or bcfg.study_timeout_s, discovery_timeout_s=bcfg.discovery_timeout_s, case_fn=args.case_fn or (FOLLOW_UP_CASE_FN if args.follow_up else DEFAULT_CASE_FN), case_kwargs=case_kwargs,
         argv=["surgitwin", *sys.argv[1:]])
     summary = run_batch(args.inputs, args.out, opts, reporter=make_reporter(args.progress or bcfg.progress))
     if args.json:

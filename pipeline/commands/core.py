@@ -6,7 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.config import ROOT
+
 SAMPLE = ROOT / "sample_scans" / "phantom_ct"
 # The demo's planning steps on the sample scan (LPS mm; documented in the README): a lesion seeded
 # in the phantom's liver tumour (right lobe, patient right = x < 0) and a resection plane 20 mm

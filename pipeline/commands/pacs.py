@@ -124,11 +124,11 @@ def _url(args, pcfg) -> str:
 
 
 def cmd_listen(args) -> int:
-    from pipeline.batch import settings
+    from pipeline.configuration import batch_and_pacs
     from pipeline.batch.progress import make_reporter
     from pipeline.pacs.listener import ListenerOptions, listen
 
-    bcfg, pcfg = settings.load(args.config)
+    bcfg, pcfg = batch_and_pacs(args.config)
     _console_logging()
     opts = ListenerOptions(
         ae_title=args.ae_title or pcfg.ae_title, port=pcfg.port if args.port is None else args.port,
@@ -145,12 +145,12 @@ def cmd_listen(args) -> int:
 def cmd_pull(args) -> int:
     from pathlib import Path
 
-    from pipeline.batch import settings
+    from pipeline.configuration import batch_and_pacs
     from pipeline.batch.progress import make_reporter
     from pipeline.batch.runner import run_batch
     from pipeline.pacs.dicomweb import pull_study
 
-    bcfg, pcfg = settings.load(args.config)
+    bcfg, pcfg = batch_and_pacs(args.config)
     dest = Path(args.out) / "pulled" / args.study
     if args.dimse:
         from pipeline.pacs.dimse import pull_study_dimse
@@ -169,10 +169,10 @@ def cmd_pull(args) -> int:
 
 
 def cmd_push(args) -> int:
-    from pipeline.batch import settings
+    from pipeline.configuration import batch_and_pacs
     from pipeline.pacs.dicomweb import push_scene
 
-    _, pcfg = settings.load(args.config)
+    _, pcfg = batch_and_pacs(args.config)
     if args.dimse:
         from pipeline.pacs.dimse import push_scene_dimse
 

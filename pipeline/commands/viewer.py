@@ -45,12 +45,14 @@ def register(sub) -> None:
     p.add_argument("--window", default="soft_tissue", help="four-up: CT window preset (soft_tissue, bone, lung)")
     p.add_argument("--overlay", choices=("outline", "fill"), default="outline", help="four-up: structure overlay")
     p.add_argument("--overlay-opacity", type=float, default=0.35, help="four-up: opacity of filled overlays (0..1)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="with --script/--screenshot: seconds before a stuck viewer is reported and ended (exit 3)")
     p.set_defaults(func=cmd_view)
 
 
 def cmd_snapshot(args) -> int:
-    from viewer.render import parse_opacity, parse_size, parse_slices, snapshot_subprocess
-    from viewer.views import check_view
+    from pipeline.render.offscreen import parse_opacity, parse_size, parse_slices, snapshot_subprocess
+    from pipeline.render.views import check_view
 
     views = [check_view(v) for v in (args.view or ["anterior", "left"])]
     out = snapshot_subprocess(args.scene, args.output, views, parse_size(args.size), hide=args.hide,
@@ -63,8 +65,8 @@ def cmd_snapshot(args) -> int:
 
 
 def cmd_view(args) -> int:
-    from viewer.render import parse_size
-    from viewer.views import check_view
+    from pipeline.render.offscreen import parse_size
+    from pipeline.render.views import check_view
 
     check_view(args.view)
     if args.layout == "four-up":
@@ -73,14 +75,14 @@ def cmd_view(args) -> int:
 
     require_display()
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
-                      script=args.script, result=args.result)
+                      script=args.script, result=args.result, timeout=args.timeout)
 
 
 def _four_up(args) -> int:
     """Four-up: the interactive window when a display is usable; a --screenshot without one is
     composed headless (panes in numpy, the 3-D pane with EGL)."""
     from viewer.app import DisplayMissing, require_display, run_viewer
-    from viewer.render import parse_size
+    from pipeline.render.offscreen import parse_size
 
     settings = {"crosshair": args.crosshair, "window": args.window, "overlay": args.overlay,
                 "opacity": args.overlay_opacity}
@@ -90,7 +92,7 @@ def _four_up(args) -> int:
         if not args.screenshot:
             raise DisplayMissing(f"{e}; or draw the four-up without a display: --layout four-up --screenshot OUT.png",
                                  rule="the interactive viewer needs a display") from None
-        from viewer.fourup import four_up_screenshot
+        from pipeline.render.fourup import four_up_screenshot
 
         out = four_up_screenshot(args.scene, args.screenshot, parse_size(args.size), view=args.view,
                                  crosshair=args.crosshair, window=args.window, overlay=args.overlay,
@@ -98,7 +100,8 @@ def _four_up(args) -> int:
         print(out)
         return 0
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
-                      script=args.script, result=args.result, layout="four-up", four_up=settings)
+                      script=args.script, result=args.result, layout="four-up", four_up=settings,
+                      timeout=args.timeout)
 
 
 if __name__ == "__main__":  # pragma: no cover

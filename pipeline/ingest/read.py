@@ -287,14 +287,31 @@ def _output_dtype(raws: list[np.ndarray], slopes: np.ndarray, icpts: np.ndarray,
 
 def _rescaled_stack(raws: list[np.ndarray], slopes: np.ndarray, icpts: np.ndarray, bounds: list) -> tuple[np.ndarray, str]:
     """(n, rows, cols) rescaled values from per-slice stored arrays; note says what was applied."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ..config import cap_threads
+
     dtype = _output_dtype(raws, slopes, icpts, bounds)
     out = np.empty((len(raws),) + raws[0].shape, dtype=dtype)
-    for k, r in enumerate(raws):
-        out[k] = r  # integer targets wrap modulo 2^n here and after the in-place ops: exact once the result fits
-    if np.any(slopes != 1):
-        out *= slopes.astype(dtype)[:, None, None]
-    if np.any(icpts != 0):
-        out += icpts.astype(dtype)[:, None, None]
+    s_t, i_t = slopes.astype(dtype), icpts.astype(dtype)
+    scale, shift = bool(np.any(slopes != 1)), bool(np.any(icpts != 0))
+
+    def one(k: int) -> None:  # copy and rescale each slice while it is in cache (numpy frees the GIL)
+        # integer targets wrap modulo 2^n in these in-place ops: exact once the result fits
+        o = out[k]
+        np.copyto(o, raws[k], casting="unsafe")
+        if scale:
+            np.multiply(o, s_t[k], out=o, casting="unsafe")
+        if shift:
+            np.add(o, i_t[k], out=o, casting="unsafe")
+
+    n = max(1, min(cap_threads(2) or 1, len(raws)))
+    if n > 1:
+        with ThreadPoolExecutor(n) as pool:
+            list(pool.map(one, range(len(raws))))
+    else:
+        for k in range(len(raws)):
+            one(k)
     if np.all(slopes == 1) and np.all(icpts == 0):
         note = f"no rescale (stored values), {dtype.name}"
     elif np.ptp(slopes) == 0 and np.ptp(icpts) == 0:

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..config import DEFAULT_PIPELINE
 from ..errors import ConfigError
 from ._common import is_non_image
 from .index import Series, Study
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "pipeline.yaml"
+DEFAULT_CONFIG = DEFAULT_PIPELINE
 _OPS = {">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b,
         "<=": lambda a, b: a <= b, "==": lambda a, b: math.isclose(a, b, abs_tol=1e-6),
         "!=": lambda a, b: not math.isclose(a, b, abs_tol=1e-6)}

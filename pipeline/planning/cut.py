@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 SUBSAMPLES = 5
 AGREEMENT_LIMIT_PERCENT = 2.0

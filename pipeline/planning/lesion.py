@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 LESION_RGB = (230, 215, 60)
 LESION_CODE = "52988006"  # SNOMED CT "Lesion"
@@ -240,7 +240,7 @@ def _apply(planner, label, host, region, box, seed, image, method: dict, opts: d
     new_lm = LabelMap(lm.volume.with_array(arr), table)
     root = Path(scene.root)
     write_image_file(new_lm.volume, root / scene.labelmap, arr.astype(np.uint16 if arr.max() > 255 else np.uint8))
-    cfg = MeshConfig(**(load_pipeline_config().get("mesh") or {}))
+    cfg = MeshConfig.from_dict(load_pipeline_config().get("mesh"))
     names = {label.name} | ({host} if host else set())
     meshes = {m.name: m for m in labelmap_to_meshes(new_lm, cfg, names=names)}
     if label.name not in meshes:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 AXES = (("left_right", 0), ("anterior_posterior", 1), ("superior_inferior", 2))
 

@@ -17,7 +17,6 @@ to the source series UIDs.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -27,10 +26,10 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..errors import PlanningError, SceneError
+from .records import _software, check_point, file_hash, lps_list  # noqa: F401 - this module's API since 0.1
 
 SECTIONS = {"landmarks": "L", "measurements": "M", "lesions": "LS", "segments": "S", "cuts": "C", "trajectories": "T"}
 _ID = re.compile(r"^([A-Z]+)(\d+)$")
-_HASHES: dict[tuple[str, float, int], str] = {}
 
 
 def next_id(plan: dict, section: str) -> str:
@@ -38,38 +37,6 @@ def next_id(plan: dict, section: str) -> str:
     prefix = SECTIONS[section]
     used = [int(m.group(2)) for r in plan.get(section, []) if (m := _ID.match(str(r.get("id", ""))))]
     return f"{prefix}{max(used, default=0) + 1}"
-
-
-def file_hash(path: Path) -> str:
-    """sha256[:16] of a file, cached by (path, mtime, size)."""
-    path = Path(path)
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime, st.st_size)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()[:16]
-    return _HASHES[key]
-
-
-def _software() -> dict:
-    from ..config import software_versions
-
-    return software_versions("numpy", "scipy", "trimesh")
-
-
-def lps_list(points) -> list:
-    """(n, 3) or (3,) array -> nested lists of floats rounded to 1e-4 mm (JSON-friendly)."""
-    return np.round(np.asarray(points, dtype=np.float64), 4).tolist()
-
-
-def check_point(p, what: str = "point") -> np.ndarray:
-    a = np.asarray(p, dtype=np.float64).reshape(-1)
-    if a.shape != (3,) or not np.all(np.isfinite(a)):
-        raise PlanningError(f"{what} must be 3 finite LPS coordinates (x y z in mm); found {p!r}")
-    return a
 
 
 def save_plan(scene) -> Path:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 SEGMENTS = ("I", "II", "III", "IVa", "IVb", "V", "VI", "VII", "VIII")
 LANDMARKS = ("ivc", "rhv", "mhv", "lhv", "portal")
@@ -155,7 +155,7 @@ def write_segment_meshes(planner, record: dict, record_id: str) -> dict[str, str
 
     if planner.scene.root is None:
         return {}
-    cfg = MeshConfig(**(load_pipeline_config().get("mesh") or {}))
+    cfg = MeshConfig.from_dict(load_pipeline_config().get("mesh"))
     out = {}
     for am in labelmap_to_meshes(segment_labelmap(planner, record), cfg):
         seg = SEGMENTS[am.label.id - 1]

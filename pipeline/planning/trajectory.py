@@ -16,7 +16,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import PlanningError
-from .plan import check_point, lps_list
+from .records import check_point, lps_list
 
 
 

@@ -1,7 +1,7 @@
 """Surgical planning report of a scene: one self-contained HTML file (and PDF via Chromium).
 
 Contents, in the order a surgeon reads it: plan warnings first; 3D pictures (anterior /
-left overview and structure close-ups from :mod:`viewer.render`, run in a subprocess, with the
+left overview and structure close-ups from :mod:`pipeline.render.offscreen`, run in a subprocess, with the
 plan drawn as in the viewer) and
 patient-aligned slice pictures with outlines and the plan drawn on them; the structure table
 (volumes from voxels and mesh, HU, extents, QC and uncertainty flags); measurements; cuts;
@@ -14,7 +14,6 @@ Without a working renderer the report says so and keeps the slice pictures.
 """
 from __future__ import annotations
 
-import base64
 import html
 import os
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SurgitwinError
+from .report_slices import data_uri
 
 TEMPLATE_DIR = Path(__file__).with_name("templates")
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -39,10 +39,6 @@ class ReportResult:
     pdf: Path | None = None
     pictures: list[str] = field(default_factory=list)  # captions of the pictures embedded
     notes: list[str] = field(default_factory=list)     # what could not be done, and why
-
-
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def chromium_path() -> str | None:
@@ -223,12 +219,12 @@ def _bounds(scene, image=None) -> tuple[np.ndarray, np.ndarray]:
 
 # -- pictures ----------------------------------------------------------------------------------
 def render_3d(scene, workdir: Path, closeups: list[str], timeout: float) -> tuple[list[tuple[str, bytes]], list[str]]:
-    """Overview + close-ups via viewer.render in subprocesses; (pictures, notes)."""
+    """Overview + close-ups via pipeline.render.offscreen in subprocesses; (pictures, notes)."""
     pics, notes = [], []
     try:
-        from viewer.render import snapshot_subprocess
+        from pipeline.render.offscreen import snapshot_subprocess
     except ImportError as e:
-        return pics, [f"3D pictures unavailable: the viewer package cannot be imported ({e})"]
+        return pics, [f"3D pictures unavailable: the renderer cannot be imported ({e})"]
     jobs = [("Overview: anterior and left views", "overview.png", (), ("anterior", "left"))]
     for n in closeups:
         jobs.append((f"Close-up: {n}", f"closeup_{n}.png", tuple(x for x in scene.structure_names if x != n), ("anterior", "left")))
@@ -353,6 +349,7 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
         segment_pictures=[(c, data_uri(b)) for c, b in seg_pics],
         notes=notes, generated=time.strftime("%Y-%m-%d %H:%M:%S %Z"), software=Planner.__module__,
         versions=_versions(), grid={"shape": list(image.shape), "spacing": [round(float(s), 3) for s in image.spacing]},
+        changes=_change_section(scene),
     )
     tmp = out_html.with_name(f".tmp-{os.getpid()}-{out_html.name}")
     tmp.write_text(text, encoding="utf-8")
@@ -365,6 +362,13 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
             result.notes.append(f"PDF not written: {e}")
     result.notes.append(f"report built in {time.perf_counter() - t0:.1f} s")
     return result
+
+
+def _change_section(scene):
+    """The "What changed" section for scenes with time points (pipeline.followup), else None."""
+    from ..followup.report import change_section
+
+    return change_section(scene)
 
 
 def _versions() -> dict:

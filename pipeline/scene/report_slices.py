@@ -8,9 +8,16 @@ carries its orientation letter, so a left/right flip is visible at a glance.
 """
 from __future__ import annotations
 
+import base64
 import io
 
 import numpy as np
+
+
+def data_uri(png: bytes) -> str:
+    """A PNG as a data: URI (the report embeds every picture; the follow-up report too)."""
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
 
 # plane name -> (LPS axis and sign along image columns, along image rows, fixed axis)
 PLANES = {

@@ -9,7 +9,8 @@ Layout of a scene folder::
     meshes/<name>.ply     one closed surface per structure, vertices in LPS mm
     snapshots/*.png       optional pictures
 
-``scene.json`` keys (schema_version "1.0"):
+``scene.json`` keys (schema_version "2.0"; typed in :mod:`.schema`, published as
+docs/scene.schema.json; 1.0 files are migrated on load):
     schema_version, case_id, coordinate_system ("LPS"), units ("mm"),
     source        {study_instance_uid, series_instance_uid, frame_of_reference_uid, modality, ...}
     image         relative path of the image NIfTI
@@ -24,6 +25,8 @@ Layout of a scene folder::
                   used, lesions: [] (surgitwin lesion) and segments: [] (Couinaud)
     provenance    [StageRecord dicts, in order]
     snapshots     [relative paths]
+    qc, input_checks, scan_warnings, truth_comparison   optional, written by the run / demo
+    further keys  allowed (open sections, see :mod:`.schema`) and kept on a round trip
 
 Mesh PLY files store float32 vertices; save_scene rounds in-memory vertices to float32 first,
 so save -> load round-trips exactly.
@@ -40,9 +43,9 @@ import numpy as np
 
 from ..errors import SceneError
 from ..fileio import atomic_write, atomic_write_json
-from ..types import AnatomyMesh, Label, LabelTable, StageRecord
+from ..types import AnatomyMesh, LabelTable, StageRecord
+from .schema import SCHEMA_VERSION, migrate, validate_scene_dict
 
-SCHEMA_VERSION = "1.0"
 SCENE_FILE = "scene.json"
 REQUIRED_KEYS = ("schema_version", "case_id", "source", "image", "labelmap", "structures", "plan", "provenance")
 
@@ -172,6 +175,9 @@ def _check_paths(folder: Path, d: dict) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write a scene.json atomically after checking it against the scene contract (a writer
+    that breaks the contract fails here, naming the key, not in the next reader)."""
+    validate_scene_dict(data, path=str(path))
     atomic_write_json(path, data)
 
 
@@ -217,21 +223,15 @@ def load_scene(path, *, load_meshes: bool = True) -> Scene:
         d = json.loads((folder / SCENE_FILE).read_text())
     except json.JSONDecodeError as e:
         raise SceneError(f"scene.json is not valid JSON ({e})", path=str(folder / SCENE_FILE)) from None
-    missing = [k for k in REQUIRED_KEYS if k not in d]
+    missing = [k for k in REQUIRED_KEYS if not isinstance(d, dict) or k not in d]
     if missing:
-        raise SceneError(f"scene contract: keys {missing} are required", path=str(folder / SCENE_FILE))
-    major = str(d["schema_version"]).split(".")[0]
-    if major != SCHEMA_VERSION.split(".")[0]:
-        raise SceneError(f"scene schema_version must be {SCHEMA_VERSION.split('.')[0]}.x; found {d['schema_version']}",
-                         path=str(folder / SCENE_FILE))
+        raise SceneError(f"scene contract: keys {missing} are required", path=str(folder / SCENE_FILE),
+                         rule="scene.json follows the scene contract (docs/scene.schema.json)")
+    d = migrate(d, path=str(folder / SCENE_FILE))  # 1.0 -> 2.0
+    validate_scene_dict(d, path=str(folder / SCENE_FILE))
     _check_paths(folder, d)
-    if d.get("labels"):
-        labels = LabelTable.from_list(d["labels"])
-    else:  # minimal scenes written by other tools: derive labels from structures
-        labels = LabelTable(Label(s["label"], s["name"], tuple(s.get("color", (200, 200, 200)))) for s in d["structures"])
+    labels = LabelTable.from_list(d["labels"])
     meshes = []
-    if load_meshes:
-        import trimesh
     for s in d["structures"]:
         s = dict(s)
         label = labels.by_id(s.pop("label"))

@@ -24,6 +24,7 @@ from ..config import config_hash, software_versions
 from ..errors import ConfigError, ModelError
 from ..types import Label, LabelMap, LabelTable, StageRecord, Volume
 from .hu_rules import CODES, HURulesConfig, hu_rules_arrays, hu_uncertainty
+from ..resources import release_memory
 from .postprocess import PostprocessConfig, postprocess_labels
 from .qc import QCConfig, structure_qc
 from .registry import LABELS_DIR, ModelSpec, load_label_file, resolve_model
@@ -106,9 +107,9 @@ def _paint_hu(out: np.ndarray, codes: np.ndarray, table: LabelTable) -> None:
     for name, c in CODES.items():
         if name in table:
             lut[c] = table.by_name(name).id
-    hu_ids = lut[codes]
-    free = out == 0
-    out[free] = hu_ids[free]
+    for k0 in range(0, out.shape[0], 32):  # by slabs: no full-size temporaries
+        o = out[k0:k0 + 32]
+        np.copyto(o, lut[codes[k0:k0 + 32]], where=o == 0)
 
 
 def _merge_tables(model: LabelTable, hu: LabelTable) -> tuple[LabelTable, list[str]]:
@@ -201,6 +202,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
 
         t0 = time.perf_counter()
         net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
+        release_memory()  # the network's buffers: back to the system before the full-resolution steps
         timings.update(net.timings)
         table = spec.label_table()
         labels = net.labels.astype(_dtype_for(table), copy=False)

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..config import load_yaml
 from ..errors import ModelError
-from .registry import LABELS_DIR, ModelSpec
+from .spec import LABELS_DIR, ModelSpec
 
 _NO_OPS = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst", "EnsureTyped", "EnsureType",
            "ToTensord", "ToTensor", "CastToTyped", "CastToType", "ToDeviced", "AddChanneld"}

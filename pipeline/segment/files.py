@@ -47,7 +47,7 @@ def write_segmentation(result: SegmentationResult, out_dir) -> dict[str, Path]:
 def segment_file(input_path, out_dir, model: str = "hu_rules", overrides=None, trust: bool = False,
                  config=None) -> tuple[SegmentationResult, dict[str, Path]]:
     """Read ``input_path`` (DICOM folder/file or NIfTI/NRRD/MHA), segment, write into ``out_dir``."""
-    from ..config import load_pipeline_config
+    from ..configuration import load_pipeline_config
 
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
     try:

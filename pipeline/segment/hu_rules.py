@@ -295,9 +295,15 @@ def hu_rules_arrays(volume: Volume, cfg: HURulesConfig | None = None) -> tuple[n
              | (marrow_lr.astype(np.uint8) << 5)
              | (cortex_band.astype(np.uint8) << 6))
     info["airway_found"] = airway_thr is not None
-    codes = _upsample(flags, f, shape).astype(np.uint16)
-    codes += _hu_class(hu, cfg, airway_thr)  # HU class * 128 + flags
-    return _decision_table(cfg, airway_thr is not None)[codes], info
+    table = _decision_table(cfg, airway_thr is not None)
+    out = np.empty(shape, table.dtype)
+    idx = [np.arange(n) // fa for n, fa in zip(shape, f)]
+    for k0 in range(0, shape[0], 32):  # by slabs: no full-size uint16 temporaries
+        ks = slice(k0, k0 + 32)
+        codes = flags[idx[0][ks][:, None, None], idx[1][None, :, None], idx[2][None, None, :]].astype(np.uint16)
+        codes += _hu_class(hu[ks], cfg, airway_thr)  # HU class * 128 + flags
+        out[ks] = table[codes]
+    return out, info
 
 
 # HU classes of the per-voxel decision (ordered by HU):

@@ -33,14 +33,27 @@ class PostprocessConfig(BaseModel):
     min_island_ml: float = 1.0
 
 
+def label_compact(mask: np.ndarray, structure=None) -> tuple[np.ndarray, int]:
+    """``ndimage.label`` into uint16 when the components fit (half of int32's memory on a
+    full-resolution body mask), else int32."""
+    from scipy import ndimage
+
+    try:
+        out = np.empty(mask.shape, np.uint16)
+        n = ndimage.label(mask, structure=structure, output=out)
+        return out, int(n)
+    except RuntimeError:  # more than 65535 components
+        lab, n = ndimage.label(mask, structure=structure)
+        return lab, int(n)
+
+
 def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
     """Mask with its enclosed background filled (6-connected background, one labelling pass).
 
     Faster than ``scipy.ndimage.binary_fill_holes`` (iterated dilation) on large masks.
     """
-    from scipy import ndimage
 
-    lab, n = ndimage.label(~mask)
+    lab, n = label_compact(~mask)
     if n == 0:
         return mask.copy()
     outside = np.zeros(n + 1, bool)
@@ -60,9 +73,8 @@ def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.
     n_components : components found
     n_kept : components kept
     """
-    from scipy import ndimage
 
-    lab, n = ndimage.label(mask, structure=_FULL)
+    lab, n = label_compact(mask, _FULL)
     if n <= 1:
         return mask.copy(), n, n
     sizes = np.zeros(n + 1, np.int64)

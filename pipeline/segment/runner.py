@@ -494,11 +494,11 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
     for c, lid in ids.items():
         if c < n_ch:
             lut[c] = lid
-    if ch.dtype == lut.dtype:
-        labels = np.take(lut, ch, out=ch)  # in place: no second full-size array
-    else:
-        labels = lut[ch]
-        del ch
+    # channel -> label id by slabs (indexing casts the indices to intp: 8 bytes a voxel at once)
+    labels = ch if ch.dtype == lut.dtype else np.empty(ch.shape, lut.dtype)
+    for k0 in range(0, ch.shape[0], 16):
+        labels[k0:k0 + 16] = lut[ch[k0:k0 + 16]]
+    del ch
     timings["resample_back"] = time.perf_counter() - t0
     inputs = {"weights_sha256": sha, "parameters": n_params, "device": str(device), "threads": threads or
               torch.get_num_threads(), "amp": bool(amp and device.type == "cuda"), "inference_path": path,

@@ -92,7 +92,7 @@ def list_cases(root) -> list[dict]:
 def load_generation_maps(root, spacing: float = 3.0) -> list[Volume]:
     """Generation maps in ``labelsGen/`` resampled onto canonical grids."""
     from ..geometry import read_image_file
-    from .synth import to_canonical
+    from .canonical import to_canonical
 
     out = []
     for p in sorted((Path(root) / "labelsGen").glob("*.nii.gz")):

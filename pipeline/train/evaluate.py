@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import ModelError
 from ..types import Label, LabelMap, LabelTable, Volume
+from .labels import read_reference  # noqa: F401 - this module's API
 
 
 class Predictor:
@@ -59,7 +60,7 @@ class Predictor:
         from monai.inferers import sliding_window_inference
 
         from ..geometry import resample_to_grid
-        from .synth import canonical_grid
+        from .canonical import canonical_grid
         from .train import normalize
 
         sp = float(self.meta["preprocessing"]["spacing"][0])
@@ -248,28 +249,6 @@ def write_json(obj, path) -> None:
 
     tmp.write_text(json.dumps(clean(obj), indent=1))
     os.replace(tmp, path)
-
-
-def read_reference(labels_file, names_file=None) -> tuple[Volume, dict[int, str]]:
-    """A reference label file + its id -> name table.
-
-    ``names_file``: JSON ``{"1": "spleen", ...}`` or TotalSegmentator's ``{"total": {...}}``, or
-    a nnU-Net ``dataset.json`` (``labels``: name -> id). Default: ``labels.json`` next to it.
-    """
-    from ..geometry import read_image_file
-
-    labels_file = Path(labels_file)
-    vol = read_image_file(labels_file)
-    nf = Path(names_file) if names_file else labels_file.with_name("labels.json")
-    if not nf.exists():
-        raise ModelError("reference label names not found (give a JSON id -> name table)", path=str(nf))
-    from .labels import parse_label_names
-
-    try:
-        raw = json.loads(nf.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"label names file is not valid JSON: {e}", path=str(nf)) from None
-    return vol, parse_label_names(raw, nf)
 
 
 def evaluate_reference_image(model, image_path, labels_file, names_file=None, surface_tol_mm: float = 2.0) -> dict:

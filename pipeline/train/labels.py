@@ -10,8 +10,11 @@ them by physical position.
 """
 from __future__ import annotations
 
-from ..errors import SurgitwinError
-from ..types import Label, LabelTable
+import json
+from pathlib import Path
+
+from ..errors import ModelError, SurgitwinError
+from ..types import Label, LabelTable, Volume
 
 #: Output labels of the shipped abdominal model (channel c == id c; 0 = background).
 TARGET_LABELS = LabelTable([
@@ -173,3 +176,23 @@ def parse_label_names(raw, path=None) -> dict[int, str]:
     except (TypeError, ValueError) as e:
         raise bad(f"ids must be integers ({e})") from None
     raise bad(f"found a {type(raw).__name__}")
+
+
+def read_reference(labels_file, names_file=None) -> tuple[Volume, dict[int, str]]:
+    """A reference label file + its id -> name table.
+
+    ``names_file``: JSON ``{"1": "spleen", ...}`` or TotalSegmentator's ``{"total": {...}}``, or
+    a nnU-Net ``dataset.json`` (``labels``: name -> id). Default: ``labels.json`` next to it.
+    """
+    from ..geometry import read_image_file
+
+    labels_file = Path(labels_file)
+    vol = read_image_file(labels_file)
+    nf = Path(names_file) if names_file else labels_file.with_name("labels.json")
+    if not nf.exists():
+        raise ModelError("reference label names not found (give a JSON id -> name table)", path=str(nf))
+    try:
+        raw = json.loads(nf.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"label names file is not valid JSON: {e}", path=str(nf)) from None
+    return vol, parse_label_names(raw, nf)

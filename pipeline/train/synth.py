@@ -30,7 +30,8 @@ from scipy import ndimage
 
 from ..errors import SurgitwinError
 from ..types import Volume
-from .labels import FIRST_SYNTHETIC_GEN, GEN_BY_NAME, GEN_LABELS, TORSO_NAMES, totalseg_to_gen
+from .canonical import canonical_grid, to_canonical  # noqa: F401 - canonical_grid: this module's API
+from .labels import GEN_BY_NAME, GEN_LABELS, TORSO_NAMES, totalseg_to_gen
 
 AIR_HU = -1000.0
 N_GEN = max(GEN_LABELS) + 1
@@ -40,37 +41,6 @@ OUTSIDE_FOV = 255  # marker in warped generation maps: no data (padding, truncat
 GEN_TO_TARGET = np.zeros(256, np.uint8)
 for _gid, (_n, _tid, _r) in GEN_LABELS.items():
     GEN_TO_TARGET[_gid] = _tid
-
-
-# --- canonical grid ---------------------------------------------------------------------------
-
-def canonical_grid(vol: Volume, spacing: float = 3.0) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Isotropic RAS-ordered grid covering ``vol``'s field of view.
-
-    Returns
-    -------
-    shape : (3,) ints, along R, A, S
-    affine : (4, 4) index (r, a, s) -> LPS mm. Axis 0 runs towards patient Right (-x LPS),
-        axis 1 towards Anterior (-y LPS), axis 2 towards Superior (+z).
-    """
-    corners = np.array([[k, j, i] for k in (0, vol.shape[0] - 1) for j in (0, vol.shape[1] - 1)
-                        for i in (0, vol.shape[2] - 1)], float)
-    lps = vol.index_to_lps(corners)
-    lo, hi = lps.min(0), lps.max(0)
-    shape = tuple(int(np.floor((hi[d] - lo[d]) / spacing)) + 1 for d in range(3))
-    aff = np.eye(4)
-    aff[:3, :3] = np.diag([-spacing, -spacing, spacing])
-    aff[:3, 3] = [hi[0], hi[1], lo[2]]
-    return shape, aff
-
-
-def to_canonical(vol: Volume, spacing: float = 3.0, order: int = 0, cval: float = 0.0) -> Volume:
-    """Resample a volume (any orientation) onto its :func:`canonical_grid`, in physical space."""
-    from ..geometry import resample_to_grid
-
-    shape, aff = canonical_grid(vol, spacing)
-    return resample_to_grid(vol, shape, aff, order=order, cval=cval,
-                            dtype=vol.array.dtype if order == 0 else np.float32)
 
 
 def relabel(vol: Volume, id_to_name: dict[int, str], name_to_gen=None) -> Volume:
@@ -536,8 +506,7 @@ def load_label_map_file(path, names_file=None, spacing: float = 3.0, ignore_unkn
     """
     import sys
 
-    from .evaluate import read_reference
-    from .labels import source_to_gen
+    from .labels import read_reference, source_to_gen
 
     vol, names = read_reference(path, names_file)
     gen = source_to_gen(names, ignore_unknown, names_file or Path(path).with_name("labels.json"))
