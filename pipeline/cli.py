@@ -13,7 +13,7 @@ from .errors import SurgitwinError
 
 # Modules under pipeline.commands that define register(subparsers); missing ones are skipped
 # so a partially installed checkout still starts.
-COMMAND_MODULES = ("core", "segment", "planning", "viewer", "batch", "pacs", "train", "followup")
+COMMAND_MODULES = ("core", "segment", "planning", "viewer", "batch", "pacs", "train", "followup", "edit")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,17 +35,17 @@ from .types import Label, LabelMap, LabelTable, Volume
 # --- label table (the source of truth; configs/labels/phantom.yaml is generated from it) --
 
 PHANTOM_LABELS = LabelTable([
-    Label(1, "liver", (221, 130, 101), "10200004", False, (800.0, 3000.0), 1),
-    Label(2, "spleen", (157, 108, 162), "78961009", False, (50.0, 700.0), 1),
-    Label(3, "kidney_left", (185, 102, 83), "18639004", False, (60.0, 320.0), 1),
-    Label(4, "kidney_right", (185, 102, 83), "9846003", False, (60.0, 320.0), 1),
-    Label(5, "aorta", (224, 97, 76), "15825003", True, (30.0, 300.0), 1),
-    Label(6, "inferior_vena_cava", (0, 151, 206), "64131007", True, (20.0, 250.0), 1),
-    Label(7, "liver_tumor", (144, 238, 144), "4147007", False, (2.0, 200.0), 1),
-    Label(8, "lungs", (197, 165, 145), "39607008", False, (50.0, 7000.0), 2),
-    Label(9, "spine", (241, 214, 145), "421060004", False, (50.0, 1500.0), 1),
-    Label(10, "ribs", (255, 250, 220), "113197003", False, (10.0, 1500.0), 0),
-    Label(11, "body", (177, 122, 101), "38266002", False, None, 0),
+    Label(1, "liver", (127, 53, 17), "10200004", False, (800.0, 3000.0), 1),
+    Label(2, "spleen", (143, 68, 143), "78961009", False, (50.0, 700.0), 1),
+    Label(3, "kidney_left", (190, 103, 25), "18639004", False, (60.0, 320.0), 1),
+    Label(4, "kidney_right", (215, 160, 29), "9846003", False, (60.0, 320.0), 1),
+    Label(5, "aorta", (225, 30, 40), "15825003", True, (30.0, 300.0), 1),
+    Label(6, "inferior_vena_cava", (40, 80, 200), "64131007", True, (20.0, 250.0), 1),
+    Label(7, "liver_tumor", (250, 235, 50), "4147007", False, (2.0, 200.0), 1),
+    Label(8, "lungs", (106, 158, 176), "39607008", False, (50.0, 7000.0), 2),
+    Label(9, "spine", (251, 221, 182), "421060004", False, (50.0, 1500.0), 1),
+    Label(10, "ribs", (216, 246, 224), "113197003", False, (10.0, 1500.0), 0),
+    Label(11, "body", (245, 187, 188), "38266002", False, None, 0),
 ])
 """Colours: 3D Slicer GenericAnatomyColors (liver, spleen, kidney, aorta, vein, lung, bone,
 skin, mass); ribs use a lighter bone colour so they stand apart from the spine. Codes are

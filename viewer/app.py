@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.errors import SurgitwinError
 
 from .capture import CaptureMixin
+from .fourup_gui import FourUpMixin
 from .interact import PlanningMixin
 from .render import (BODY_OPACITY, RenderError, configure_view, material_for, set_priority, structure_styles, sun_direction,
                      to_o3d_mesh)
@@ -49,10 +50,11 @@ def require_display() -> None:
             raise DisplayMissing(f"the viewer needs a display and no X server is listening on DISPLAY={disp}; {hint}")
 
 
-class ViewerApp(PlanningMixin, CaptureMixin):
+class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
     """One window showing one scene. Create on the GUI thread, then :meth:`run`."""
 
-    def __init__(self, scene_path, *, size=(1440, 900), view: str = "anterior"):
+    def __init__(self, scene_path, *, size=(1440, 900), view: str = "anterior", layout: str = "3d",
+                 four_up: dict | None = None):
         import open3d.visualization.gui as gui
         import open3d.visualization.rendering as rendering
 
@@ -116,6 +118,12 @@ class ViewerApp(PlanningMixin, CaptureMixin):
         from .panels import build_panel
 
         self.ui = build_panel(self)
+        self.layout = layout
+        if layout == "four-up":  # slice panes beside the 3-D view (viewer.fourup_gui)
+            from .fourup_gui import build_correct_section
+
+            self._setup_four_up(four_up or {})
+            self.ui.update(build_correct_section(self, self.ui["root"], self.window.theme.font_size))
         self.edge = {k: gui.Label(" ") for k in ("left", "right", "top", "bottom")}
         try:  # larger letters for the patient directions at the view's edges
             big = self.app.add_font(gui.FontDescription(gui.FontDescription.SANS_SERIF, point_size=int(self.window.theme.font_size * 1.4)))
@@ -179,7 +187,10 @@ class ViewerApp(PlanningMixin, CaptureMixin):
     def _on_layout(self, ctx):
         r = self.window.content_rect
         pw = min(400, max(300, r.width // 4))
-        self.widget.frame = self.gui.Rect(r.x, r.y, r.width - pw, r.height)
+        if self.layout == "four-up":
+            self._layout_four_up(r, pw)
+        else:
+            self.widget.frame = self.gui.Rect(r.x, r.y, r.width - pw, r.height)
         self.ui["root"].frame = self.gui.Rect(r.get_right() - pw, r.y, pw, r.height)
         f = self.widget.frame
         pad = 4
@@ -199,6 +210,19 @@ class ViewerApp(PlanningMixin, CaptureMixin):
             return redraw
         letters = self.edge_letters()
         changed = False
+        model = np.asarray(self.widget.scene.camera.get_model_matrix())
+        last = getattr(self, "_labels_camera", None)
+        if self._labels3d and (last is None or not np.allclose(model, last)):
+            self._layout_labels3d()  # the camera moved: lay the measurement labels out again
+            changed = True
+        if self._marker_on:  # an axis seen end-on would draw its two letters on top of each other
+            from .drawing import marker_letters
+
+            fwd = -np.asarray(self.widget.scene.camera.get_view_matrix())[2, :3]
+            for lab, text in zip(self._marker_labels, marker_letters(fwd)):
+                if lab.text != text:
+                    lab.text = text
+                    changed = True
         for k, lab in self.edge.items():
             if lab.text != letters[k]:
                 lab.text = letters[k]
@@ -241,9 +265,9 @@ class ViewerApp(PlanningMixin, CaptureMixin):
             for lab in self._marker_labels:
                 lab.text = lab.text if on else ""
             if on:
-                from .drawing import MARKER_AXES
-                names = [t for _, _, pair in MARKER_AXES for t in (pair[1], pair[0])]
-                for lab, t in zip(self._marker_labels, names):
+                from .drawing import marker_letters
+                fwd = -np.asarray(self.widget.scene.camera.get_view_matrix())[2, :3]
+                for lab, t in zip(self._marker_labels, marker_letters(fwd)):
                     lab.text = t
         self._on_main(ui)
 
@@ -251,7 +275,7 @@ class ViewerApp(PlanningMixin, CaptureMixin):
     def _apply_view(self, name: str):
         f = self.widget.frame
         aspect = (f.width / f.height) if f.height > 0 else 1.4
-        pose = fit_camera(self._visible_points(), name, aspect, VFOV)
+        pose = fit_camera(self._visible_points(), name, aspect, VFOV, frame_slab=True)
         bbox = self.widget.scene.bounding_box
         self.widget.setup_camera(VFOV, bbox, pose.center.astype(np.float32))
         self.widget.scene.camera.set_projection(VFOV, aspect, pose.near, pose.far, self.rendering.Camera.FovType.Vertical)
@@ -345,6 +369,8 @@ class ViewerApp(PlanningMixin, CaptureMixin):
             for n in self.styles:
                 self._restyle(n)
             self.ui["uncertainty"].checked = bool(on)
+            self.ui["colorbar"].visible = bool(on)
+            self.window.set_needs_layout()
         self._on_main(ui)
 
     def _sync_structure_rows(self):
@@ -489,7 +515,7 @@ class ViewerApp(PlanningMixin, CaptureMixin):
         """What the panel shows now (for scripts and tests)."""
         def read():
             u = self.ui
-            return {
+            out = {
                 "mode": self.session.mode, "view": self.view_name, "status": u["status"].text,
                 "records": [self._record_text(r) for r in self.session.records()],
                 "cut": u["cut_result"].text, "clearance": u["clearance"].text, "warnings": u["warnings"].text,
@@ -497,13 +523,20 @@ class ViewerApp(PlanningMixin, CaptureMixin):
                                    "uncertain": self.styles[n].uncertain} for n, r in u["rows"].items()},
                 "slices": dict(self.slice_state, index=dict(self.slice_state["index"])),
                 "color_by_uncertainty": self.color_by_uncertainty,
+                "colorbar_visible": bool(u["colorbar"].visible),
                 "edge_letters": self.edge_letters(),
                 "hud": {k: lab.text for k, lab in self.edge.items()},
                 "drawn": list(self._plan_geoms), "labels3d": len(self._labels3d),
                 "hidden_by_cut": sorted(self._hidden_by_cut),
                 "qc_marked": sorted(n for n, lab in self._qc_labels.items() if lab.text),
                 "widget_frame": [self.widget.frame.x, self.widget.frame.y, self.widget.frame.width, self.widget.frame.height],
+                "layout": self.layout,
             }
+            if self.layout == "four-up":
+                out["crosshair"] = self.fourup.crosshair.tolist()
+                out["panes"] = {p: [w.frame.x, w.frame.y, w.frame.width, w.frame.height] for p, w in self.panes.items()}
+                out["pane_window"], out["overlay"] = self.fourup.window, self.fourup.overlay
+            return out
         return self._on_main(read)
 
     def quit(self):
@@ -514,10 +547,11 @@ class ViewerApp(PlanningMixin, CaptureMixin):
 
 
 def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screenshot: str | None = None,
-               script: str | None = None, result: str | None = None, timeout: float = 300.0) -> int:
+               script: str | None = None, result: str | None = None, timeout: float = 300.0, layout: str = "3d",
+               four_up: dict | None = None) -> int:
     """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit."""
     require_display()
-    app = ViewerApp(scene_path, size=size, view=view)
+    app = ViewerApp(scene_path, size=size, view=view, layout=layout, four_up=four_up)
     if screenshot or script:
         from .driver import load_actions, start_driver
 

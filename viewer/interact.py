@@ -219,6 +219,32 @@ class PlanningMixin:
         need = {"distance": 2, "angle": 3, "trajectory": 2}.get(self.session.mode)
         self.ui["pending"].text = f"picked {len(pts)} of {need} points" if need else ""
 
+    def layout_labels3d(self) -> list:
+        """Move the measurement labels apart on screen for the current camera (none overlaps);
+        returns their 3-D positions. The window does this whenever the camera moves."""
+        return self._on_main(self._layout_labels3d)
+
+    def _layout_labels3d(self) -> list:
+        from .labels import layout_labels, pose_from_model
+
+        labs, anchors = self._labels3d, getattr(self, "_label_anchors", [])
+        if not labs or len(anchors) != len(labs):
+            return []
+        cam = self.widget.scene.camera
+        f = self.widget.frame
+        model = np.asarray(cam.get_model_matrix())
+        size = (max(f.width, 1), max(f.height, 1))
+        vfov = cam.get_field_of_view()
+        if cam.get_field_of_view_type() != self.rendering.Camera.FovType.Vertical:
+            vfov = float(np.degrees(2 * np.arctan(np.tan(np.radians(vfov) / 2) * size[1] / size[0])))
+        char = max(6.0, self.window.theme.font_size * 0.55)
+        pos = layout_labels(anchors, [lab.text for lab in labs], pose_from_model(model, vfov),
+                            size, char_px=char, line_px=self.window.theme.font_size * 1.3)
+        for lab, p in zip(labs, pos):
+            lab.position = p.astype(np.float32)
+        self._labels_camera = model
+        return pos.tolist()
+
     def _redraw_plan(self):
         from .drawing import primitive_geometry
         from .tools import clearance_lines, record_primitives, record_text, superseded_pieces
@@ -227,7 +253,7 @@ class PlanningMixin:
             self.widget.scene.remove_geometry(key)
         for lab in self._labels3d:
             self.widget.remove_3d_label(lab)
-        self._plan_geoms, self._labels3d = [], []
+        self._plan_geoms, self._labels3d, self._label_anchors = [], [], []
         self._hidden_by_cut = set()
         records = self.session.records()
         skip = superseded_pieces(self.scene.plan)
@@ -235,7 +261,8 @@ class PlanningMixin:
             for n, prim in enumerate(record_primitives(rec, self.scale)):
                 if prim.kind == "mesh" and rec.get("id") in skip:
                     continue
-                rgb = self.scene.mesh(rec["structure"]).label.rgb if rec.get("kind") == "cut" else (200, 200, 200)
+                rgb = self.styles[rec["structure"]].rgb if rec.get("kind") == "cut" and rec.get("structure") in self.styles \
+                    else (200, 200, 200)  # the structure's display colour
                 g = primitive_geometry(prim, self.scene.root, tuple(c / 255 for c in rgb))
                 if g is None:
                     continue
@@ -246,9 +273,12 @@ class PlanningMixin:
                 set_priority(self.widget.scene, key, rec.get("structure", ""))
                 self._plan_geoms.append(key)
                 if prim.label and prim.label_at is not None:
-                    lab = self.widget.add_3d_label(np.asarray(prim.label_at) + self.scale * 1.5, prim.label)
+                    anchor = np.asarray(prim.label_at, float) + self.scale * 1.5
+                    lab = self.widget.add_3d_label(anchor, prim.label)
                     lab.color = self.gui.Color(0.05, 0.05, 0.05)
                     self._labels3d.append(lab)
+                    self._label_anchors.append(anchor)  # where the record puts it; layout_labels3d moves it apart
+        self._layout_labels3d()
         for n in self.styles:
             self._restyle(n)
         self.ui["records"].set_items([record_text(r) for r in records] or ["(no measurements yet)"])

@@ -79,6 +79,8 @@ def build_panel(app) -> dict:
     show_all.set_on_clicked(lambda: app.isolate(None))
     top.add_child(show_all)
     sec.add_child(top)
+    ui["colorbar"] = _colorbar_widget(gui, int(14 * em), int(2.6 * em))  # shown with the uncertainty colours
+    sec.add_child(ui["colorbar"])
     for name in names:
         st = app.styles[name]
         row = gui.Horiz(int(0.25 * em))
@@ -174,12 +176,12 @@ def build_panel(app) -> dict:
     a, b = _combo(gui, names), _combo(gui, names)
     if len(names) > 1:
         b.selected_index = 1
-    md = gui.Button("min distance")
+    md = gui.Button("min distance between them")  # its own row: beside two combos it was cut to "mi"
     md.set_on_clicked(lambda: app._background(app.min_distance, a.selected_text, b.selected_text))
     row.add_child(a)
     row.add_child(b)
-    row.add_child(md)
     sec.add_child(row)
+    sec.add_child(md)
     ui["min_a"], ui["min_b"] = a, b
     lst = gui.ListView()
     lst.set_max_visible_items(8)
@@ -285,6 +287,18 @@ def build_panel(app) -> dict:
     ui["status"] = gui.Label("Ctrl+click picks; left-drag rotates, wheel zooms")
     root.add_child(ui["status"])
     return ui
+
+
+def _colorbar_widget(gui, width: int, height: int):
+    """The uncertainty colour scale as an image (hidden until colour by uncertainty is on)."""
+    import numpy as np
+    import open3d as o3d
+
+    from .render import colorbar_image
+
+    w = gui.ImageWidget(o3d.geometry.Image(np.ascontiguousarray(np.asarray(colorbar_image(width, height)))))
+    w.visible = False
+    return w
 
 
 def _image_grid(app):

@@ -37,6 +37,14 @@ def register(sub) -> None:
     p.add_argument("--size", default="1440x900", help="window WIDTHxHEIGHT (default 1440x900)")
     p.add_argument("--script", metavar="JSON", help="run a list of viewer actions, then exit (tests, automation)")
     p.add_argument("--result", metavar="JSON", help="with --script/--screenshot: write panel values and measurements here")
+    p.add_argument("--layout", choices=("3d", "four-up"), default="3d",
+                   help="four-up: axial, coronal, sagittal slice panes with outlines beside the 3-D view "
+                        "(with --screenshot it needs no display)")
+    p.add_argument("--crosshair", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="four-up: the linked crosshair, LPS mm (default: the centre of the structures)")
+    p.add_argument("--window", default="soft_tissue", help="four-up: CT window preset (soft_tissue, bone, lung)")
+    p.add_argument("--overlay", choices=("outline", "fill"), default="outline", help="four-up: structure overlay")
+    p.add_argument("--overlay-opacity", type=float, default=0.35, help="four-up: opacity of filled overlays (0..1)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="with --script/--screenshot: seconds before a stuck viewer is reported and ended (exit 3)")
     p.set_defaults(func=cmd_view)
@@ -61,11 +69,39 @@ def cmd_view(args) -> int:
     from pipeline.render.views import check_view
 
     check_view(args.view)
+    if args.layout == "four-up":
+        return _four_up(args)
     from viewer.app import require_display, run_viewer
 
     require_display()
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
                       script=args.script, result=args.result, timeout=args.timeout)
+
+
+def _four_up(args) -> int:
+    """Four-up: the interactive window when a display is usable; a --screenshot without one is
+    composed headless (panes in numpy, the 3-D pane with EGL)."""
+    from viewer.app import DisplayMissing, require_display, run_viewer
+    from pipeline.render.offscreen import parse_size
+
+    settings = {"crosshair": args.crosshair, "window": args.window, "overlay": args.overlay,
+                "opacity": args.overlay_opacity}
+    try:
+        require_display()
+    except DisplayMissing as e:
+        if not args.screenshot:
+            raise DisplayMissing(f"{e}; or draw the four-up without a display: --layout four-up --screenshot OUT.png",
+                                 rule="the interactive viewer needs a display") from None
+        from pipeline.render.fourup import four_up_screenshot
+
+        out = four_up_screenshot(args.scene, args.screenshot, parse_size(args.size), view=args.view,
+                                 crosshair=args.crosshair, window=args.window, overlay=args.overlay,
+                                 opacity=args.overlay_opacity)
+        print(out)
+        return 0
+    return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
+                      script=args.script, result=args.result, layout="four-up", four_up=settings,
+                      timeout=args.timeout)
 
 
 if __name__ == "__main__":  # pragma: no cover

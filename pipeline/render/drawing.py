@@ -121,6 +121,21 @@ def primitive_geometry(p: Primitive, scene_root=None, structure_rgb=(0.8, 0.8, 0
 MARKER_AXES = ((0, (0.85, 0.2, 0.2), ("R", "L")), (1, (0.2, 0.75, 0.25), ("A", "P")), (2, (0.25, 0.4, 0.95), ("I", "S")))
 
 
+def marker_letters(forward, limit: float = 0.8) -> list[str]:
+    """Texts of the orientation marker's letters (order: L, R, P, A, S, I as
+    :func:`orientation_marker` places them) for a camera looking along ``forward`` (LPS): an axis
+    seen nearly end-on (|cos| > ``limit``) has both its letters at the same screen point, so
+    they overlap (L over R in a lateral view): those are left blank; the view's edge letters
+    name that direction anyway."""
+    f = np.asarray(forward, float)
+    f = f / (np.linalg.norm(f) or 1.0)
+    out = []
+    for ax, _, (neg, pos) in MARKER_AXES:
+        hide = abs(f[ax]) > limit
+        out += ["" if hide else pos, "" if hide else neg]
+    return out
+
+
 def orientation_marker(center, length: float):
     """(mesh, material, [(position, letter)]) of a patient-axes cross: L-R red, A-P green, S-I blue.
 

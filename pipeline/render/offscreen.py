@@ -88,15 +88,21 @@ def structure_styles(scene, *, hide: Iterable[str] = (), opacity: Mapping[str, f
                      body_opacity: float | None = BODY_OPACITY) -> dict[str, StructureStyle]:
     """Display style of every structure of ``scene``, in scene order.
 
+    Colours are :func:`pipeline.scene.colors.scene_colors` (the label table's, separated by at
+    least CIEDE2000 20 within the scene), the same the report's outlines use.
+
     ``body_opacity=None`` hides body/skin structures (snapshots); a number draws them
     translucent so the organs show through (GUI default).
     """
+    from pipeline.scene.colors import scene_colors
+
     hide = set(hide)
     opacity = dict(opacity or {})
+    colors = scene_colors(scene.labels)  # the whole table: the report uses the same
     styles = {}
     for m in scene.meshes:
         flagged, note = qc_flag(m.qa)
-        st = StructureStyle(m.name, tuple(m.label.rgb), 1.0, m.name not in hide, flagged, note)
+        st = StructureStyle(m.name, colors.get(m.name, tuple(m.label.rgb)), 1.0, m.name not in hide, flagged, note)
         if m.name in BODY_NAMES:
             if body_opacity is None:
                 st.visible = False
@@ -241,6 +247,25 @@ def draw_legend(img, styles: Mapping[str, StructureStyle]):
             break
 
 
+def colorbar_image(width: int, height: int, title: str = "uncertainty"):
+    """PIL picture of the uncertainty colour scale (:func:`uncertainty_colormap`) with its ends
+    named: 0 certain (blue) .. 1 uncertain (red)."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (int(width), int(height)), (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    s = max(9, min(14, height // 4))
+    bar_h = max(6, height - 2 * s - 10)
+    x0, x1, y0 = 6, width - 6, s + 4
+    ramp = (uncertainty_colormap(np.linspace(0, 1, max(x1 - x0, 2))) * 255).astype(np.uint8)
+    img.paste(Image.fromarray(np.repeat(ramp[None], bar_h, axis=0)), (x0, y0))
+    d.rectangle([x0 - 1, y0 - 1, x1, y0 + bar_h], outline=(60, 60, 60))
+    d.text((x0, 2), title, font=_font(s), fill=(30, 30, 30))
+    d.text((x0, y0 + bar_h + 2), "0 certain", font=_font(s), fill=(30, 30, 30))
+    d.text((x1, y0 + bar_h + 2), "1 uncertain", font=_font(s), fill=(30, 30, 30), anchor="ra")
+    return img
+
+
 def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size=(1280, 720), *,
                  hide: Iterable[str] = (), show_body: bool = False, legend: bool = True,
                  color_by_uncertainty: bool = False, vfov_deg: float = 30.0,
@@ -311,7 +336,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
         sc.scene.enable_sun_light(True)
         tiles = []
         for view in views:
-            pose = fit_camera(pts, view, tile_w / height, vfov_deg)
+            pose = fit_camera(pts, view, tile_w / height, vfov_deg, frame_slab=True)
             sc.camera.set_projection(pose.vfov_deg, tile_w / height, pose.near, pose.far,
                                      rendering.Camera.FovType.Vertical)
             sc.camera.look_at(pose.center, pose.eye, pose.up)
@@ -326,7 +351,14 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
         canvas.paste(t, (n * tile_w, 0))
     if legend:
         strip = Image.new("RGB", (legend_w, height), (250, 250, 250))
-        draw_legend(strip, styles)
+        bar_h = min(64, height // 5) if color_by_uncertainty else 0
+        if not bar_h:
+            draw_legend(strip, styles)
+        else:  # the legend above, the colour scale of the surfaces below
+            top = Image.new("RGB", (legend_w, height - bar_h), (250, 250, 250))
+            draw_legend(top, styles)
+            strip.paste(top, (0, 0))
+            strip.paste(colorbar_image(legend_w, bar_h), (0, height - bar_h))
         canvas.paste(strip, (width - legend_w, 0))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -351,13 +383,14 @@ def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
     if not scene.meshes:
         return []
     scale = marker_scale(np.concatenate([m.mesh.bounds for m in scene.meshes if m.mesh is not None]))
+    shown = structure_styles(scene)  # cut pieces in the structure's display colour
     skip = superseded_pieces(scene.plan)
     out = []
     for sec in ("landmarks", "measurements", "segments", "cuts", "trajectories"):
         for rec in scene.plan.get(sec, []):
             rgb = (200, 200, 200)
-            if rec.get("kind") == "cut" and rec.get("structure") in scene.structure_names:
-                rgb = scene.mesh(rec["structure"]).label.rgb
+            if rec.get("kind") == "cut" and rec.get("structure") in shown:
+                rgb = shown[rec["structure"]].rgb
             for n, prim in enumerate(record_primitives(rec, scale)):
                 if prim.kind == "mesh" and (rec.get("structure") in set(hide) or rec.get("id") in skip):
                     continue

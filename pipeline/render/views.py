@@ -79,11 +79,39 @@ class CameraPose:
     far: float
 
 
-def fit_camera(points, view: str, aspect: float, vfov_deg: float = 30.0, margin: float = 1.08) -> CameraPose:
+THIN = 0.3  # a scene whose height on screen is under this fraction of its width is a slab
+SLAB_TILT_DEG = 35.0
+
+
+def slab_basis(points, view: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(right, up, forward) for ``view``, tilted when the points form a slab seen edge-on.
+
+    A 40 mm slab of a 512x512 CT seen from the front is a thin strip in an empty frame; the
+    camera then rises by :data:`SLAB_TILT_DEG` about the screen's horizontal axis (looking down
+    onto the slab's top, or up for an inferior-facing tilt), so what is there fills the frame.
+    The screen's right is unchanged and its top keeps the same patient letter (tilt < 45 deg).
+    """
+    right, up, forward = screen_basis(view)
+    pts = np.asarray(points, dtype=float).reshape(-1, 3)
+    if len(pts) < 2:
+        return right, up, forward
+    ext = pts.max(axis=0) - pts.min(axis=0)
+    w, h = np.abs(right) @ ext, np.abs(up) @ ext
+    if w <= 0 or h >= THIN * w:
+        return right, up, forward
+    t = np.radians(SLAB_TILT_DEG)
+    fwd = np.cos(t) * forward - np.sin(t) * up  # the eye rises: it looks down onto the slab
+    new_up = np.cross(right, fwd)
+    return right, new_up / np.linalg.norm(new_up), fwd / np.linalg.norm(fwd)
+
+
+def fit_camera(points, view: str, aspect: float, vfov_deg: float = 30.0, margin: float = 1.08,
+               frame_slab: bool = False) -> CameraPose:
     """Camera for ``view`` that frames all ``points`` (n, 3) LPS mm in a viewport of ``aspect`` (w/h).
 
     The distance is chosen from the extents of the points along the screen axes, so a long
-    narrow scene fills a wide viewport instead of being fitted as a sphere.
+    narrow scene fills a wide viewport instead of being fitted as a sphere. ``frame_slab``:
+    a thin slab seen edge-on is looked at from above (:func:`slab_basis`).
     """
     pts = np.asarray(points, dtype=float).reshape(-1, 3)
     if len(pts) == 0:
@@ -91,7 +119,7 @@ def fit_camera(points, view: str, aspect: float, vfov_deg: float = 30.0, margin:
     lo, hi = pts.min(axis=0), pts.max(axis=0)
     center = (lo + hi) / 2.0
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]) - center
-    right, up, forward = screen_basis(view)
+    right, up, forward = slab_basis(pts, view) if frame_slab else screen_basis(view)
     half_w = max(np.abs(corners @ right).max(), 1e-3)
     half_h = max(np.abs(corners @ up).max(), 1e-3)
     half_d = np.abs(corners @ forward).max()

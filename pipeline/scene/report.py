@@ -128,6 +128,9 @@ def structure_rows(scene, image, labelmap, uncertainty=None) -> list[dict]:
     s2 = np.bincount(lab, weights=img * img, minlength=n)
     unc = np.bincount(lab, weights=uncertainty.array.astype(np.float64).ravel(), minlength=n) if uncertainty is not None else None
     qc_all = scene.extra.get("qc") or {}
+    from .colors import scene_colors
+
+    shown = scene_colors(scene.labels)  # the viewer's and the outlines' colours
     rows = []
     for am in scene.meshes:
         lid = am.label.id
@@ -155,7 +158,7 @@ def structure_rows(scene, image, labelmap, uncertainty=None) -> list[dict]:
             flags.append(f"mesh and voxel volumes differ by {dev:+.1f}%")
         u = float(unc[lid] / c) if (unc is not None and c) else qc.get("uncertainty")
         rows.append({
-            "name": am.name, "id": lid, "rgb": "#%02x%02x%02x" % tuple(am.label.rgb), "critical": am.label.critical,
+            "name": am.name, "id": lid, "rgb": "#%02x%02x%02x" % tuple(shown.get(am.name, am.label.rgb)), "critical": am.label.critical,
             "voxel_ml": round(c * labelmap.volume.voxel_volume_ml, 2), "mesh_ml": am.qa.get("volume_ml"),
             "deviation_percent": dev, "area_cm2": round(m["area_mm2"] / 100, 1) if m else None,
             "hu_mean": None if mean is None else round(float(mean), 1), "hu_sd": None if sd is None else round(sd, 1),

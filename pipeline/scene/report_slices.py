@@ -83,7 +83,10 @@ def slice_picture(image, labelmap, plane: str, focus, lo, hi, *, plan: dict | No
     grey = window(_sample(image, pts, 1, -1024.0 if (modality or "CT").upper() == "CT" else 0.0), modality)
     labs = _sample(labelmap.volume, pts, 0, 0).astype(np.int64)
     rgb = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-    colours = {l.id: np.array(l.rgb, np.float32) for l in labelmap.labels}
+    from .colors import scene_colors
+
+    shown = scene_colors(labelmap.labels)  # the viewer's colours
+    colours = {l.id: np.array(shown[l.name], np.float32) for l in labelmap.labels}
     for lid, c in colours.items():
         m = labs == lid
         if not m.any():

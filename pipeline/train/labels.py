@@ -18,12 +18,12 @@ from ..types import Label, LabelTable, Volume
 
 #: Output labels of the shipped abdominal model (channel c == id c; 0 = background).
 TARGET_LABELS = LabelTable([
-    Label(1, "liver", (221, 130, 101), "10200004", expected_ml=(600.0, 3500.0)),
-    Label(2, "spleen", (157, 108, 162), "78961009", expected_ml=(40.0, 1200.0)),
-    Label(3, "kidney_left", (185, 102, 83), "18639004", expected_ml=(60.0, 400.0)),
-    Label(4, "kidney_right", (185, 102, 83), "9846003", expected_ml=(60.0, 400.0)),
-    Label(5, "aorta", (224, 97, 76), "15825003", critical=True, expected_ml=(20.0, 400.0)),
-    Label(6, "inferior_vena_cava", (0, 151, 206), "64131007", critical=True, expected_ml=(10.0, 300.0)),
+    Label(1, "liver", (127, 53, 17), "10200004", expected_ml=(600.0, 3500.0)),
+    Label(2, "spleen", (143, 68, 143), "78961009", expected_ml=(40.0, 1200.0)),
+    Label(3, "kidney_left", (190, 103, 25), "18639004", expected_ml=(60.0, 400.0)),
+    Label(4, "kidney_right", (215, 160, 29), "9846003", expected_ml=(60.0, 400.0)),
+    Label(5, "aorta", (225, 30, 40), "15825003", critical=True, expected_ml=(20.0, 400.0)),
+    Label(6, "inferior_vena_cava", (40, 80, 200), "64131007", critical=True, expected_ml=(10.0, 300.0)),
 ])
 
 # Generation labels: id -> (name, target id, (low, high) prior HU range of the label mean).

@@ -1,0 +1,213 @@
+"""Structure colours that read at a glance: an anatomical table and a perceptual separation.
+
+3D Slicer's GenericAnatomyColors (which TotalSegmentator's Slicer colours follow) gives liver,
+kidney, aorta, body, lung, heart and stomach nearly the same salmon-brown (CIEDE2000 under 10
+between liver (221, 130, 101) and kidney (185, 102, 83)): a surgeon cannot tell the right kidney's
+outline from the liver's. :data:`ANATOMY_RGB` keeps Slicer's colour families where they are
+already distinct (veins blue, bone ivory, gallbladder green, spleen violet, airway pale blue)
+and moves the rest apart the way surgical planning software draws them: liver red-brown,
+arteries bright red, kidneys amber, tumours yellow, lungs pale blue-grey, body a light skin tone
+(drawn translucent).
+
+:func:`display_colors` is what the viewer, the legend and the report use: a scene's colour is
+its label table's colour, except that when two structures of the scene are closer than
+``MIN_DELTA_E`` (CIEDE2000) the ones with an anatomical name take :data:`ANATOMY_RGB`'s colour,
+and any pair still too close is separated by moving the later structure to the nearest colour
+(in CIE LCh) that is at least ``MIN_DELTA_E`` from every colour already placed.
+
+Why 20: CIEDE2000 ~2 is a just-noticeable difference side by side; ~10 is "clearly a different
+shade"; 20 is where two small patches (a thin outline on CT, a legend swatch, a shaded surface
+whose lightness varies by +-15 with the light) are still named as different colours at a
+glance. With more structures than fit at 20 (a 100-label whole-body scene) the search keeps the
+largest distance it can find; :func:`min_delta_e` reports what was reached.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping
+
+import numpy as np
+
+MIN_DELTA_E = 20.0
+
+# name -> sRGB 0..255 (exact names first, then the patterns below)
+ANATOMY_RGB: dict[str, tuple[int, int, int]] = {
+    "liver": (127, 53, 17),
+    "spleen": (143, 68, 143),
+    "kidney_right": (215, 160, 29),
+    "kidney_left": (190, 103, 25),
+    "kidney": (205, 130, 28),
+    "gallbladder": (70, 150, 70),
+    "stomach": (230, 150, 170),
+    "pancreas": (250, 200, 140),
+    "aorta": (225, 30, 40),
+    "inferior_vena_cava": (40, 80, 200),
+    "portal_vein_and_splenic_vein": (110, 90, 220),
+    "portal_vein": (110, 90, 220),
+    "hepatic_vein": (60, 150, 230),
+    "hepatic_veins": (60, 150, 230),
+    "liver_tumor": (250, 235, 50),
+    "liver_tumour": (250, 235, 50),
+    "tumour": (250, 235, 50),
+    "tumor": (250, 235, 50),
+    "lesion": (250, 235, 50),
+    "lungs": (106, 158, 176),
+    "lung": (106, 158, 176),
+    "airway": (208, 226, 249),
+    "trachea": (208, 226, 249),
+    "body": (245, 187, 188),
+    "skin": (245, 187, 188),
+    "bone": (235, 228, 200),
+    "spine": (251, 221, 182),
+    "ribs": (216, 246, 224),
+    "heart": (190, 40, 90),
+    "esophagus": (200, 150, 110),
+    "small_bowel": (220, 180, 130),
+    "duodenum": (245, 220, 170),
+    "colon": (170, 130, 90),
+    "urinary_bladder": (230, 220, 110),
+    "adrenal_gland_right": (250, 140, 110),
+    "adrenal_gland_left": (250, 140, 110),
+    "spinal_cord": (255, 240, 120),
+    "brain": (250, 250, 225),
+    "thyroid_gland": (200, 110, 150),
+    "prostate": (200, 160, 200),
+}
+_FAMILIES = (  # (pattern, colour) for names the table does not hold exactly
+    (r"(tumou?r|lesion|nodule|metasta)", (250, 235, 50)),
+    (r"cyst", (180, 230, 240)),
+    (r"^lung", (106, 158, 176)),
+    (r"^kidney", (205, 130, 28)),
+    (r"(aorta|arter)", (225, 30, 40)),
+    (r"(vena_cava|vein)", (40, 80, 200)),
+    (r"(vertebra|sacrum|rib_|femur|hip|skull|humerus|scapula|clavicula|sternum|bone)", (235, 228, 200)),
+    (r"(bowel|colon|duoden)", (220, 180, 130)),
+    (r"(body|skin)", (245, 187, 188)),
+)
+
+
+def anatomy_rgb(name: str) -> tuple[int, int, int] | None:
+    """The anatomical table's colour for a structure name, or None."""
+    if name in ANATOMY_RGB:
+        return ANATOMY_RGB[name]
+    for pat, rgb in _FAMILIES:
+        if re.search(pat, name):
+            return rgb
+    return None
+
+
+# -- colour maths (sRGB D65 -> CIELAB, CIEDE2000) --------------------------------------------------
+def rgb_to_lab(rgb) -> np.ndarray:
+    """(..., 3) sRGB 0..255 -> (..., 3) CIELAB (D65)."""
+    c = np.asarray(rgb, float) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
+                  [0.0193339, 0.1191920, 0.9503041]])
+    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def lab_to_rgb(lab) -> np.ndarray:
+    """(..., 3) CIELAB -> (..., 3) sRGB 0..255 floats (out-of-gamut values fall outside 0..255)."""
+    lab = np.asarray(lab, float)
+    fy = (lab[..., 0] + 16) / 116
+    f = np.stack([fy + lab[..., 1] / 500, fy, fy - lab[..., 2] / 200], -1)
+    xyz = np.where(f > 6 / 29, f ** 3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * np.array([0.95047, 1.0, 1.08883])
+    m = np.array([[3.2404542, -1.5371385, -0.4985314], [-0.9692660, 1.8760108, 0.0415560],
+                  [0.0556434, -0.2040259, 1.0572252]])
+    c = xyz @ m.T
+    c = np.where(c > 0.0031308, 1.055 * np.abs(c) ** (1 / 2.4) * np.sign(c) - 0.055, 12.92 * c)
+    return c * 255.0
+
+
+def delta_e(lab1, lab2) -> np.ndarray:
+    """CIEDE2000 between CIELAB colours (broadcasting)."""
+    L1, a1, b1 = np.moveaxis(np.asarray(lab1, float), -1, 0)
+    L2, a2, b2 = np.moveaxis(np.asarray(lab2, float), -1, 0)
+    C1, C2 = np.hypot(a1, b1), np.hypot(a2, b2)
+    Cb = (C1 + C2) / 2
+    G = 0.5 * (1 - np.sqrt(Cb ** 7 / (Cb ** 7 + 25.0 ** 7)))
+    a1p, a2p = (1 + G) * a1, (1 + G) * a2
+    C1p, C2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
+    h1p, h2p = np.degrees(np.arctan2(b1, a1p)) % 360, np.degrees(np.arctan2(b2, a2p)) % 360
+    dLp, dCp = L2 - L1, C2p - C1p
+    dh = h2p - h1p
+    dh = np.where(C1p * C2p == 0, 0, np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh)))
+    dHp = 2 * np.sqrt(C1p * C2p) * np.sin(np.radians(dh / 2))
+    Lbp, Cbp = (L1 + L2) / 2, (C1p + C2p) / 2
+    hs = h1p + h2p
+    hbp = np.where(C1p * C2p == 0, hs, np.where(np.abs(h1p - h2p) > 180, np.where(hs < 360, hs + 360, hs - 360), hs) / 2)
+    T = (1 - 0.17 * np.cos(np.radians(hbp - 30)) + 0.24 * np.cos(np.radians(2 * hbp))
+         + 0.32 * np.cos(np.radians(3 * hbp + 6)) - 0.20 * np.cos(np.radians(4 * hbp - 63)))
+    dtheta = 30 * np.exp(-(((hbp - 275) / 25) ** 2))
+    Rc = 2 * np.sqrt(Cbp ** 7 / (Cbp ** 7 + 25.0 ** 7))
+    Sl = 1 + 0.015 * (Lbp - 50) ** 2 / np.sqrt(20 + (Lbp - 50) ** 2)
+    Sc, Sh = 1 + 0.045 * Cbp, 1 + 0.015 * Cbp * T
+    Rt = -np.sin(np.radians(2 * dtheta)) * Rc
+    return np.sqrt((dLp / Sl) ** 2 + (dCp / Sc) ** 2 + (dHp / Sh) ** 2 + Rt * (dCp / Sc) * (dHp / Sh))
+
+
+def min_delta_e(colors: Mapping[str, tuple]) -> tuple[float, tuple[str, str] | None]:
+    """(smallest pairwise CIEDE2000, the pair) of a name -> rgb mapping."""
+    names = list(colors)
+    if len(names) < 2:
+        return float("inf"), None
+    lab = rgb_to_lab(np.array([colors[n] for n in names]))
+    d = delta_e(lab[:, None], lab[None])
+    d[np.diag_indices(len(names))] = np.inf
+    i, j = np.unravel_index(np.argmin(d), d.shape)
+    return float(d[i, j]), (names[i], names[j])
+
+
+def _candidates() -> np.ndarray:
+    """In-gamut CIELAB candidates on an LCh grid (L 30..88, C 15..80, every 10 degrees)."""
+    L, C, h = np.meshgrid(np.arange(30, 92, 6.0), np.arange(15, 85, 8.0), np.radians(np.arange(0, 360, 10.0)),
+                          indexing="ij")
+    lab = np.stack([L, C * np.cos(h), C * np.sin(h)], -1).reshape(-1, 3)
+    rgb = lab_to_rgb(lab)
+    ok = np.all((rgb >= 0) & (rgb <= 255), axis=1)
+    return lab[ok]
+
+
+_CAND: np.ndarray | None = None
+
+
+def display_colors(items: Iterable[tuple[str, tuple]], min_de: float = MIN_DELTA_E) -> dict[str, tuple[int, int, int]]:
+    """name -> display sRGB for a scene's structures, given as (name, label rgb) in priority order.
+
+    A colour is kept unless it is within ``min_de`` of another structure's; see the module doc.
+    """
+    global _CAND
+    cols = {n: tuple(int(c) for c in rgb) for n, rgb in items}
+    names = list(cols)
+    if len(names) < 2:
+        return cols
+    lab = rgb_to_lab(np.array([cols[n] for n in names]))
+    d = delta_e(lab[:, None], lab[None])
+    d[np.diag_indices(len(names))] = np.inf
+    for i in np.nonzero(d.min(1) < min_de)[0]:  # colliding: the anatomical colour when known
+        cols[names[i]] = anatomy_rgb(names[i]) or cols[names[i]]
+    if _CAND is None:
+        _CAND = _candidates()
+    placed: list[np.ndarray] = []
+    for n in names:
+        base = rgb_to_lab(np.array(cols[n], float))
+        if placed:
+            P = np.array(placed)
+            if delta_e(base[None], P).min() < min_de:
+                dist = delta_e(_CAND[:, None], P[None]).min(1)
+                move = delta_e(_CAND, base[None])
+                good = dist >= min_de
+                k = int(np.argmin(np.where(good, move, np.inf))) if good.any() else int(np.argmax(dist - 1e-3 * move))
+                base = _CAND[k]
+                cols[n] = tuple(int(v) for v in np.clip(np.rint(lab_to_rgb(base)), 0, 255))
+        placed.append(base)
+    return cols
+
+
+def scene_colors(labels, names: Iterable[str] | None = None, min_de: float = MIN_DELTA_E) -> dict[str, tuple[int, int, int]]:
+    """Display colours of a :class:`~pipeline.types.LabelTable` (only ``names`` when given: the
+    structures the scene shows), in table order (lower ids keep their colours first)."""
+    want = None if names is None else set(names)
+    return display_colors([(l.name, l.rgb) for l in labels if want is None or l.name in want], min_de)
