@@ -138,10 +138,11 @@ def survey(input_path: Path, *, selection_config=None, check_selection: bool = F
         return None  # let the case function report it with its own words
     for s in index.all_series():
         try:
-            phi.register_dataset(pydicom.dcmread(s.files[0], stop_before_pixels=True, force=True,
-                                                 specific_tags=list(phi.PATIENT_KEYWORDS)))
+            ds = pydicom.dcmread(s.files[0], stop_before_pixels=True, force=True,
+                                 specific_tags=list(phi.PATIENT_KEYWORDS))
         except Exception:  # noqa: BLE001 - unreadable header: the reader will say so
-            pass
+            continue
+        phi.register_dataset(ds)  # PhiError: the study fails rather than run with an unredacted value
     series = index.all_series()
     if not series:
         return None
