@@ -1,6 +1,6 @@
 # surgitwin: two commands on a fresh clone.
 #   make demo   run the whole pipeline on the shipped sample scan -> out/demo
-#   make test   lint (ruff) and run the whole test suite
+#   make test   lint (ruff, mypy on the typed contracts) and run the whole test suite
 #   make test-fast   lint and the tests not marked slow (the edit loop: under a minute)
 # Both bootstrap .venv (torch pinned first, then the project) and the Debian packages.
 SHELL := /bin/bash
@@ -31,6 +31,8 @@ demo: venv system
 
 lint: venv
 	$(BIN)/python -m ruff check pipeline viewer tests benchmarks setup.py
+	@if $(BIN)/python -c "import mypy" 2>/dev/null; then $(BIN)/python -m mypy; \
+	else echo "lint: mypy is not installed in $(VENV): type check skipped (pip install -e '.[dev]')"; fi
 
 test: lint system
 	$(BIN)/python -m pytest -q tests

@@ -162,7 +162,8 @@ class LabelTable:
         self._labels = tuple(sorted(labels, key=lambda l: l.id))
         ids = [l.id for l in self._labels]
         names = [l.name for l in self._labels]
-        for what, seq in (("ids", ids), ("names", names)):
+        pairs: tuple[tuple[str, list[Any]], ...] = (("ids", ids), ("names", names))
+        for what, seq in pairs:
             dup = sorted({x for x in seq if seq.count(x) > 1})
             if dup:
                 raise SurgitwinError(f"label table: {what} must be unique; found duplicates {dup}")

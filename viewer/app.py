@@ -177,6 +177,12 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 fn(*args)
             except SurgitwinError as e:
                 self._on_main(self._set_status, f"error: {e}", wait=False)
+            except Exception as e:  # noqa: BLE001 - never a silent death: the log and the status line say what broke
+                import logging
+
+                logging.getLogger(__name__).exception("viewer: %s failed", getattr(fn, "__name__", fn))
+                self._on_main(self._set_status, f"internal error {type(e).__name__}: {e} (traceback in the log)",
+                              wait=False)
         threading.Thread(target=run, daemon=True).start()
 
     def _set_status(self, text: str):

@@ -15,13 +15,23 @@ through :func:`redact`:
   *handler* sees them all).
 
 The registry is per process: batch workers register the values of the study they process.
+It is bounded (:data:`MAX_VALUES` spellings, the least recently registered dropped first), so a
+listener that runs for months does not grow it, or the cost of each :func:`redact`, without
+end; a value registered again (the same patient sending again) counts as recent.
+
+A value that cannot be read from its header is never skipped: its raw bytes are registered
+instead, and when not even those can be read :func:`register_dataset` raises :class:`PhiError`
+(the study fails with that reason instead of being processed with an unredacted identifier).
 """
 from __future__ import annotations
 
 import logging
 import re
 import threading
+from collections import OrderedDict
 from typing import Iterable
+
+from ..errors import SurgitwinError
 
 REDACTED = "[PHI]"
 # Attributes whose values identify the patient directly (PS3.15 E.1-1 entries with action Z/X
@@ -33,9 +43,15 @@ PATIENT_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "OtherPatien
 _PN_TOKEN = re.compile(r"[\w'\-\.]+(?:\^[\w'\-\.]*)+", re.UNICODE)
 _MIN_COMPONENT = 3  # shorter name components ("LI", "JO") would redact ordinary words
 
+MAX_VALUES = 4096  # spellings kept (about 30 per patient: a few hundred recent patients)
+
 _lock = threading.Lock()
-_values: set[str] = set()
+_values: OrderedDict[str, None] = OrderedDict()  # insertion order = least recently registered first
 _pattern: re.Pattern | None = None
+
+
+class PhiError(SurgitwinError):
+    """A patient identity value could not be registered for redaction."""
 
 
 def _variants(value: str) -> set[str]:
@@ -71,18 +87,50 @@ def register(*values) -> None:
             continue
         new |= _variants(str(value))
     with _lock:
-        if new - _values:
-            _values.update(new)
+        changed = False
+        for v in sorted(new):
+            if v in _values:
+                _values.move_to_end(v)
+            else:
+                _values[v] = None
+                changed = True
+        while len(_values) > MAX_VALUES:
+            _values.popitem(last=False)
+            changed = True
+        if changed:
             _pattern = None
 
 
+def _raw_values(ds, kw: str) -> list[str]:
+    """The element's stored bytes as text (backslash-separated values), for a value pydicom cannot convert."""
+    elem = ds.get_item(kw)
+    raw = getattr(elem, "value", None)
+    if isinstance(raw, (bytes, bytearray)):
+        text = bytes(raw).decode("latin-1").replace("\x00", " ")
+    elif raw is None:
+        return []
+    else:
+        text = str(raw)
+    return [v.strip() for v in text.split("\\") if v.strip()]
+
+
 def register_dataset(ds) -> None:
-    """Register the patient-identity values of a pydicom Dataset (missing ones are ignored)."""
+    """Register the patient-identity values of a pydicom Dataset (missing ones are ignored).
+
+    A value pydicom cannot convert (a wrong VR, a bad length) is registered from its raw bytes;
+    one that cannot be read at all raises :class:`PhiError`, never a silent skip.
+    """
     for kw in PATIENT_KEYWORDS:
         try:
             v = ds.get(kw)
-        except Exception:  # noqa: BLE001 - a malformed value must not stop the caller
-            continue
+        except Exception as e:  # noqa: BLE001 - any conversion error: fall back to the raw bytes
+            try:
+                v = _raw_values(ds, kw)
+            except Exception:  # noqa: BLE001 - reported as PhiError below
+                raise PhiError(f"the patient identity attribute {kw} can be neither read ({type(e).__name__}) "
+                               f"nor taken as raw bytes, so it could not be registered for redaction",
+                               rule="every patient identity value is registered before the study is processed") \
+                    from None
         if v not in (None, ""):
             register(v)
 
@@ -92,7 +140,7 @@ def registered_count() -> int:
 
 
 def clear() -> None:
-    """Forget every registered value (tests; a long-lived listener between studies is fine without)."""
+    """Forget every registered value (tests; the registry is bounded by :data:`MAX_VALUES` anyway)."""
     global _pattern
     with _lock:
         _values.clear()

@@ -39,6 +39,7 @@ import socket
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,10 +139,11 @@ def survey(input_path: Path, *, selection_config=None, check_selection: bool = F
         return None  # let the case function report it with its own words
     for s in index.all_series():
         try:
-            phi.register_dataset(pydicom.dcmread(s.files[0], stop_before_pixels=True, force=True,
-                                                 specific_tags=list(phi.PATIENT_KEYWORDS)))
+            ds = pydicom.dcmread(s.files[0], stop_before_pixels=True, force=True,
+                                 specific_tags=list(phi.PATIENT_KEYWORDS))
         except Exception:  # noqa: BLE001 - unreadable header: the reader will say so
-            pass
+            continue
+        phi.register_dataset(ds)  # PhiError: the study fails rather than run with an unredacted value
     series = index.all_series()
     if not series:
         return None
@@ -260,29 +262,59 @@ def _normalise(res: Any) -> dict:
     raise SurgitwinError(f"case function must return a dict or an object with to_dict(); found {type(res).__name__}")
 
 
+THREADS_ENV = "SURGITWIN_MAX_THREADS"
+
+
+class _ProcessState:
+    """What :func:`execute` changes in the worker process for one study, put back afterwards.
+
+    The thread limit (``SURGITWIN_MAX_THREADS``), the study's log handler on the root logger, the
+    root level and the capture of library warnings into logging: a pool or listener process runs
+    study after study, and none of them may inherit the previous study's limit, level or log file.
+    """
+
+    def __init__(self, threads, handler: logging.Handler):
+        self.root = logging.getLogger()
+        self.env = os.environ.get(THREADS_ENV)
+        self.level = self.root.level
+        self.showwarning = warnings.showwarning
+        self.handler = handler
+        if threads:  # the coordinator's share of the cores for this study (torch, BLAS)
+            os.environ[THREADS_ENV] = str(int(threads))
+        self.root.addHandler(handler)
+        self.root.setLevel(min(self.level or logging.WARNING, logging.INFO))
+        # Library warnings (pydicom quotes invalid values, names included) go through the filtered
+        # log instead of straight to stderr.
+        logging.captureWarnings(True)
+
+    def restore(self) -> None:
+        self.root.removeHandler(self.handler)
+        self.root.setLevel(self.level)
+        if self.showwarning is not getattr(logging, "_showwarning", None):
+            logging.captureWarnings(False)  # it was off before this study
+            warnings.showwarning = self.showwarning
+        if self.env is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = self.env
+
+
 def execute(task: dict) -> dict:
     """Run one study (see module doc). Never raises; returns the manifest update.
 
     ``task`` keys: key, input, cases_dir, logs_dir, work_dir, case_fn, case_kwargs,
     fingerprint, epoch (the batch run_id: checked at publication), deid (None or {salt, allow_burned_in, return_map}), timeout_s, threads (None or
-    the most threads the study may use: exported as SURGITWIN_MAX_THREADS for the segment stage).
+    the most threads the study may use: exported as SURGITWIN_MAX_THREADS for the segment stage,
+    and restored afterwards with the root logger, see :class:`_ProcessState`).
     """
     key = task["key"]
     started = time.time()
-    if task.get("threads"):  # the coordinator's share of the cores for this study (torch, BLAS)
-        os.environ["SURGITWIN_MAX_THREADS"] = str(int(task["threads"]))
     worker = f"{socket.gethostname()}:{os.getpid()}"
     cases_dir, logs_dir = Path(task["cases_dir"]), Path(task["logs_dir"])
     logs_dir.mkdir(parents=True, exist_ok=True)
     log_path = logs_dir / f"{key}.log"
     handler = phi.file_handler(log_path, logging.INFO)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(min(old_level or logging.WARNING, logging.INFO))
-    # Library warnings (pydicom quotes invalid values, names included) go through the filtered
-    # log instead of straight to stderr.
-    logging.captureWarnings(True)
+    state = _ProcessState(task.get("threads"), handler)
     out: dict[str, Any] = {"key": key, "worker": worker, "started_at": started, "timings": {},
                            "outputs": {"log": str(log_path)}, "versions": {}}
     staging = cases_dir / f".{key}.staging-{os.getpid()}-{secrets.token_hex(3)}"
@@ -355,7 +387,6 @@ def execute(task: dict) -> dict:
         out["finished_at"] = time.time()
         out["timings"]["total"] = round(out["finished_at"] - started, 3)
         out["reason"] = phi.redact(out.get("reason", ""))
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+        state.restore()
         handler.close()
     return out

@@ -6,27 +6,30 @@ so the builders and :class:`~.plan.Planner` import one way.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import PlanningError
 
-_HASHES: dict[tuple[str, float, int], str] = {}
+HASH_CACHE_SIZE = 512  # files remembered (a scene has a handful; a long session opens many scenes)
+
+
+@lru_cache(maxsize=HASH_CACHE_SIZE)
+def _hash_of(resolved: str, mtime: float, size: int) -> str:
+    h = hashlib.sha256()
+    with open(resolved, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
 
 
 def file_hash(path: Path) -> str:
-    """sha256[:16] of a file, cached by (path, mtime, size)."""
+    """sha256[:16] of a file, cached by (path, mtime, size) for the last :data:`HASH_CACHE_SIZE` files."""
     path = Path(path)
     st = path.stat()
-    key = (str(path.resolve()), st.st_mtime, st.st_size)
-    if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()[:16]
-    return _HASHES[key]
+    return _hash_of(str(path.resolve()), st.st_mtime, st.st_size)
 
 
 def _software() -> dict:

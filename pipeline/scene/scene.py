@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,10 @@ def resolve_scene_path(path) -> Path:
     raise SceneError(f"not a scene: expected a folder containing {SCENE_FILE} or the {SCENE_FILE} itself", path=str(p))
 
 
+def _export_ply(mesh, path: Path) -> None:
+    mesh.export(str(path), file_type="ply", encoding="binary")
+
+
 def save_scene(scene: Scene, folder=None, *, write_meshes: bool = True) -> Path:
     """Write scene.json (atomically) and the meshes into ``folder`` (default: scene.root).
 
@@ -210,7 +215,7 @@ def save_scene(scene: Scene, folder=None, *, write_meshes: bool = True) -> Path:
             v = np.asarray(m.mesh.vertices)
             if v.dtype != np.float32 and not np.array_equal(v, v.astype(np.float32)):
                 m.mesh.vertices = v.astype(np.float32).astype(np.float64)
-            atomic_write(folder / rel, lambda p, mesh=m.mesh: mesh.export(str(p), file_type="ply", encoding="binary"))
+            atomic_write(folder / rel, partial(_export_ply, m.mesh))
     scene.root = folder
     write_json_atomic(folder / SCENE_FILE, scene.to_json())
     return folder

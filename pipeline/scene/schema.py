@@ -23,7 +23,7 @@ Version history
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
@@ -253,8 +253,17 @@ def _kind(rec: Any) -> str:
     return kind if isinstance(kind, str) and kind in _KINDS else "other"
 
 
-PlanRecord = Annotated[Union[tuple(Annotated[m, Tag(k)] for k, m in _KINDS.items())
-                             + (Annotated[OtherRecord, Tag("other")],)], Discriminator(_kind)]
+# Spelled out (not built from _KINDS) so a type checker sees the union; the assert below keeps
+# the two in step.
+PlanRecord = Annotated[Union[
+    Annotated[LandmarkRecord, Tag("landmark")], Annotated[DistanceRecord, Tag("distance")],
+    Annotated[AngleRecord, Tag("angle")], Annotated[StructureDistanceRecord, Tag("structure_distance")],
+    Annotated[VolumeRecord, Tag("volume")], Annotated[ExtentsRecord, Tag("extents")],
+    Annotated[CutRecord, Tag("cut")], Annotated[SegmentsResectionRecord, Tag("segments_resection")],
+    Annotated[SegmentsRecord, Tag("segments")], Annotated[TrajectoryRecord, Tag("trajectory")],
+    Annotated[LesionRecord, Tag("lesion")], Annotated[OtherRecord, Tag("other")],
+], Discriminator(_kind)]
+assert {get_args(a)[1].tag: get_args(a)[0] for a in get_args(get_args(PlanRecord)[0])} == {**_KINDS, "other": OtherRecord}
 
 
 class Plan(_Open):
