@@ -24,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("dataset", help="nnU-Net-layout datasets: validate, build from DICOM")
+    p = sub.add_parser("dataset", help="nnU-Net-layout datasets: validate, build from DICOM, add a corrected scene")
     dsub = p.add_subparsers(dest="dataset_command", metavar="ACTION")
     q = dsub.add_parser("validate", help="check a DatasetNNN_Name folder (geometry, declared labels, empty cases)")
     q.add_argument("dir")
@@ -37,6 +37,15 @@ def register(sub) -> None:
     q.add_argument("--labels", help="comma-separated label names to keep, in id order (default: all, first seen first)")
     q.add_argument("--name", help="dataset name for dataset.json")
     q.set_defaults(func=cmd_dataset_from_dicom)
+    q = dsub.add_parser("add-scene", help="add a (corrected) scene's image and label map as an nnU-Net case, with its lineage")
+    q.add_argument("scene", help="scene folder or its scene.json")
+    q.add_argument("dataset", help="DatasetNNN_Name folder (created with the scene's labels if absent)")
+    q.add_argument("--case-id", help="case name (default: the scene's case_id)")
+    q.add_argument("--background", action="append", default=[], metavar="STRUCTURE",
+                   help="write this structure as background on purpose (repeatable), e.g. a lesion for an organ dataset")
+    q.add_argument("--replace", action="store_true", help="write the case again if it is already there")
+    q.add_argument("--name", help="dataset name for a new dataset.json")
+    q.set_defaults(func=cmd_dataset_add_scene)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
     p = sub.add_parser("train", help="train or fine-tune a MONAI network from a YAML config (configs/train/)")
@@ -145,6 +154,16 @@ def cmd_dataset_from_dicom(args) -> int:
 
     names = [n.strip() for n in args.labels.split(",")] if args.labels else None
     rep = dataset_from_dicom(args.out, [tuple(c) for c in args.case], name=args.name, label_names=names)
+    print(rep.summary())
+    return 0 if rep.ok else 1
+
+
+def cmd_dataset_add_scene(args) -> int:
+    from pipeline.train.from_scene import add_scene
+
+    cid, rep = add_scene(args.scene, args.dataset, case_id=args.case_id, background=tuple(args.background),
+                         replace=args.replace, name=args.name)
+    print(f"case {cid} added to {args.dataset} (lineage/{cid}.json)")
     print(rep.summary())
     return 0 if rep.ok else 1
 
