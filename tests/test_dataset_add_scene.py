@@ -95,7 +95,6 @@ def test_train_fine_tunes_on_the_added_scene(edited_scene, tmp_path):
     add_scene(scene_dir, ds, case_id="a")
     cid, rep = add_scene(scene_dir, ds, case_id="b")
     assert rep.ok and rep.cases == 2
-    labels = [k for k in json.loads((ds / "dataset.json").read_text())["labels"] if k != "background"]
     cfg = TrainConfig.model_validate({
         "name": "loop", "output_dir": str(tmp_path / "run"), "seed": 1, "device": "cpu", "threads": 2,
         "network": TINY_NET,
