@@ -323,3 +323,58 @@ def test_workers_lowered_when_studies_would_not_fit_in_memory(tmp_path, monkeypa
     opts = runner.BatchOptions(workers=3)
     assert runner._memory_fit(opts, [item], Rep()) == 1
     assert msgs and "lowering workers from 3 to 1" in msgs[0]
+
+
+def test_a_pool_that_broke_before_a_submit_requeues_that_study(tmp_path, monkeypatch):
+    """A worker dies; before the coordinator sees it, it submits the next study and the pool says
+    'broken': that study never started, so it is queued again (not failed, not counted as a
+    crash) and the batch goes on (was: BrokenProcessPool ended the whole batch)."""
+    from pipeline.batch import executors, runner
+
+    class BreaksOnce(executors.InlineExecutor):
+        name = "processes"
+
+        def __init__(self):
+            super().__init__()
+            self.calls, self.restarts = 0, 0
+
+        def submit(self, fn, task):
+            self.calls += 1
+            if self.calls == 2:
+                raise executors.WorkerLost("the process pool broke before this study started (test)")
+            return super().submit(fn, task)
+
+        def restart(self):
+            self.restarts += 1
+
+    ex = BreaksOnce()
+    monkeypatch.setattr(runner, "make_executor", lambda workers, scheduler: ex)
+    root = tmp_path / "in"
+    for name in ("a1", "a2", "a3"):
+        bh.write_tiny_series(root / name, 3, tag=name)
+    s = run_batch([str(root)], tmp_path / "out", BatchOptions(workers=1, case_fn="pipeline.batch.testing:digest_case"))
+    rows = {r["study"]: r["status"] for r in Manifest(tmp_path / "out", readonly=True).rows()}
+    assert rows == {"a1": "done", "a2": "done", "a3": "done"} and s.totals["done"] == 3
+    assert ex.restarts == 1 and ex.calls == 4
+
+
+def test_process_executor_submit_on_a_broken_pool_raises_worker_lost():
+    import concurrent.futures as cf
+
+    from pipeline.batch.executors import ProcessExecutor, WorkerLost
+
+    ex = ProcessExecutor(1)
+    try:
+        class Broken:
+            def submit(self, *a, **k):
+                raise cf.process.BrokenProcessPool("a child process terminated abruptly")
+
+            def shutdown(self, *a, **k):
+                pass
+
+        ex._pool = Broken()
+        with pytest.raises(WorkerLost, match="broke before this study started"):
+            ex.submit(print, {})
+    finally:
+        ex._pool = ex._new()
+        ex.close()

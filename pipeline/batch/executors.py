@@ -90,7 +90,10 @@ class ProcessExecutor:
                                       initargs=(os.getpid(),))
 
     def submit(self, fn: Callable, task: Any) -> cf.Future:
-        return self._pool.submit(fn, task)
+        try:
+            return self._pool.submit(fn, task)
+        except cf.process.BrokenProcessPool as e:  # a worker died since the last look: nothing was started
+            raise WorkerLost(f"the process pool broke before this study started ({e})") from None
 
     def wait(self, futures: Iterable, timeout: float) -> set:
         done, _ = cf.wait(list(futures), timeout=timeout, return_when=cf.FIRST_COMPLETED)

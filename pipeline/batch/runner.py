@@ -254,9 +254,15 @@ class _Coordinator:
                     item, alone = queue.popleft(), False
                 else:
                     break
+                try:
+                    fut = executor.submit(execute, self.task(item))
+                except WorkerLost:  # the pool broke (another study's worker died): this one never started
+                    (quarantine if alone else queue).appendleft(item)
+                    needs_restart = True
+                    break
                 self.m.mark_running(item.key, self.run_id)
                 self.rep.started(item.key)
-                inflight[executor.submit(execute, self.task(item))] = (item, alone)
+                inflight[fut] = (item, alone)
                 if alone:
                     break
             if not inflight:
