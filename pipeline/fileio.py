@@ -29,6 +29,13 @@ def atomic_write(path, write: Callable[[Path], Any], *, fsync: bool = False) -> 
     return path
 
 
+def atomic_save_png(image, path) -> Path:
+    """Save a PIL image as PNG under a temporary name, then rename (never a half-written picture)."""
+    path = Path(path)
+    atomic_write(path, lambda p: image.save(p, format="PNG"))
+    return path
+
+
 def atomic_write_bytes(path, data: bytes, *, fsync: bool = False) -> Path:
     return atomic_write(path, lambda p: p.write_bytes(data), fsync=fsync)
 

@@ -194,6 +194,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
     """
     from .ingest import read_input
     from .mesh import MeshConfig, labelmap_to_meshes
+    from .mesh.surfaces import mesh_stage_record
     from .scene import Scene, save_scene
 
     progress = progress or _quiet
@@ -268,13 +269,7 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
             if m.name in seg.qc:
                 m.qa["qc"] = seg.qc[m.name]
         timings["mesh"] = time.perf_counter() - t0
-        records.append(StageRecord(
-            "mesh", software_versions("vtk", "trimesh", "fast-simplification"), config_hash(mcfg.__dict__),
-            inputs={"labelmap": "labels.nii.gz"},
-            outputs={m.name: {"faces": m.qa["n_faces"], "volume_ml": m.qa["volume_ml"],
-                              "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"]} for m in meshes},
-            duration_s=round(timings["mesh"], 3), peak_rss_mb=peaks.mb["mesh"],
-        ))
+        records.append(mesh_stage_record(meshes, mcfg, timings["mesh"], peaks.mb["mesh"]))
         progress("mesh", f"{len(meshes)} structures meshed")
 
         # 4. scene -------------------------------------------------------------------------

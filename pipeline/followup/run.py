@@ -209,6 +209,7 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
                residual_limit_mm, carry_plan) -> FollowUpResult:
     from ..geometry import write_image_file
     from ..mesh import MeshConfig, labelmap_to_meshes
+    from ..mesh.surfaces import mesh_stage_record
     from ..scene import Scene, load_scene, save_scene
     from .change import change_report, is_lesion
     from .register import register
@@ -297,12 +298,7 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
         if m.name in qc:
             m.qa["qc"] = qc[m.name]
     timings["mesh"] = time.perf_counter() - t0
-    records.append(StageRecord(
-        "mesh", software_versions("vtk", "trimesh", "fast-simplification"), config_hash(mcfg.__dict__),
-        inputs={"labelmap": "labels.nii.gz"},
-        outputs={m.name: {"faces": m.qa["n_faces"], "volume_ml": m.qa["volume_ml"],
-                          "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"]} for m in meshes},
-        duration_s=round(timings["mesh"], 3)))
+    records.append(mesh_stage_record(meshes, mcfg, timings["mesh"]))
 
     # the time point folder, built under a temporary name ----------------------------------------
     tps = list_timepoints(src_dir)

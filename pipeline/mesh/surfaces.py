@@ -505,6 +505,19 @@ def mesh_qa(mesh, voxel_volume_ml: float, closed: bool | None = None) -> dict:
     }
 
 
+def mesh_stage_record(meshes: list[AnatomyMesh], cfg: MeshConfig, duration_s: float, peak_rss_mb: float | None = None):
+    """The mesh stage's provenance record (faces, volumes and closedness per structure)."""
+    from ..config import config_hash, software_versions
+    from ..types import StageRecord
+
+    return StageRecord(
+        "mesh", software_versions("vtk", "trimesh", "fast-simplification"), config_hash(cfg.__dict__),
+        inputs={"labelmap": "labels.nii.gz"},
+        outputs={m.name: {"faces": m.qa["n_faces"], "volume_ml": m.qa["volume_ml"],
+                          "voxel_volume_ml": m.qa["voxel_volume_ml"], "watertight": m.qa["watertight"]} for m in meshes},
+        duration_s=round(duration_s, 3), peak_rss_mb=peak_rss_mb)
+
+
 def scene_budgets(names: list[str], cfg: MeshConfig) -> dict[str, int]:
     """Each structure's face budget, all scaled down together to fit ``cfg.total_faces``."""
     raw = {n: cfg.budget(n) for n in names}

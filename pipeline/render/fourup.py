@@ -353,21 +353,9 @@ class FourUp:
 def four_up_screenshot(scene_path, out_png, size=(1440, 900), *, view: str = "anterior", crosshair=None,
                        window: str = "soft_tissue", overlay: str = "outline", opacity: float = 0.35) -> Path:
     """Write the four-up picture of a scene (no display needed: panes in numpy, 3-D headless)."""
-    import os
-    import tempfile
+    from pipeline.fileio import atomic_save_png
 
     fu = FourUp(scene_path, window=window, overlay=overlay, opacity=opacity)
     if crosshair is not None:
         fu.set_crosshair(crosshair)
-    img = fu.compose(size, view=view)
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        img.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    return atomic_save_png(fu.compose(size, view=view), out_png)

@@ -22,7 +22,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -360,17 +359,9 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
             strip.paste(top, (0, 0))
             strip.paste(colorbar_image(legend_w, bar_h), (0, height - bar_h))
         canvas.paste(strip, (width - legend_w, 0))
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        canvas.save(tmp, format="PNG")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
+    from pipeline.fileio import atomic_save_png
+
+    return atomic_save_png(canvas, out_png)
 
 
 def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
