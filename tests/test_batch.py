@@ -87,6 +87,8 @@ def test_statuses_with_real_pipeline(real_batch):
         assert r["study_uid"] and r["series_uids"]
         assert scene.source["series_instance_uid"] in r["series_uids"]
         assert (Path(r["outputs"]["scene"]) / "batch_result.json").exists()
+        rss = r["outputs"]["peak_rss_mb"]  # per stage, recorded for capacity planning
+        assert {"ingest", "segment", "mesh"} <= set(rss) and all(50 < v < 20000 for v in rss.values())
     # the mixed-stack series was split and its 64x64 stack (not the 48x48 one) processed
     lm = load_scene(rows["mixed_stacks"]["outputs"]["scene"], load_meshes=False).load_labelmap()
     assert lm.volume.shape == bh.SMALL_SHAPE

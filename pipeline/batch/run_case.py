@@ -351,6 +351,8 @@ def execute(task: dict) -> dict:
             res = _normalise(fn(str(inp), str(staging), **(task.get("case_kwargs") or {})))
         status = res.get("status", "done")
         out["timings"].update({k: round(float(v), 3) for k, v in (res.get("timings") or {}).items()})
+        if res.get("peak_rss_mb"):  # per stage, MiB (the pipeline measures it exactly on Linux)
+            out["outputs"]["peak_rss_mb"] = {k: round(float(v), 1) for k, v in res["peak_rss_mb"].items()}
         out["versions"] = res.get("versions") or {}
         if status == "skipped":
             out.update(status="skipped", reason=str(res.get("reason") or "skipped by the case function"))
