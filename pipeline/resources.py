@@ -7,7 +7,6 @@ process's lifetime maximum (``ru_maxrss``), which is then an upper bound for lat
 """
 from __future__ import annotations
 
-import os
 import resource
 import sys
 from pathlib import Path
@@ -44,11 +43,6 @@ def peak_rss_mb() -> float:
     return round(kb / 1024.0, 1)
 
 
-def current_rss_mb() -> float:
-    kb = _status_kb("VmRSS")
-    return round((kb or 0) / 1024.0, 1)
-
-
 class StagePeaks:
     """Peak RSS per stage: ``with peaks.stage("mesh"): ...`` then ``peaks.mb`` = {stage: MiB}."""
 
@@ -81,13 +75,6 @@ def available_memory_mb() -> float | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def total_memory_mb() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def release_memory() -> None:

@@ -485,12 +485,12 @@ def _mesh_crop(crop: np.ndarray, sl, affine: np.ndarray, cfg: MeshConfig, budget
     return (mesh, voxels, info) if with_info else mesh
 
 
-def mesh_qa(mesh, voxel_volume_ml: float, closed: bool | None = None) -> dict:
-    """Volume, deviation from the voxel volume, closedness, faces and area of one surface.
-    ``closed`` may be passed when already known (the mesher checks it on every surface)."""
+def mesh_qa(mesh, voxel_volume_ml: float) -> dict:
+    """Volume, deviation from the voxel volume, closedness, faces and area of one surface
+    (closedness measured on the faces, not assumed: every edge used once each way round)."""
     v = np.asarray(mesh.vertices)
     f = np.asarray(mesh.faces)
-    watertight = bool(mesh.is_watertight) if closed is None else bool(closed)
+    watertight = is_closed_manifold(f)
     vol = abs(signed_volume(v, f)) / 1000.0 if watertight else None
     dev = None if vol is None or voxel_volume_ml == 0 else 100.0 * (vol - voxel_volume_ml) / voxel_volume_ml
     tri = v[f]
@@ -555,7 +555,7 @@ def labelmap_to_meshes(labelmap: LabelMap, cfg: MeshConfig = MeshConfig(), names
         if got is None:
             return None
         mesh, voxels, info = got
-        qa = mesh_qa(mesh, voxels * voxel_ml, closed=True)
+        qa = mesh_qa(mesh, voxels * voxel_ml)
         qa.update({"face_budget": budgets[label.name], "structure_class": cfg.structure_class(label.name), **info})
         return AnatomyMesh(label, mesh, qa)
 
