@@ -214,15 +214,21 @@ def test_a_scene_without_timepoints_is_one_timepoint(tmp_path):
     assert len(tps) == 1 and tps[0]["path"] == "." and tps[0]["current"]
 
 
-def test_follow_up_refuses_another_label_table_and_publishes_nothing(followed, tmp_path):
-    from pipeline.types import Label, LabelTable, StageRecord
-
+def _baseline_only(followed, tmp_path):
+    """A copy of the followed scene as it was before its follow-up (no time points)."""
     scene_dir = tmp_path / "scene"
     shutil.copytree(followed["dir"], scene_dir)
     shutil.rmtree(scene_dir / "timepoints")
     d = json.loads((scene_dir / "scene.json").read_text())
     d.pop("timepoints"), d.pop("current_timepoint")
     (scene_dir / "scene.json").write_text(json.dumps(d))
+    return scene_dir
+
+
+def test_follow_up_refuses_another_label_table_and_publishes_nothing(followed, tmp_path):
+    from pipeline.types import Label, LabelTable, StageRecord
+
+    scene_dir = _baseline_only(followed, tmp_path)
 
     def other_model(volume):
         table = LabelTable([Label(1, "liver"), Label(2, "spleen_renamed")])
@@ -423,12 +429,7 @@ def test_report_says_when_changes_were_not_reported(followed, tmp_path):
 
 
 def test_follow_up_above_the_residual_limit_adds_the_study_but_reports_no_change(followed, tmp_path):
-    scene_dir = tmp_path / "scene"
-    shutil.copytree(followed["dir"], scene_dir)
-    shutil.rmtree(scene_dir / "timepoints")
-    d = json.loads((scene_dir / "scene.json").read_text())
-    d.pop("timepoints"), d.pop("current_timepoint")
-    (scene_dir / "scene.json").write_text(json.dumps(d))
+    scene_dir = _baseline_only(followed, tmp_path)
     res = follow_up(scene_dir, followed["dicom"], segmenter=truth_segmenter(followed["labels"]), registration=FAST,
                     residual_limit_mm=0.05)
     assert res.change is None and res.carried == [] and not res.registration["reliable"]
