@@ -96,7 +96,7 @@ def anatomy_rgb(name: str) -> tuple[int, int, int] | None:
     return None
 
 
-# -- colour maths (sRGB D65 -> CIELAB, CIEDE2000) --------------------------------------------------
+# -- colour maths (sRGB D65 <-> CIELAB by hand: the way back must not clip, for the gamut test; CIEDE2000 from scikit-image) --------------------------------------------------
 def rgb_to_lab(rgb) -> np.ndarray:
     """(..., 3) sRGB 0..255 -> (..., 3) CIELAB (D65)."""
     c = np.asarray(rgb, float) / 255.0
@@ -122,30 +122,10 @@ def lab_to_rgb(lab) -> np.ndarray:
 
 
 def delta_e(lab1, lab2) -> np.ndarray:
-    """CIEDE2000 between CIELAB colours (broadcasting)."""
-    L1, a1, b1 = np.moveaxis(np.asarray(lab1, float), -1, 0)
-    L2, a2, b2 = np.moveaxis(np.asarray(lab2, float), -1, 0)
-    C1, C2 = np.hypot(a1, b1), np.hypot(a2, b2)
-    Cb = (C1 + C2) / 2
-    G = 0.5 * (1 - np.sqrt(Cb ** 7 / (Cb ** 7 + 25.0 ** 7)))
-    a1p, a2p = (1 + G) * a1, (1 + G) * a2
-    C1p, C2p = np.hypot(a1p, b1), np.hypot(a2p, b2)
-    h1p, h2p = np.degrees(np.arctan2(b1, a1p)) % 360, np.degrees(np.arctan2(b2, a2p)) % 360
-    dLp, dCp = L2 - L1, C2p - C1p
-    dh = h2p - h1p
-    dh = np.where(C1p * C2p == 0, 0, np.where(dh > 180, dh - 360, np.where(dh < -180, dh + 360, dh)))
-    dHp = 2 * np.sqrt(C1p * C2p) * np.sin(np.radians(dh / 2))
-    Lbp, Cbp = (L1 + L2) / 2, (C1p + C2p) / 2
-    hs = h1p + h2p
-    hbp = np.where(C1p * C2p == 0, hs, np.where(np.abs(h1p - h2p) > 180, np.where(hs < 360, hs + 360, hs - 360), hs) / 2)
-    T = (1 - 0.17 * np.cos(np.radians(hbp - 30)) + 0.24 * np.cos(np.radians(2 * hbp))
-         + 0.32 * np.cos(np.radians(3 * hbp + 6)) - 0.20 * np.cos(np.radians(4 * hbp - 63)))
-    dtheta = 30 * np.exp(-(((hbp - 275) / 25) ** 2))
-    Rc = 2 * np.sqrt(Cbp ** 7 / (Cbp ** 7 + 25.0 ** 7))
-    Sl = 1 + 0.015 * (Lbp - 50) ** 2 / np.sqrt(20 + (Lbp - 50) ** 2)
-    Sc, Sh = 1 + 0.045 * Cbp, 1 + 0.015 * Cbp * T
-    Rt = -np.sin(np.radians(2 * dtheta)) * Rc
-    return np.sqrt((dLp / Sl) ** 2 + (dCp / Sc) ** 2 + (dHp / Sh) ** 2 + Rt * (dCp / Sc) * (dHp / Sh))
+    """CIEDE2000 between CIELAB colours (broadcasting): scikit-image's implementation."""
+    from skimage.color import deltaE_ciede2000
+
+    return deltaE_ciede2000(np.asarray(lab1, float), np.asarray(lab2, float))
 
 
 def min_delta_e(colors: Mapping[str, tuple]) -> tuple[float, tuple[str, str] | None]:
