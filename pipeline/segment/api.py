@@ -101,6 +101,14 @@ def hu_rule_labels(spec: ModelSpec | None = None) -> LabelTable:
     return LabelTable(Label.from_dict({k: v for k, v in d.items() if k != "channel"}) for d in entries)
 
 
+def _maximum_where(out: np.ndarray, other: np.ndarray, where: np.ndarray) -> None:
+    """``out = max(out, other)`` where ``where``; float16 0..1 maps compare their bit patterns
+    (non-negative float16s order like uint16s: exact, and numpy's float16 arithmetic is slow)."""
+    if out.dtype == other.dtype == np.float16:
+        out, other = out.view(np.uint16), other.view(np.uint16)
+    np.maximum(out, other, out=out, where=where)
+
+
 def _paint_hu(out: np.ndarray, codes: np.ndarray, table: LabelTable) -> None:
     """Paint HU-rule structure codes into ``out`` where it is background (one table lookup)."""
     lut = np.zeros(len(CODES) + 1, out.dtype)
@@ -231,7 +239,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         if unc is not None:
             for k0 in range(0, labels.shape[0], 32):  # by slabs: no second full-size float array
                 s = slice(k0, k0 + 32)
-                np.maximum(unc[s], hu_uncertainty(volume.array[s], hcfg), out=unc[s], where=by_hu[s])
+                _maximum_where(unc[s], hu_uncertainty(volume.array[s], hcfg, unc.dtype), by_hu[s])
             del by_hu
         inputs["hu_rules"] = info
         kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)

@@ -318,8 +318,18 @@ def probability_argmax_back(fin, m: np.ndarray, shape, ch: np.ndarray, ent: np.n
             e[band] = p.mul_(lp).sum(0).neg_().div_(fin.log_c).clamp_(0, 1)
             recomputed += nb
         ch[k0:k0 + n] = lab.numpy()
-        ent[k0:k0 + n] = e.numpy()
+        store_float16(ent[k0:k0 + n], e)
     return recomputed / max(int(np.prod(shape)), 1)
+
+
+def store_float16(dst: np.ndarray, src) -> None:
+    """``dst[...] = src`` into a float16 array through torch: bit-identical to numpy's cast, but
+    numpy converts float16 subnormals (entropies below 6e-5: most certain voxels) in a scalar
+    loop, 30x slower: 3-5 s for the uncertainty of a 512x512x300 CT, against 0.2 s here."""
+    import torch
+
+    s = src if isinstance(src, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(src))
+    torch.from_numpy(dst).copy_(s)
 
 
 SEPARABLE = True  # tests switch it off to compare with the per-voxel sampling grid
@@ -401,7 +411,7 @@ def separable_argmax_back(fin, m: np.ndarray, shape, ch: np.ndarray, ent: np.nda
             e.reshape(-1)[flat] = p.mul_(lp).sum(1).neg_().div_(fin.log_c).clamp_(0, 1).numpy()
             recomputed += len(flat)
         ch[k0:k1] = lab
-        ent[k0:k1] = e
+        store_float16(ent[k0:k1], e)
     return recomputed / max(int(np.prod(shape)), 1)
 
 
@@ -486,12 +496,12 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
                 if probabilities is not None:
                     probabilities[:, k0:k0 + n] = p.numpy()
                 lp = p.clamp(min=1e-12).log_()
-                ent[k0:k0 + n] = p.mul_(lp).sum(0).neg_().div_(fin.log_c).clamp_(0, 1).numpy()
+                store_float16(ent[k0:k0 + n], p.mul_(lp).sum(0).neg_().div_(fin.log_c).clamp_(0, 1))
         else:
             for k0, v in resample_back(fin.ch.transpose(2, 1, 0)[None], m, shape, "nearest"):
                 ch[k0:k0 + v.shape[1]] = v[0].round_().numpy()
             for k0, v in resample_back(fin.entropy.transpose(2, 1, 0)[None], m, shape, "bilinear"):
-                ent[k0:k0 + v.shape[1]] = v[0].numpy()
+                store_float16(ent[k0:k0 + v.shape[1]], v[0])
     ids = spec.channel_ids()
     lut = np.zeros(max(n_ch, 1), np.uint8 if max(ids.values(), default=0) <= 255 else np.uint16)
     for c, lid in ids.items():
