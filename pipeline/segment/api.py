@@ -14,6 +14,7 @@ different names are an error, never silently merged.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..config import config_hash, software_versions
 from ..errors import ConfigError, ModelError
 from ..types import Label, LabelMap, LabelTable, StageRecord, Volume
-from .hu_rules import CODES, HURulesConfig, hu_rules_arrays, hu_uncertainty
+from .hu_rules import CODES, HURulesConfig, check_ct, hu_rules_arrays, hu_uncertainty
 from ..resources import release_memory
 from .postprocess import PostprocessConfig, postprocess_labels
 from .qc import QCConfig, structure_qc
@@ -99,6 +100,26 @@ def hu_rule_labels(spec: ModelSpec | None = None) -> LabelTable:
         return spec.label_table()
     entries = load_label_file(LABELS_DIR / "hu_rules.yaml")
     return LabelTable(Label.from_dict({k: v for k, v in d.items() if k != "channel"}) for d in entries)
+
+
+class Beside:
+    """``fn(*args)`` run in one background thread beside the caller's work; :meth:`result`
+    joins it (and re-raises its exception). numpy releases the GIL in its loops, so this pays
+    wherever the caller's own work leaves a core idle."""
+
+    def __init__(self, fn, *args):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=getattr(fn, "__name__", "beside"))
+        self._future = self._pool.submit(fn, *args)
+
+    def result(self):
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+    def abandon(self) -> None:
+        """The caller failed: wait for the thread (it cannot be stopped) and drop its result."""
+        self._pool.shutdown(wait=True)
 
 
 def _maximum_where(out: np.ndarray, other: np.ndarray, where: np.ndarray) -> None:
@@ -209,7 +230,16 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         from .runner import run_network  # imports torch/MONAI only for network models
 
         t0 = time.perf_counter()
-        net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
+        hu_codes = None
+        if combine == "hu_rules":  # computed beside the network: its imports, resampling and
+            check_ct(volume)       # clean-up leave one of two cores idle most of the time
+            hu_codes = Beside(hu_rules_arrays, volume, _hu_config(None, cfg))
+        try:
+            net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
+        except BaseException:
+            if hu_codes is not None:
+                hu_codes.abandon()
+            raise
         release_memory()  # the network's buffers: back to the system before the full-resolution steps
         timings.update(net.timings)
         table = spec.label_table()
@@ -229,7 +259,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         table, merge_notes = _merge_tables(table, hu_table)
         notes.extend(merge_notes)
         hcfg = _hu_config(None, cfg)
-        codes, info = hu_rules_arrays(volume, hcfg)
+        codes, info = hu_codes.result()
         labels = labels.astype(_dtype_for(table), copy=False)
         # HU-rule uncertainty (closeness to a threshold) only where the HU rules decide: a contrast
         # aorta at 180 HU is near the bone threshold, but the model, not the threshold, labelled it

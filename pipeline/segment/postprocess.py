@@ -99,7 +99,7 @@ def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
         outside = np.zeros(n + 1, bool)
         for ax in range(3):
             for end in (0, mask.shape[ax] - 1):
-                outside[np.unique(lab.take(end, axis=ax))] = True
+                outside[lab.take(end, axis=ax)] = True  # repeated ids: fine for an assignment
         outside[0] = True
         return mask | lookup(~outside, lab)
 
