@@ -552,11 +552,24 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         self.app.run()
 
 
+def _fit_window(size):
+    """The requested window size, shrunk to the X screen (said on stderr when it is)."""
+    from .xcapture import fit_to_screen, screen_size
+
+    fitted, note = fit_to_screen(size, screen_size() if os.environ.get("DISPLAY") else None)
+    if note:
+        import sys
+
+        print(f"surgitwin view: {note}", file=sys.stderr, flush=True)
+    return fitted
+
+
 def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screenshot: str | None = None,
                script: str | None = None, result: str | None = None, timeout: float = 300.0, layout: str = "3d",
                four_up: dict | None = None) -> int:
     """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit."""
     require_display()
+    size = _fit_window(size)
     app = ViewerApp(scene_path, size=size, view=view, layout=layout, four_up=four_up)
     if screenshot or script:
         from .driver import load_actions, start_driver
