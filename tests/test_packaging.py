@@ -97,6 +97,7 @@ def test_import_rewrite_moves_only_the_packages_absolute_imports():
         rewrite("import pipeline.config\n", filename="m.py")  # would bind `surgitwin`, not `pipeline`
 
 
+@pytest.mark.slow
 def test_namespaced_tree_runs_without_the_top_level_packages(tmp_path):
     """The wheel's tree (built by setup.py's hook, not installed): the CLI, the case functions named by
     string and a process-pool worker all resolve inside surgitwin.*, never a top-level pipeline/viewer."""
