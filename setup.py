@@ -13,8 +13,8 @@ package that cannot collide with other distributions:
 - ``configs/``, ``models/`` and ``sample_scans/`` travel as package data in
   ``surgitwin/pipeline/_data/`` (read through importlib.resources by
   :func:`pipeline.config.data_root`).
-- The console script ``surgitwin`` points at ``surgitwin.pipeline.cli:main``, and
-  ``top_level.txt`` names ``surgitwin`` only.
+- The wheel's console script ``surgitwin`` points at ``surgitwin.pipeline.cli:main``, and its
+  ``top_level.txt`` names ``surgitwin`` only; an editable install keeps ``pipeline.cli:main``.
 """
 from __future__ import annotations
 
@@ -27,11 +27,15 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
 
 try:  # setuptools >= 70.1 ships bdist_wheel; older ones take it from the wheel package
     from setuptools.command.bdist_wheel import bdist_wheel
 except ImportError:  # pragma: no cover
-    from wheel.bdist_wheel import bdist_wheel
+    try:
+        from wheel.bdist_wheel import bdist_wheel
+    except ImportError:  # nothing here builds wheels (an editable install still works)
+        bdist_wheel = None
 
 NAMESPACE = "surgitwin"
 PACKAGES = ("pipeline", "viewer")
@@ -114,10 +118,12 @@ def namespace_tree(build_lib: Path, packages=PACKAGES, namespace: str = NAMESPAC
     return ns
 
 
-def namespace_entry_points(text: str, packages=PACKAGES, namespace: str = NAMESPACE) -> str:
-    """``name = pipeline.cli:main`` -> ``name = surgitwin.pipeline.cli:main`` (entry_points.txt)."""
-    pattern = re.compile(rf"^(\s*[^=\[#;\s][^=]*=\s*)((?:{'|'.join(map(re.escape, packages))})[.:])", re.M)
-    return pattern.sub(lambda m: f"{m.group(1)}{namespace}.{m.group(2)}", text)
+def namespace_entry_points(text: str, packages=PACKAGES, namespace: str = NAMESPACE, *, undo: bool = False) -> str:
+    """``name = pipeline.cli:main`` -> ``name = surgitwin.pipeline.cli:main`` (entry_points.txt);
+    ``undo`` turns it back (the source layout an editable install runs)."""
+    prefix = rf"{re.escape(namespace)}\." if undo else ""
+    pattern = re.compile(rf"^(\s*[^=\[#;\s][^=]*=\s*){prefix}((?:{'|'.join(map(re.escape, packages))})[.:])", re.M)
+    return pattern.sub(lambda m: f"{m.group(1)}{'' if undo else namespace + '.'}{m.group(2)}", text)
 
 
 def build_namespaced(build_lib: Path, root: Path) -> Path:
@@ -139,16 +145,38 @@ class BuildWithData(build_py):
         build_namespaced(Path(self.build_lib), Path(__file__).resolve().parent)
 
 
-class WheelUnderNamespace(bdist_wheel):
-    def egg2dist(self, egginfo_path, distinfo_path):
-        super().egg2dist(egginfo_path, distinfo_path)
-        dist = Path(distinfo_path)
+COMMANDS: dict = {"build_py": BuildWithData}
+if bdist_wheel is not None:
+    class WheelUnderNamespace(bdist_wheel):
+        def egg2dist(self, egginfo_path, distinfo_path):
+            super().egg2dist(egginfo_path, distinfo_path)
+            dist = Path(distinfo_path)
+            eps = dist / "entry_points.txt"
+            if eps.is_file():
+                eps.write_text(namespace_entry_points(eps.read_text()))
+            if (dist / "top_level.txt").is_file():
+                (dist / "top_level.txt").write_text(f"{NAMESPACE}\n")
+
+    COMMANDS["bdist_wheel"] = WheelUnderNamespace
+
+
+class EditableInPlace(editable_wheel):
+    """An editable install runs the source layout (``pipeline.cli:main``). Its dist-info may be the
+    one prepared for a wheel (pip reuses prepare_metadata_for_build_editable's, which setuptools
+    makes with bdist_wheel): the namespace is taken off it again."""
+
+    def _ensure_dist_info(self):
+        super()._ensure_dist_info()
+        dist = Path(self.dist_info_dir)
         eps = dist / "entry_points.txt"
         if eps.is_file():
-            eps.write_text(namespace_entry_points(eps.read_text()))
+            eps.write_text(namespace_entry_points(eps.read_text(), undo=True))
         if (dist / "top_level.txt").is_file():
-            (dist / "top_level.txt").write_text(f"{NAMESPACE}\n")
+            (dist / "top_level.txt").write_text("".join(f"{p}\n" for p in PACKAGES))
+
+
+COMMANDS["editable_wheel"] = EditableInPlace
 
 
 if __name__ == "__main__":
-    setup(cmdclass={"build_py": BuildWithData, "bdist_wheel": WheelUnderNamespace})
+    setup(cmdclass=COMMANDS)

@@ -97,6 +97,15 @@ def test_import_rewrite_moves_only_the_packages_absolute_imports():
         rewrite("import pipeline.config\n", filename="m.py")  # would bind `surgitwin`, not `pipeline`
 
 
+def test_console_script_points_into_the_namespace_and_back_for_an_editable_install():
+    ns = _setup_module().namespace_entry_points
+    src = "[console_scripts]\nsurgitwin = pipeline.cli:main\nother = pipelines.x:main\nv = viewer.app:run\n"
+    wheel = ns(src)
+    assert wheel == ("[console_scripts]\nsurgitwin = surgitwin.pipeline.cli:main\nother = pipelines.x:main\n"
+                     "v = surgitwin.viewer.app:run\n")
+    assert ns(wheel, undo=True) == src and ns(src, undo=True) == src
+
+
 @pytest.mark.slow
 def test_namespaced_tree_runs_without_the_top_level_packages(tmp_path):
     """The wheel's tree (built by setup.py's hook, not installed): the CLI, the case functions named by
