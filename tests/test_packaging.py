@@ -4,8 +4,10 @@
 demo` from another directory; these tests check the pieces it relies on, fast: the lookup order
 of configs, the build-time import rewrite (setup.py) and the namespaced tree it produces.
 """
+import ast
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,6 +97,46 @@ def test_import_rewrite_moves_only_the_packages_absolute_imports():
     assert rewrite("import numpy as np\n") == "import numpy as np\n"
     with pytest.raises(ValueError, match="line|:1:"):
         rewrite("import pipeline.config\n", filename="m.py")  # would bind `surgitwin`, not `pipeline`
+
+
+def _literal_prefix(node) -> str | None:
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
+        return str(node.values[0].value)
+    return None
+
+
+def hard_coded_module_names(source: str) -> list[tuple[int, str]]:
+    """Module names spelled as strings that break under the wheel's namespace: ``-m pipeline.x``
+    in a command line, ``import_module("pipeline.x")``, ``"pipeline.x:function"``."""
+    own = re.compile(r"^(pipeline|viewer)(\.|$)")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.List, ast.Tuple)):
+            for a, b in zip(node.elts, node.elts[1:]):
+                if _literal_prefix(a) == "-m" and own.match(_literal_prefix(b) or ""):
+                    found.append((b.lineno, f"-m {_literal_prefix(b)}"))
+        elif isinstance(node, ast.Call) and node.args and getattr(node.func, "attr", getattr(node.func, "id", "")) \
+                == "import_module" and own.match(_literal_prefix(node.args[0]) or ""):
+            found.append((node.lineno, f"import_module({_literal_prefix(node.args[0])!r})"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and re.fullmatch(r"(pipeline|viewer)(\.\w+)+:\w+(\.\w+)*", node.value):
+            found.append((node.lineno, node.value))
+    return found
+
+
+def test_module_names_given_as_strings_follow_the_package():
+    """In the wheel the packages are surgitwin.pipeline/surgitwin.viewer: a module named by string
+    must come from __package__/__name__ (e.g. f"{__package__}.offscreen"), as the build-time import
+    rewrite does not touch strings."""
+    assert hard_coded_module_names('cmd = [exe, "-m", "pipeline.render.offscreen"]\n'
+                                   'importlib.import_module(f"pipeline.commands.{n}")\nF = "pipeline.batch.x:run"\n'
+                                   'ok = [exe, "-m", f"{__package__}.offscreen"]\nprov = "pipeline.planning.cut.cut_record"\n') \
+        == [(1, "-m pipeline.render.offscreen"), (2, "import_module('pipeline.commands.')"), (3, "pipeline.batch.x:run")]
+    bad = {str(f.relative_to(ROOT)): found for d in ("pipeline", "viewer") for f in sorted((ROOT / d).rglob("*.py"))
+           if (found := hard_coded_module_names(f.read_text(encoding="utf-8")))}
+    assert not bad, bad
 
 
 def test_console_script_points_into_the_namespace_and_back_for_an_editable_install():
