@@ -41,12 +41,18 @@ def data_roots() -> list[Path]:
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "configs").is_dir():
         roots.append(checkout)
-    from importlib.resources import files
-
-    packaged = Path(str(files(__name__.rpartition(".")[0]) / "_data"))
+    packaged = packaged_root()
     if packaged.is_dir() or not roots:
         roots.append(packaged)
     return list(dict.fromkeys(roots))  # the working directory may be the checkout
+
+
+def packaged_root() -> Path:
+    """The configs, models and sample scan an installed wheel carries (``surgitwin/pipeline/_data``;
+    absent in a source checkout). Read-only in spirit: it lives inside site-packages."""
+    from importlib.resources import files
+
+    return Path(str(files(__name__.rpartition(".")[0]) / "_data"))
 
 
 def data_root() -> Path:

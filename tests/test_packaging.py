@@ -78,6 +78,23 @@ def test_working_directory_configs_come_after_surgitwin_home_and_before_the_chec
     assert p.returncode == 0 and Path(p.stdout.strip()) == ROOT, p.stdout + p.stderr
 
 
+def test_models_export_never_writes_into_the_packaged_configs(tmp_path, monkeypatch):
+    """Installed from the wheel with no SURGITWIN_HOME and no project folder, the root is the copy
+    inside site-packages: `surgitwin models export` refuses instead of writing there."""
+    from pipeline import config
+    from pipeline.errors import ModelError
+    from pipeline.train import export
+
+    packaged = config.packaged_root()
+    monkeypatch.setattr(export, "ROOT", packaged)
+    monkeypatch.setattr(export, "CONFIG_DIR", packaged / "configs")
+    with pytest.raises(ModelError, match="SURGITWIN_HOME") as e:
+        export.export_model(tmp_path / "train")
+    assert e.value.rule and not packaged.exists()
+    with pytest.raises(ModelError, match="model.json missing"):  # given folders: the export goes on as before
+        export.export_model(tmp_path / "train", models_dir=tmp_path / "m", configs_dir=tmp_path / "c")
+
+
 def test_import_rewrite_moves_only_the_packages_absolute_imports():
     rewrite = _setup_module().rewrite_imports
     src = ("import os, pipeline.config as cfg  # pipeline.config\n"
