@@ -89,6 +89,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         self._ray_scene = None
         self._ticks = 0
         self._redraw_until = time.monotonic() + 3.0
+        self.touch_cap = float("inf")
         self.view_name = view
         self.slice_state = {"visible": False, "window": "soft_tissue", "index": {}}
         self._slice_corners: dict[str, np.ndarray] = {}  # CT planes on screen: they catch picks too
@@ -243,7 +244,9 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         return redraw or changed
 
     def _touch(self, seconds: float = 2.0):
-        self._redraw_until = max(self._redraw_until, time.monotonic() + seconds)
+        """Keep asking for redraws for ``seconds`` (at most :attr:`touch_cap`: scripts, whose
+        screenshots draw and check their own frames, lower it)."""
+        self._redraw_until = max(self._redraw_until, time.monotonic() + min(seconds, self.touch_cap))
 
     def edge_letters(self) -> dict[str, str]:
         """Patient directions at the view's edges for the *current* camera (after any rotation)."""
@@ -587,8 +590,9 @@ def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screensh
         from .driver import load_actions, start_driver
 
         actions = load_actions(script) if script else []
-        if screenshot:
-            actions += [{"do": "set_view", "args": [view]}, {"do": "screenshot", "args": [screenshot]}]
+        if screenshot:  # the window opened at ``view``: set it again only after a script moved it
+            actions += [{"do": "set_view", "args": [view]}] if script else []
+            actions += [{"do": "screenshot", "args": [screenshot]}]
         outcome = start_driver(app, actions, result, timeout=timeout)
         app.run()
         if not outcome.get("ok"):

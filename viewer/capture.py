@@ -17,6 +17,20 @@ from pipeline.errors import SurgitwinError
 from .render import RenderError
 
 
+def unchanged_blocks(a: np.ndarray, b: np.ndarray, block: int = 16, fraction: float = 0.05) -> bool:
+    """Two grabs of a window show the same picture: Filament's dithering moves single pixels
+    all over a frame (measured: 0.03 % of them), a real change (a label, a moved structure)
+    moves many pixels in one place, so no ``block`` x ``block`` tile may have more than
+    ``fraction`` of its pixels changed by more than 12 levels."""
+    moved = (np.abs(a.astype(np.int16) - b).max(axis=2) > 12)
+    h, w = moved.shape
+    hb, wb = -(-h // block), -(-w // block)
+    pad = np.zeros((hb * block, wb * block), bool)
+    pad[:h, :w] = moved
+    per_tile = pad.reshape(hb, block, wb, block).sum(axis=(1, 3))
+    return bool(per_tile.max() <= fraction * block * block)
+
+
 class CaptureMixin:
     # -- plan, screenshots, report -----------------------------------------------------------
     def save_plan(self) -> str:
@@ -39,18 +53,17 @@ class CaptureMixin:
 
         wid = self._x_window_id()
 
-        def same(a, b):  # Filament dithers frames: "same" = almost no pixel moved by more than 12
-            return a.shape == b.shape and (np.abs(a.astype(np.int16) - b).max(axis=2) > 12).mean() < 2e-4
+        def same(a, b):  # Filament dithers frames: "same" = no 16x16 block with 5 % of its pixels moved by more than 12
+            return a.shape == b.shape and unchanged_blocks(a, b)
 
-        # Redraw for a while (dropped frames are redrawn), let the window go idle, grab; done
-        # when two such grabs agree (a frame drawn during a flush shows the current state).
+        # Draw one frame (render_to_image waits for it), let the window flush, grab; done when
+        # two such grabs agree (a dropped or stale frame shows as a difference and is redrawn).
+        # Each frame of a big scene costs seconds in a software renderer: draw no more than that.
         t0 = time.monotonic()
         last = None
         while True:
-            self._touch(1.0)
             self._render_scene_image(None)
-            while time.monotonic() < self._redraw_until + 0.3:
-                time.sleep(0.1)
+            time.sleep(0.2)
             try:
                 shot = grab_window(wid)
             except SurgitwinError:  # window being remapped/resized: try once more

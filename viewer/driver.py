@@ -139,6 +139,9 @@ def start_driver(app, actions: list[dict], result_path=None, *, timeout: float =
         finally:
             finish()
 
+    # no seconds of redraws after the window opens and each action: a screenshot draws and
+    # checks its own frames, and each frame of a big scene costs seconds in a software renderer
+    app.touch_cap, app._redraw_until = 0.5, time.monotonic()
     threading.Thread(target=watchdog, daemon=True).start()
     threading.Thread(target=run, daemon=True).start()
     return outcome
