@@ -24,6 +24,7 @@ largest distance it can find; :func:`min_delta_e` reports what was reached.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -157,9 +158,17 @@ def display_colors(items: Iterable[tuple[str, tuple]], min_de: float = MIN_DELTA
     """name -> display sRGB for a scene's structures, given as (name, label rgb) in priority order.
 
     A colour is kept unless it is within ``min_de`` of another structure's; see the module doc.
+    Remembered per input (the search takes seconds for 40 structures, and the window, the
+    snapshots and the cut colours ask for the same table).
     """
+    key = tuple((str(n), tuple(int(c) for c in rgb)) for n, rgb in items)
+    return dict(_display_colors(key, float(min_de)))
+
+
+@lru_cache(maxsize=64)
+def _display_colors(items: tuple, min_de: float) -> dict[str, tuple[int, int, int]]:
     global _CAND
-    cols = {n: tuple(int(c) for c in rgb) for n, rgb in items}
+    cols = {n: rgb for n, rgb in items}
     names = list(cols)
     if len(names) < 2:
         return cols
@@ -216,6 +225,8 @@ def cut_colors(labels, plan: Mapping, min_de: float = MIN_DELTA_E) -> dict[str, 
     """cut id -> display sRGB for the cuts of ``plan``: each at least ``min_de`` (CIEDE2000) from
     every structure's display colour (:func:`scene_colors`), from the Couinaud segment colours when
     the plan has segments, and from the other cuts, so two saved cuts never look alike."""
+    if not plan.get("cuts"):
+        return {}
     fixed = list(scene_colors(labels).values())
     if plan.get("segments"):
         from pipeline.planning.segments import SEGMENT_RGB
