@@ -161,3 +161,28 @@ def test_report_slices_draw_each_cut_in_its_colour_with_its_label(two_cuts):
     assert np.ptp(xs) < 6 < np.ptp(ys)
     ys, xs = np.nonzero(np.abs(a - cuts["C2"]).max(axis=2) == 0)
     assert np.ptp(ys) < 6 < np.ptp(xs)
+
+
+def test_long_records_wrap_whole_and_map_back_to_their_record():
+    from viewer.panel_text import RecordList, wrap_to_width
+
+    text = "C1 cut liver: resected 204.6 ml (28.4%), remnant 515.5 ml (71.6%); margin to liver_tumour 10.7 mm"
+    measure = lambda s: 7.0 * len(s)  # noqa: E731 - a fixed-pitch font
+    lines = wrap_to_width(text, 300, measure)
+    assert len(lines) == 3 and all(measure(s) <= 300 for s in lines)
+    assert " ".join(s.strip() for s in lines) == text  # nothing lost
+    assert not any(s.strip().startswith(("mm", "ml", "%")) for s in lines)  # a number keeps its unit
+    assert wrap_to_width("short", 300, measure) == ["short"]
+    assert all(measure(s) <= 60 for s in wrap_to_width("a_structure_name_longer_than_a_line", 60, measure))
+
+    class FakeList:
+        def set_items(self, items):
+            self.items = list(items)
+
+    rl = RecordList(FakeList())
+    rl.set_records(["L1 landmark 'portal'", text, "T1 trajectory 74.0 mm -> liver_tumour"], ["L1", "C1", "T1"],
+                   measure, 300)
+    assert rl.listview.items == ["L1 landmark 'portal'", *lines, "T1 trajectory 74.0 mm -> liver_tumour"]
+    assert [rl.record_id(i) for i in range(5)] == ["L1", "C1", "C1", "C1", "T1"]
+    rl.set_records([], [], measure, 300)
+    assert rl.listview.items == ["(no measurements yet)"] and rl.record_id(0) is None

@@ -206,6 +206,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             x = {"left": f.x + pad, "right": f.get_right() - w - pad}.get(k, f.x + (f.width - w) // 2)
             y = {"top": f.y + pad, "bottom": f.get_bottom() - h - pad}.get(k, f.y + (f.height - h) // 2)
             lab.frame = self.gui.Rect(x, y, w, h)
+        self._layout_plan_text(ctx)  # plan labels follow the view, records wrap to the panel
 
     def _on_tick(self):
         # Filament drops frames when the (software) renderer is behind and Open3D does not ask
@@ -533,6 +534,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 "edge_letters": self.edge_letters(),
                 "hud": {k: lab.text for k, lab in self.edge.items()},
                 "drawn": list(self._plan_geoms), "labels3d": len(self._labels3d),
+                "labels": self._screen_labels().state(),
+                "record_lines": list(u["record_list"].items), "record_fit": u.get("record_fit"),
                 "hidden_by_cut": sorted(self._hidden_by_cut),
                 "qc_marked": sorted(n for n, lab in self._qc_labels.items() if lab.text),
                 "widget_frame": [self.widget.frame.x, self.widget.frame.y, self.widget.frame.width, self.widget.frame.height],
