@@ -106,9 +106,10 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         for m in self.scene.meshes:
             if self.styles[m.name].uncertain and m.mesh is not None and len(m.mesh.vertices):
                 v = np.asarray(m.mesh.vertices)
-                lab = self.widget.add_3d_label(v[np.argmax(v[:, 2])], f"? {m.name}")
-                lab.color = gui.Color(0.85, 0.35, 0.0)
-                self._qc_labels[m.name] = lab
+                from .screen_labels import OverlayText  # a boxed overlay, orange-tinted
+
+                self._qc_labels[m.name] = OverlayText(self._screen_labels(), v[np.argmax(v[:, 2])], f"? {m.name}",
+                                                      (217, 89, 0))
         self._verts = np.concatenate([np.asarray(m.mesh.vertices) for m in self.scene.meshes if m.mesh is not None]) \
             if self.scene.meshes else np.zeros((1, 3))
         lo, hi = self._verts.min(0), self._verts.max(0)

@@ -183,10 +183,15 @@ class PlanningMixin:
                 set_priority(self.widget.scene, key, c.structure)
         self.widget.scene.show_geometry(f"struct:{c.structure}", False)
         ext = float(np.linalg.norm(np.ptp(np.asarray(am.mesh.vertices), axis=0)))
+        from pipeline.scene.colors import cut_colors
+
+        # the planes in the colour the cut will keep once committed (after the saved ones)
+        cuts = list(self.scene.plan.get("cuts", [])) + [{"id": "(live)"}]
+        own = np.array(cut_colors(self.scene.labels, {**self.scene.plan, "cuts": cuts})["(live)"]) / 255
         for n, pl in enumerate(rec["planes"]):  # fixed planes paler, the live one (last) stronger
             live = n == len(rec["planes"]) - 1
             sq = drawing.square(pl["point"], pl["normal"], ext * 1.1)
-            self.widget.scene.add_geometry(f"cut:plane:{n}", sq, drawing._material((0.9, 0.2, 0.2) if live else (0.9, 0.6, 0.2),
+            self.widget.scene.add_geometry(f"cut:plane:{n}", sq, drawing._material(own if live else 0.5 + 0.5 * own,
                                                                                0.3 if live else 0.2))
         lines = [cut_summary(rec)] + rec.get("warnings", [])
         self.ui["cut_result"].text = "\n".join(_wrap(lines))

@@ -24,14 +24,25 @@ class ScreenLabels:
     def __init__(self, app):
         self.app = app
         self.pool: list = []
+        self.plan: list[tuple[np.ndarray, str, tuple | None]] = []
+        self.fixed: list[OverlayText] = []  # labels that are not plan records (QC marks)
         self.items: list[tuple[np.ndarray, str, tuple | None]] = []
         self.boxes: list[list[int]] = []  # (x, y, w, h) in window pixels; [] for a hidden label
         self._size: dict[str, tuple[int, int]] = {}
+        self.started = False  # widgets are made only once the 3-D view is in the window (drawn above it)
 
     def set_items(self, items) -> None:
-        """``items``: [(anchor LPS mm, text, rgb 0..255 or None)]; shown at once."""
+        """``items``: the plan's labels [(anchor LPS mm, text, rgb 0..255 or None)]; shown at once."""
+        self.plan = [(np.asarray(a, float), str(t), c) for a, t, c in items]
+        self.started = True
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show the plan's labels and the other labels that have text, laid out together."""
+        if not self.started:
+            return
         gui = self.app.gui
-        self.items = [(np.asarray(a, float), str(t), c) for a, t, c in items]
+        self.items = self.plan + [(o.anchor, o.text, o.rgb) for o in self.fixed if o.text]
         while len(self.pool) < len(self.items):
             lab = gui.Label("")
             lab.visible = False
@@ -98,3 +109,22 @@ class ScreenLabels:
         """What each label shows and where (for scripts and tests)."""
         return [{"text": t, "rgb": list(c) if c is not None else None, "box": b,
                  "background": list(box_colours(c)[0])} for (_, t, c), b in zip(self.items, self.boxes)]
+
+
+class OverlayText:
+    """A label that is not a plan record (the '?' over a QC-flagged structure): an overlay laid
+    out with the plan's labels; set ``text`` to '' to hide it (same use as a :class:`Label3D`)."""
+
+    def __init__(self, labels: ScreenLabels, anchor, text: str, rgb=None):
+        self._labels, self.anchor, self._text, self.rgb = labels, np.asarray(anchor, float), str(text), rgb
+        labels.fixed.append(self)
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @text.setter
+    def text(self, value: str) -> None:
+        if str(value) != self._text:
+            self._text = str(value)
+            self._labels.refresh()
