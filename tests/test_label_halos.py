@@ -186,3 +186,25 @@ def test_long_records_wrap_whole_and_map_back_to_their_record():
     assert [rl.record_id(i) for i in range(5)] == ["L1", "C1", "C1", "C1", "T1"]
     rl.set_records([], [], measure, 300)
     assert rl.listview.items == ["(no measurements yet)"] and rl.record_id(0) is None
+
+
+def test_four_up_panes_draw_each_cut_where_it_is_in_its_colour(two_cuts):
+    """The slice panes draw where each saved cut meets them, in the cut's colour with its label:
+    on the coronal pane C1 (x = -80, the patient's right) is a vertical line in the image's left
+    half (radiological), C2 (z = 50) a horizontal line above the crosshair (z = 40)."""
+    from pipeline.render.fourup import FourUp
+    from pipeline.render.labels2d import box_colours
+    from pipeline.scene.colors import cut_colors
+
+    fu = FourUp(two_cuts)
+    fu.set_crosshair((-60.0, -5.0, 40.0))
+    img, g = fu.pane("coronal", 400, 360)
+    a = np.asarray(img.convert("RGB")).astype(int)
+    cuts = cut_colors(fu.scene.labels, fu.scene.plan)
+    ys, xs = np.nonzero(np.abs(a - cuts["C1"]).max(axis=2) == 0)
+    assert len(xs) > 200 and np.ptp(xs) <= 3 and xs.mean() < 200
+    assert xs.mean() == pytest.approx(g.to_px((-80.0, -5.0, 0.0))[0], abs=2)
+    ys, xs = np.nonzero(np.abs(a - cuts["C2"]).max(axis=2) == 0)
+    assert len(ys) > 200 and np.ptp(ys) <= 3 and ys.mean() < g.to_px(fu.crosshair)[1]
+    for rgb in cuts.values():
+        assert (np.abs(a - box_colours(rgb)[1]).max(axis=2) == 0).sum() > 20  # the labels C1, C2
