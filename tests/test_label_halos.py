@@ -107,6 +107,33 @@ def _hue_mask(a, rgb, tol_deg=10.0):
     return (dh < tol_deg) & (hsv[..., 1] > 0.75) & (hsv[..., 2] > 0.3)  # the frames are flat, fully saturated
 
 
+def test_snapshot_labels_of_the_plan_are_boxed_apart_and_cuts_carry_their_colour(two_cuts):
+    """What the snapshot draws over each rendered view (no renderer needed): one label per
+    record, a cut's in its colour, laid out apart in every named view."""
+    from PIL import Image
+
+    from pipeline.render.offscreen import draw_plan_labels, plan_labels
+    from pipeline.render.views import VIEWS, fit_camera
+    from pipeline.scene import load_scene
+    from pipeline.scene.colors import cut_colors
+
+    sc = load_scene(two_cuts)
+    labels = plan_labels(sc)
+    assert sorted(t for _, t, _ in labels) == ["C1", "C2", "M1: 102.3 mm", "M2: 65.2 mm"]
+    cuts = cut_colors(sc.labels, sc.plan)
+    assert {t: c for _, t, c in labels if c is not None} == {cid: tuple(rgb) for cid, rgb in cuts.items()}
+    pts = np.concatenate([np.asarray(m.mesh.vertices) for m in sc.meshes if m.name != "body"])
+    for view in VIEWS:
+        img = Image.new("RGB", (500, 400), (0, 0, 0))
+        boxes = draw_plan_labels(img, labels, fit_camera(pts, view, 500 / 400, frame_slab=True), 500 / 400)
+        assert len(boxes) == 4, view
+        for i, (x, y, w, h) in enumerate(boxes):
+            assert 0 <= x and x + w <= 500 and 0 <= y and y + h <= 400
+            assert not any(x < u + c and u < x + w and y < v + d and v < y + h for u, v, c, d in boxes[:i]), view
+            assert _text_contrast(img, (x, y, w, h)) >= 7.0  # on black
+
+
+@pytest.mark.slow
 def test_two_saved_cuts_are_drawn_each_in_its_colour_with_its_label(two_cuts, tmp_path):
     """Headless snapshot with --plan: the two cuts' frames show in two different colours (each
     the colour cut_colors gives it), where a snapshot of the same scene without the plan has
