@@ -119,8 +119,16 @@ def fit_records(app, ctx) -> None:
 
     if rl.wrap(measure, max(width, 4 * em)):
         app.window.set_needs_layout()
-    app.ui["record_fit"] = {"width": rl.width, "widths": [measure(s) for s in rl.items],
-                            "overflow": panel_overflow(app, ctx)}
+    # the panel is checked once its widgets have been laid out (their frames are set after this
+    # callback: the first pass sees none), then again only when its size or the records change
+    if not all(c.frame.width > 0 for c in app.ui["root"].get_children() if c.visible):
+        app.app.post_to_main_thread(app.window, app.window.set_needs_layout)  # a request made in here is dropped
+        app.ui["record_fit"] = {"key": None, "width": rl.width, "widths": [], "overflow": None}
+        return
+    key = (root.width, root.height, lv.frame.width, tuple(rl.items))
+    if (app.ui.get("record_fit") or {}).get("key") != key:
+        app.ui["record_fit"] = {"key": key, "width": rl.width, "widths": [measure(s) for s in rl.items],
+                                "overflow": panel_overflow(app, ctx)}
 
 
 def panel_overflow(app, ctx) -> list[dict]:
@@ -138,15 +146,15 @@ def panel_overflow(app, ctx) -> list[dict]:
         if isinstance(w, gui.CollapsableVert) and not w.get_is_open():
             return
         f = w.frame
-        text = getattr(w, "text", None)
         if f.width > 0 and not isinstance(w, (gui.Vert, gui.Horiz, gui.VGrid, gui.ScrollableVert)):
             need = w.calc_preferred_size(ctx, gui.Widget.Constraints()).width
-            wraps = isinstance(w, gui.Label)  # a label wraps its text to its frame
-            # a preferred width includes ImGui's frame padding (about 4 px a side), which a grid
-            # may trim by a pixel or two without touching the text
-            if f.get_right() > right + 1 or (text and not wraps and need > f.width + 4):
-                out.append({"widget": type(w).__name__, "text": text, "frame": [f.x, f.y, f.width, f.height],
-                            "needs": int(need), "panel_right": int(right)})
+            # widgets that clip what does not fit (a label wraps instead; sliders and images
+            # scale); a preferred width includes ImGui's frame padding (about 4 px a side),
+            # which a grid may trim by a pixel or two without touching the text
+            clips = isinstance(w, (gui.Button, gui.Checkbox, gui.RadioButton, gui.Combobox, gui.ListView))
+            if f.get_right() > right + 1 or (clips and need > f.width + 4):
+                out.append({"widget": type(w).__name__, "text": getattr(w, "text", None) or getattr(w, "selected_text", None),
+                            "frame": [f.x, f.y, f.width, f.height], "needs": int(need), "panel_right": int(right)})
         for c in w.get_children():
             visit(c)
 
