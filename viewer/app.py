@@ -108,9 +108,10 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         for m in self.scene.meshes:
             if self.styles[m.name].uncertain and m.mesh is not None and len(m.mesh.vertices):
                 v = np.asarray(m.mesh.vertices)
-                lab = self.widget.add_3d_label(v[np.argmax(v[:, 2])], f"? {m.name}")
-                lab.color = gui.Color(0.85, 0.35, 0.0)
-                self._qc_labels[m.name] = lab
+                from .screen_labels import OverlayText  # a boxed overlay, orange-tinted
+
+                self._qc_labels[m.name] = OverlayText(self._screen_labels(), v[np.argmax(v[:, 2])], f"? {m.name}",
+                                                      (217, 89, 0))
         self._verts = np.concatenate([np.asarray(m.mesh.vertices) for m in self.scene.meshes if m.mesh is not None]) \
             if self.scene.meshes else np.zeros((1, 3))
         lo, hi = self._verts.min(0), self._verts.max(0)
@@ -209,6 +210,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             x = {"left": f.x + pad, "right": f.get_right() - w - pad}.get(k, f.x + (f.width - w) // 2)
             y = {"top": f.y + pad, "bottom": f.get_bottom() - h - pad}.get(k, f.y + (f.height - h) // 2)
             lab.frame = self.gui.Rect(x, y, w, h)
+        self._layout_plan_text(ctx)  # plan labels follow the view, records wrap to the panel
 
     def _on_tick(self):
         # Filament drops frames when the (software) renderer is behind and Open3D does not ask
@@ -548,6 +550,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 "edge_letters": self.edge_letters(),
                 "hud": {k: lab.text for k, lab in self.edge.items()},
                 "drawn": list(self._plan_geoms), "labels3d": len(self._labels3d),
+                "labels": self._screen_labels().state(),
+                "record_lines": list(u["record_list"].items), "record_fit": u.get("record_fit"),
                 "hidden_by_cut": sorted(self._hidden_by_cut),
                 "qc_marked": sorted(n for n, lab in self._qc_labels.items() if lab.text),
                 "widget_frame": [self.widget.frame.x, self.widget.frame.y, self.widget.frame.width, self.widget.frame.height],

@@ -183,10 +183,15 @@ class PlanningMixin:
                 set_priority(self.widget.scene, key, c.structure)
         self.widget.scene.show_geometry(f"struct:{c.structure}", False)
         ext = float(np.linalg.norm(np.ptp(np.asarray(am.mesh.vertices), axis=0)))
+        from pipeline.scene.colors import cut_colors
+
+        # the planes in the colour the cut will keep once committed (after the saved ones)
+        cuts = list(self.scene.plan.get("cuts", [])) + [{"id": "(live)"}]
+        own = np.array(cut_colors(self.scene.labels, {**self.scene.plan, "cuts": cuts})["(live)"]) / 255
         for n, pl in enumerate(rec["planes"]):  # fixed planes paler, the live one (last) stronger
             live = n == len(rec["planes"]) - 1
             sq = drawing.square(pl["point"], pl["normal"], ext * 1.1)
-            self.widget.scene.add_geometry(f"cut:plane:{n}", sq, drawing._material((0.9, 0.2, 0.2) if live else (0.9, 0.6, 0.2),
+            self.widget.scene.add_geometry(f"cut:plane:{n}", sq, drawing._material(own if live else 0.5 + 0.5 * own,
                                                                                0.3 if live else 0.2))
         lines = [cut_summary(rec)] + rec.get("warnings", [])
         self.ui["cut_result"].text = "\n".join(_wrap(lines))
@@ -220,45 +225,45 @@ class PlanningMixin:
         self.ui["pending"].text = f"picked {len(pts)} of {need} points" if need else ""
 
     def layout_labels3d(self) -> list:
-        """Move the measurement labels apart on screen for the current camera (none overlaps);
-        returns their 3-D positions. The window does this whenever the camera moves."""
+        """Lay the plan's labels out on screen for the current camera (none overlaps); returns
+        their boxes (x, y, w, h window pixels; NaN for a label off screen). The window does this
+        whenever the camera moves (:mod:`viewer.screen_labels`)."""
         return self._on_main(self._layout_labels3d)
 
-    def _layout_labels3d(self) -> list:
-        from .labels import layout_labels, pose_from_model
+    def _screen_labels(self):
+        if getattr(self, "_overlay_labels", None) is None:
+            from .screen_labels import ScreenLabels
 
-        labs, anchors = self._labels3d, getattr(self, "_label_anchors", [])
-        if not labs or len(anchors) != len(labs):
-            return []
-        cam = self.widget.scene.camera
-        f = self.widget.frame
-        model = np.asarray(cam.get_model_matrix())
-        size = (max(f.width, 1), max(f.height, 1))
-        vfov = cam.get_field_of_view()
-        if cam.get_field_of_view_type() != self.rendering.Camera.FovType.Vertical:
-            vfov = float(np.degrees(2 * np.arctan(np.tan(np.radians(vfov) / 2) * size[1] / size[0])))
-        char = max(6.0, self.window.theme.font_size * 0.55)
-        pos = layout_labels(anchors, [lab.text for lab in labs], pose_from_model(model, vfov),
-                            size, char_px=char, line_px=self.window.theme.font_size * 1.3)
-        for lab, p in zip(labs, pos):
-            lab.position = p.astype(np.float32)
-        self._labels_camera = model
-        return pos.tolist()
+            self._overlay_labels = ScreenLabels(self)
+        return self._overlay_labels
+
+    def _layout_labels3d(self, ctx=None) -> list:
+        return self._screen_labels().layout(ctx)
+
+    def _layout_plan_text(self, ctx) -> None:
+        """From the window's layout (font metrics known): place the plan labels over the view
+        and wrap the panel's records to the list's width (:mod:`viewer.panel_text`)."""
+        from .panel_text import fit_records
+
+        self._layout_labels3d(ctx)
+        fit_records(self, ctx)
 
     def _redraw_plan(self):
+        from pipeline.scene.colors import cut_colors
+
         from .drawing import primitive_geometry
         from .tools import clearance_lines, record_primitives, record_text, superseded_pieces
 
         for key in self._plan_geoms:
             self.widget.scene.remove_geometry(key)
-        for lab in self._labels3d:
-            self.widget.remove_3d_label(lab)
-        self._plan_geoms, self._labels3d, self._label_anchors = [], [], []
+        self._plan_geoms, self._labels3d = [], []
         self._hidden_by_cut = set()
         records = self.session.records()
         skip = superseded_pieces(self.scene.plan)
+        cuts = cut_colors(self.scene.labels, self.scene.plan)  # each cut its own colour (C1, C2 ...)
         for rec in records:
-            for n, prim in enumerate(record_primitives(rec, self.scale)):
+            own = cuts.get(rec.get("id")) if rec.get("kind") == "cut" else None
+            for n, prim in enumerate(record_primitives(rec, self.scale, None if own is None else tuple(c / 255 for c in own))):
                 if prim.kind == "mesh" and rec.get("id") in skip:
                     continue
                 rgb = self.styles[rec["structure"]].rgb if rec.get("kind") == "cut" and rec.get("structure") in self.styles \
@@ -272,16 +277,13 @@ class PlanningMixin:
                 self.widget.scene.add_geometry(key, *g)
                 set_priority(self.widget.scene, key, rec.get("structure", ""))
                 self._plan_geoms.append(key)
-                if prim.label and prim.label_at is not None:
-                    anchor = np.asarray(prim.label_at, float) + self.scale * 1.5
-                    lab = self.widget.add_3d_label(anchor, prim.label)
-                    lab.color = self.gui.Color(0.05, 0.05, 0.05)
-                    self._labels3d.append(lab)
-                    self._label_anchors.append(anchor)  # where the record puts it; layout_labels3d moves it apart
-        self._layout_labels3d()
+                if prim.label and prim.label_at is not None:  # where the record puts it; laid out on screen
+                    self._labels3d.append((np.asarray(prim.label_at, float) + self.scale * 1.5, prim.label, own))
+        self._screen_labels().set_items(self._labels3d)
         for n in self.styles:
             self._restyle(n)
-        self.ui["records"].set_items([record_text(r) for r in records] or ["(no measurements yet)"])
+        self.ui["record_list"].set_records([record_text(r) for r in records], [r.get("id", "") for r in records])
+        self.window.set_needs_layout()  # the records wrap to the panel's width there
         trajs = self.scene.plan.get("trajectories", [])
         if trajs:
             t = trajs[-1]

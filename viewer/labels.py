@@ -1,15 +1,17 @@
-"""Screen-space layout of 3-D text labels, so measurement labels never sit on top of each other.
+"""Screen-space layout of the plan's labels, so measurement labels never sit on top of each other.
 
-Open3D draws a :class:`Label3D` at a 3-D position with no collision handling: four records
-measured near one organ put "T1", "M2", "M3" and "C1" on one spot. :func:`layout_labels`
-projects every label's anchor with the current camera, then places them one by one (top to
-bottom) at the nearest free slot above or below the anchor, in whole label heights, and returns
-the 3-D positions that show them there (moved along the camera's up vector, at the anchor's
-depth). Pure numpy: tested without a display.
+Four records measured near one organ put "T1", "M2", "M3" and "C1" on one spot. :func:`screen_boxes`
+projects every label's 3-D anchor with the current camera and places the boxes with
+:func:`pipeline.render.labels2d.place_boxes` (the nearest free slot above or below the anchor,
+in whole box heights; the headless snapshots use the same), leaving out anchors behind the
+camera or off the view. Pure numpy: tested without a display; :mod:`viewer.screen_labels` moves
+the window's label widgets there.
 """
 from __future__ import annotations
 
 import numpy as np
+
+from pipeline.render.labels2d import place_boxes
 
 from .views import CameraPose, project
 
@@ -21,36 +23,19 @@ def pose_from_model(model_matrix, vfov_deg: float) -> CameraPose:
     return CameraPose(eye + forward, eye.copy(), up / np.linalg.norm(up), float(vfov_deg), 0.1, 1e6)
 
 
-def _boxes_overlap(a, b) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
-def layout_labels(anchors, texts, pose: CameraPose, size_px: tuple[int, int], *, char_px: float = 8.0,
-                  line_px: float = 18.0, max_steps: int = 12) -> np.ndarray:
-    """(n, 3) LPS positions for labels ``texts`` anchored at ``anchors`` (n, 3), none overlapping
-    on screen (when a free slot exists within ``max_steps`` label heights)."""
+def screen_boxes(anchors, sizes, pose: CameraPose, size_px: tuple[int, int], offset_px: float = 8.0) -> np.ndarray:
+    """(n, 2) top-left corners (view pixels, y down) of label boxes of ``sizes`` (n, 2) for the
+    3-D ``anchors`` (n, 3) seen by ``pose`` in a view of ``size_px``, none overlapping another;
+    NaN for a label whose anchor is behind the camera or outside the view."""
     anchors = np.asarray(anchors, float).reshape(-1, 3)
+    out = np.full((len(anchors), 2), np.nan)
     if not len(anchors):
-        return anchors.copy()
+        return out
     w, h = size_px
+    front = (anchors - pose.eye) @ (pose.center - pose.eye) > 0
     xy = project(pose, w / h, anchors) * (w, h)
-    fwd = pose.center - pose.eye
-    fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, pose.up)
-    right /= np.linalg.norm(right)
-    up = np.cross(right, fwd)
-    depth = (anchors - pose.eye) @ fwd
-    mm_per_px = 2 * np.maximum(depth, 1e-6) * np.tan(np.radians(pose.vfov_deg) / 2) / h
-    placed: list[tuple] = []
-    out = anchors.copy()
-    steps = [0] + [s for k in range(1, max_steps + 1) for s in (-k, k)]  # up first (screen y grows down)
-    for i in np.argsort(xy[:, 1], kind="stable"):
-        bw = char_px * max(len(str(texts[i])), 1) + 6
-        for s in steps:
-            y = xy[i, 1] + s * line_px
-            box = (xy[i, 0], y - line_px / 2, xy[i, 0] + bw, y + line_px / 2)
-            if not any(_boxes_overlap(box, b) for b in placed):
-                break
-        placed.append(box)
-        out[i] = anchors[i] - up * (s * line_px * mm_per_px[i])  # screen y down = world up negative
+    inside = front & np.all(np.isfinite(xy), axis=1) & (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+    keep = np.nonzero(inside)[0]
+    if len(keep):
+        out[keep] = place_boxes(xy[keep] + [offset_px, 0], np.asarray(sizes, float).reshape(-1, 2)[keep], bounds=(w, h))
     return out

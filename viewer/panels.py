@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 
+from .panel_text import RecordList
 from .slices import PLANES, WINDOWS
 from .tools import CUT_ORIENTATIONS, MODES
 from .views import VIEWS
@@ -164,7 +165,7 @@ def build_panel(app) -> dict:
 
     # measure
     sec = _section(gui, em, "Measure")
-    mode = gui.RadioButton(gui.RadioButton.HORIZ)
+    mode = gui.RadioButton(gui.RadioButton.VERT)  # in one row the seven tools ran off the panel
     mode.set_items(list(MODES))
     mode.set_on_selection_changed(lambda idx: app.set_mode(MODES[idx]))
     ui["mode"] = mode
@@ -184,8 +185,9 @@ def build_panel(app) -> dict:
     sec.add_child(md)
     ui["min_a"], ui["min_b"] = a, b
     lst = gui.ListView()
-    lst.set_max_visible_items(8)
+    lst.set_max_visible_items(10)  # wrapped records take more lines
     ui["records"] = lst
+    ui["record_list"] = RecordList(lst)  # long records wrap onto indented lines (viewer.panel_text)
     sec.add_child(lst)
     dele = gui.Button("delete selected")
     dele.set_on_clicked(lambda: _delete_selected(app, lst))
@@ -323,8 +325,7 @@ def _only_visible(app):
 
 
 def _delete_selected(app, lst):
-    text = lst.selected_value or ""
-    rid = text.split(" ", 1)[0]
+    rid = app.ui["record_list"].record_id(lst.selected_index)  # any line of a wrapped record
     if rid and rid[0] in "LMCT" and rid[1:].isdigit():
         app._background(app.remove_record, rid)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .primitives import Primitive
+from .primitives import Primitive, square_corners
 
 
 def to_o3d_mesh(mesh, vertex_rgb: np.ndarray | None = None):
@@ -75,14 +75,7 @@ def square(center, normal, size: float):
     """Two-sided square (LPS mm) of side ``size`` centred on ``center``, normal ``normal``."""
     import open3d as o3d
 
-    n = np.asarray(normal, float)
-    n = n / np.linalg.norm(n)
-    a = np.cross(n, [0.0, 0.0, 1.0] if abs(n[2]) < 0.9 else [0.0, 1.0, 0.0])
-    a /= np.linalg.norm(a)
-    b = np.cross(n, a)
-    h = size / 2.0
-    c = np.asarray(center, float)
-    v = np.array([c - h * a - h * b, c + h * a - h * b, c + h * a + h * b, c - h * a + h * b])
+    v = square_corners(center, normal, size)
     t = np.array([[0, 1, 2], [0, 2, 3], [0, 2, 1], [0, 3, 2]], dtype=np.int32)
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v), o3d.utility.Vector3iVector(t))
     m.compute_vertex_normals()
@@ -115,7 +108,7 @@ def primitive_geometry(p: Primitive, scene_root=None, structure_rgb=(0.8, 0.8, 0
     else:
         return None
     g.compute_vertex_normals()
-    return g, _material(p.rgb, p.opacity)
+    return g, _material(p.rgb, p.opacity, lit=p.lit)
 
 
 MARKER_AXES = ((0, (0.85, 0.2, 0.2), ("R", "L")), (1, (0.2, 0.75, 0.25), ("A", "P")), (2, (0.25, 0.4, 0.95), ("I", "S")))

@@ -63,6 +63,32 @@ class PaneGeometry:
         return float(x), float(y)
 
 
+def plane_line_px(g: PaneGeometry, p0: np.ndarray, n: np.ndarray):
+    """The two ends (pane pixels) of the line where the plane through ``p0`` with normal ``n``
+    meets the pane, or None when it misses the pane or lies parallel to it."""
+    a, b = g.col[0], g.row[0]
+    if abs(n[a]) < 1e-9 and abs(n[b]) < 1e-9:
+        return None
+    lo, hi = g.to_lps(0, 0), g.to_lps(g.width - 1, g.height - 1)
+    (lo_a, hi_a), (lo_b, hi_b) = sorted((lo[a], hi[a])), sorted((lo[b], hi[b]))
+    fixed = 3 - a - b
+    rest = n[fixed] * (g.origin[fixed] - p0[fixed])
+    ends = []
+    if abs(n[b]) > 1e-9:
+        ends += [(va, p0[b] - (n[a] * (va - p0[a]) + rest) / n[b]) for va in (lo_a, hi_a)]
+    if abs(n[a]) > 1e-9:
+        ends += [(p0[a] - (n[b] * (vb - p0[b]) + rest) / n[a], vb) for vb in (lo_b, hi_b)]
+    ends = [e for e in ends if lo_a - 1e-6 <= e[0] <= hi_a + 1e-6 and lo_b - 1e-6 <= e[1] <= hi_b + 1e-6]
+    if len(ends) < 2:
+        return None
+    out = []
+    for va, vb in ends[:2]:
+        q = np.array(g.origin, float)
+        q[a], q[b] = va, vb
+        out.append(g.to_px(q))
+    return out
+
+
 def _font(size: int):
     from PIL import ImageFont
 
@@ -208,6 +234,7 @@ class FourUp:
             elif axis == g.row[0]:
                 d.line([(0, y), (w, y)], fill=PLANE_RGB[p], width=1)
         self._draw_plan(d, g)
+        self._draw_cuts(img, d, g)
         s = max(14, min(w, h) // 22)
         first_c, last_c = EDGE[g.col]
         first_r, last_r = EDGE[g.row]
@@ -246,6 +273,28 @@ class FourUp:
             if isinstance(rec.get("value"), (int, float)):
                 text += f" {rec['value']:.1f} {rec.get('unit', '')}"
             label_text(d, (xy[0][0] + 8, xy[0][1] - 8), text.strip(), 12, "ld", fg=(0, 255, 120))
+
+    def _draw_cuts(self, img, d, g: PaneGeometry):
+        """Where each saved cut's planes meet this pane: a line in the cut's own colour
+        (:func:`pipeline.scene.colors.cut_colors`, as in 3-D and the report) and its boxed label."""
+        from pipeline.scene.colors import cut_colors
+
+        from .labels2d import draw_labels
+
+        plan = self.scene.plan or {}
+        colours = cut_colors(self.scene.labels, plan)
+        tags = []
+        for cut in plan.get("cuts", []):
+            rgb = colours.get(cut.get("id"), (0, 220, 255))
+            for pl in cut.get("planes", []):
+                ends = plane_line_px(g, np.asarray(pl["point"], float), np.asarray(pl["normal"], float))
+                if ends is None:
+                    continue
+                d.line(ends, fill=tuple(rgb), width=2)
+                if not any(t[1] == cut.get("id") for t in tags):
+                    tags.append((min(ends, key=lambda e: (e[1], e[0])), str(cut.get("id", "")), rgb))
+        if tags:
+            draw_labels(img, [t[0] for t in tags], [t[1] for t in tags], 13, [t[2] for t in tags])
 
     def pane_point(self, plane: str, x: float, y: float, width: int, height: int) -> np.ndarray:
         """LPS point under pane pixel (x, y) (for landmarks and measurements placed in a pane)."""

@@ -302,6 +302,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
     scene = load_scene(scene_path)
     styles = structure_styles(scene, hide=hide, body_opacity=BODY_OPACITY if show_body else None, opacity=opacity)
     plan_geoms = plan_geometries(scene, hide=hide) if plan else []
+    labels = plan_labels(scene, hide=hide) if plan else []
     drawn = styles
     if plan_geoms:  # a cut structure is shown as its two halves, not whole underneath them
         cut = {r["structure"] for sec in ("cuts", "segments") for r in scene.plan.get(sec, []) if r.get("meshes")}
@@ -341,6 +342,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
             sc.camera.look_at(pose.center, pose.eye, pose.up)
             sc.scene.set_sun_light(sun_direction(view), [1.0, 1.0, 1.0], 90000)
             img = Image.fromarray(np.asarray(renderer.render_to_image())[..., :3].copy())
+            draw_plan_labels(img, labels, pose, tile_w / height)
             annotate_tile(img, view)
             tiles.append(img)
     finally:
@@ -364,31 +366,79 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
     return atomic_save_png(canvas, out_png)
 
 
-def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
-    """[(name, open3d mesh, material)] for every plan record, drawn as in the viewer; names are
-    ``plan:<record id>:<n>:<structure>`` (the structure sets the draw order). The cut halves of
-    a structure in ``hide`` are left out (a close-up of the tumour must not draw the liver)."""
-    from .drawing import primitive_geometry
+def _plan_prims(scene, hide: Iterable[str] = ()):
+    """(record, n, primitive, colour of its structure 0..1, drawn) for every plan primitive, as the
+    viewer draws them: a cut in its own colour (:func:`pipeline.scene.colors.cut_colors`), its
+    pieces in the structure's display colour; ``drawn`` is False for the pieces of a structure in
+    ``hide`` (a close-up of the tumour must not draw the liver) and for superseded pieces."""
+    from pipeline.scene.colors import cut_colors
+
     from .primitives import marker_scale, record_primitives, superseded_pieces
 
     if not scene.meshes:
-        return []
+        return
     scale = marker_scale(np.concatenate([m.mesh.bounds for m in scene.meshes if m.mesh is not None]))
     shown = structure_styles(scene)  # cut pieces in the structure's display colour
+    cuts = cut_colors(scene.labels, scene.plan)
     skip = superseded_pieces(scene.plan)
-    out = []
+    hide = set(hide)
     for sec in ("landmarks", "measurements", "segments", "cuts", "trajectories"):
         for rec in scene.plan.get(sec, []):
             rgb = (200, 200, 200)
             if rec.get("kind") == "cut" and rec.get("structure") in shown:
                 rgb = shown[rec["structure"]].rgb
-            for n, prim in enumerate(record_primitives(rec, scale)):
-                if prim.kind == "mesh" and (rec.get("structure") in set(hide) or rec.get("id") in skip):
-                    continue
-                g = primitive_geometry(prim, scene.root, tuple(c / 255 for c in rgb))
-                if g is not None:
-                    out.append((f"plan:{rec.get('id')}:{n}:{rec.get('structure', '')}", *g))
+            own = cuts.get(rec.get("id")) if rec.get("kind") == "cut" else None
+            prims = record_primitives(rec, scale, None if own is None else tuple(c / 255 for c in own))
+            for n, prim in enumerate(prims):
+                drawn = not (prim.kind == "mesh" and (rec.get("structure") in hide or rec.get("id") in skip))
+                yield rec, n, prim, tuple(c / 255 for c in rgb), drawn
+
+
+def plan_geometries(scene, hide: Iterable[str] = ()) -> list:
+    """[(name, open3d mesh, material)] for every plan record, drawn as in the viewer; names are
+    ``plan:<record id>:<n>:<structure>`` (the structure sets the draw order)."""
+    from .drawing import primitive_geometry
+
+    out = []
+    for rec, n, prim, rgb, drawn in _plan_prims(scene, hide):
+        g = primitive_geometry(prim, scene.root, rgb) if drawn else None
+        if g is not None:
+            out.append((f"plan:{rec.get('id')}:{n}:{rec.get('structure', '')}", *g))
     return out
+
+
+def plan_labels(scene, hide: Iterable[str] = ()) -> list[tuple[np.ndarray, str, tuple | None]]:
+    """[(anchor LPS mm, text, box colour 0..255 or None)] of the plan's labels, anchored where
+    the viewer anchors them; a cut's label carries the cut's colour."""
+    from .primitives import marker_scale
+
+    if not scene.meshes:
+        return []
+    scale = marker_scale(np.concatenate([m.mesh.bounds for m in scene.meshes if m.mesh is not None]))
+    out = []
+    for rec, _, prim, _, drawn in _plan_prims(scene, hide):
+        if drawn and prim.label and prim.label_at is not None:
+            own = tuple(int(round(c * 255)) for c in prim.rgb) if rec.get("kind") == "cut" else None
+            out.append((np.asarray(prim.label_at, float) + scale * 1.5, prim.label, own))
+    return out
+
+
+def draw_plan_labels(img, labels, pose, aspect: float) -> list[tuple]:
+    """Draw ``labels`` (:func:`plan_labels`) on a tile rendered with camera ``pose``: boxed,
+    laid out so that none overlaps (:mod:`.labels2d`); returns the boxes."""
+    from .labels2d import draw_labels
+    from .views import project
+
+    if not labels:
+        return []
+    w, h = img.size
+    anchors = np.array([a for a, _, _ in labels])
+    fwd = pose.center - pose.eye
+    front = (anchors - pose.eye) @ fwd > 0
+    xy = project(pose, aspect, anchors) * (w, h)
+    xy[~front] = np.nan  # behind the camera: not drawn
+    size = max(11, min(w, h) // 34)
+    return draw_labels(img, xy, [t for _, t, _ in labels], size, [c for _, _, c in labels])
 
 
 # -- subprocess wrapper ------------------------------------------------------------------------

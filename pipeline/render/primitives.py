@@ -32,6 +32,7 @@ class Primitive:
     size: float = 0.0
     opacity: float = 1.0
     path: str = ""
+    lit: bool = True  # False: flat colour (a cut's frame shows its exact colour from any side)
 
 
 COLOURS = {
@@ -69,11 +70,26 @@ def superseded_pieces(plan: dict) -> set[str]:
             if r.get("meshes") and latest.get(r.get("structure"), (None, None, None))[2] != r.get("id")}
 
 
-def record_primitives(rec: dict, scale: float) -> list[Primitive]:
-    """What to draw for a plan record; ``scale`` is the marker radius in mm."""
+def square_corners(center, normal, size: float) -> np.ndarray:
+    """(4, 3) corners (LPS mm) of the square of side ``size`` through ``center`` with ``normal``
+    (the same square :func:`pipeline.render.drawing.square` draws)."""
+    n = np.asarray(normal, float)
+    n = n / np.linalg.norm(n)
+    a = np.cross(n, [0.0, 0.0, 1.0] if abs(n[2]) < 0.9 else [0.0, 1.0, 0.0])
+    a /= np.linalg.norm(a)
+    b = np.cross(n, a)
+    h = size / 2.0
+    c = np.asarray(center, float)
+    return np.array([c - h * a - h * b, c + h * a - h * b, c + h * a + h * b, c - h * a + h * b])
+
+
+def record_primitives(rec: dict, scale: float, rgb: tuple[float, float, float] | None = None) -> list[Primitive]:
+    """What to draw for a plan record; ``scale`` is the marker radius in mm. ``rgb`` (0..1): the
+    record's own display colour (a cut's, from :func:`pipeline.scene.colors.cut_colors`), used
+    for its planes, their frames and the resected piece so two cuts never look alike."""
     kind = rec.get("kind")
     pts = np.asarray(rec.get("points") or np.zeros((0, 3)), dtype=float).reshape(-1, 3)
-    c = COLOURS.get(kind, (0.8, 0.8, 0.8))
+    c = tuple(rgb) if rgb is not None else COLOURS.get(kind, (0.8, 0.8, 0.8))
     if kind == "landmark":
         return [Primitive("points", pts, c, rec.get("name", rec.get("id", "")), pts[0] if len(pts) else None, scale * 1.3)]
     if kind in ("distance", "structure_distance", "extents") and len(pts) == 2:
@@ -88,9 +104,14 @@ def record_primitives(rec: dict, scale: float) -> list[Primitive]:
         for part, rgb, op in (("remnant", None, 1.0), ("resected", c, 0.45)):
             if rec.get("meshes", {}).get(part):
                 out.append(Primitive("mesh", np.zeros((0, 3)), rgb or (-1, -1, -1), opacity=op, path=rec["meshes"][part]))
-        for pl in rec.get("planes", []):
-            out.append(Primitive("plane", np.asarray([pl["point"]]), c, f"{rec.get('id')}", np.asarray(pl["point"]),
+        for n, pl in enumerate(rec.get("planes", [])):
+            corners = square_corners(pl["point"], pl["normal"], scale * 40)
+            out.append(Primitive("plane", np.asarray([pl["point"]]), c, "", None,
                                  normal=np.asarray(pl["normal"]), size=scale * 40, opacity=0.35))
+            # an opaque frame in the cut's colour: the plane reads (and its colour shows) over
+            # any background; the label sits at a corner, off the organ
+            out.append(Primitive("polyline", np.vstack([corners, corners[:1]]), c, rec.get("id", "") if n == 0 else "",
+                                 corners[2], radius=scale * 0.45, lit=False))
         return out
     if kind == "segments":  # Couinaud segments: one translucent piece each, in its colour
         from pipeline.planning.segments import SEGMENT_RGB

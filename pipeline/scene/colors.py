@@ -24,6 +24,7 @@ largest distance it can find; :func:`min_delta_e` reports what was reached.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -157,9 +158,17 @@ def display_colors(items: Iterable[tuple[str, tuple]], min_de: float = MIN_DELTA
     """name -> display sRGB for a scene's structures, given as (name, label rgb) in priority order.
 
     A colour is kept unless it is within ``min_de`` of another structure's; see the module doc.
+    Remembered per input (the search takes seconds for 40 structures, and the window, the
+    snapshots and the cut colours ask for the same table).
     """
+    key = tuple((str(n), tuple(int(c) for c in rgb)) for n, rgb in items)
+    return dict(_display_colors(key, float(min_de)))
+
+
+@lru_cache(maxsize=64)
+def _display_colors(items: tuple, min_de: float) -> dict[str, tuple[int, int, int]]:
     global _CAND
-    cols = {n: tuple(int(c) for c in rgb) for n, rgb in items}
+    cols = {n: rgb for n, rgb in items}
     names = list(cols)
     if len(names) < 2:
         return cols
@@ -191,3 +200,43 @@ def scene_colors(labels, names: Iterable[str] | None = None, min_de: float = MIN
     structures the scene shows), in table order (lower ids keep their colours first)."""
     want = None if names is None else set(names)
     return display_colors([(l.name, l.rgb) for l in labels if want is None or l.name in want], min_de)
+
+
+# Cutting planes: saturated colours that no organ table uses, tried in this order (C1 cyan as
+# the report always drew its planes, C2 magenta, C3 lime, C4 orange, ...).
+CUT_PALETTE = ((0, 200, 240), (230, 30, 200), (120, 220, 20), (255, 130, 0), (120, 60, 255), (0, 170, 120))
+
+
+def _place(base_lab: np.ndarray, placed: np.ndarray, min_de: float) -> np.ndarray:
+    """``base_lab`` if it is ``min_de`` from every colour in ``placed``, else the nearest LCh
+    candidate that is (or the farthest one when none is)."""
+    global _CAND
+    if not len(placed) or delta_e(base_lab[None], placed).min() >= min_de:
+        return base_lab
+    if _CAND is None:
+        _CAND = _candidates()
+    dist = delta_e(_CAND[:, None], placed[None]).min(1)
+    move = delta_e(_CAND, base_lab[None])
+    good = dist >= min_de
+    return _CAND[int(np.argmin(np.where(good, move, np.inf))) if good.any() else int(np.argmax(dist - 1e-3 * move))]
+
+
+def cut_colors(labels, plan: Mapping, min_de: float = MIN_DELTA_E) -> dict[str, tuple[int, int, int]]:
+    """cut id -> display sRGB for the cuts of ``plan``: each at least ``min_de`` (CIEDE2000) from
+    every structure's display colour (:func:`scene_colors`), from the Couinaud segment colours when
+    the plan has segments, and from the other cuts, so two saved cuts never look alike."""
+    if not plan.get("cuts"):
+        return {}
+    fixed = list(scene_colors(labels).values())
+    if plan.get("segments"):
+        from pipeline.planning.segments import SEGMENT_RGB
+
+        fixed += list(SEGMENT_RGB.values())
+    placed = rgb_to_lab(np.array(fixed, float)).reshape(-1, 3)
+    out = {}
+    for n, rec in enumerate(plan.get("cuts", [])):
+        lab = _place(rgb_to_lab(np.array(CUT_PALETTE[n % len(CUT_PALETTE)], float)), placed, min_de)
+        rgb = tuple(int(v) for v in np.clip(np.rint(lab_to_rgb(lab)), 0, 255))
+        out[str(rec.get("id", f"C{n + 1}"))] = rgb
+        placed = np.vstack([placed, rgb_to_lab(np.array(rgb, float))[None]])
+    return out

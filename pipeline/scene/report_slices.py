@@ -102,9 +102,18 @@ def slice_picture(image, labelmap, plane: str, focus, lo, hi, *, plan: dict | No
         img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     s = px_mm / scale
+    from .colors import cut_colors
+
+    cut_rgb = cut_colors(labelmap.labels, plan or {})  # each cut its own colour, as in 3-D
+    cut_tags = []
     for cut in (plan or {}).get("cuts", []):
+        rgb = cut_rgb.get(cut.get("id"), (0, 220, 255))
         for pl in cut.get("planes", []):
-            _draw_plane_line(draw, np.asarray(pl["point"]), np.asarray(pl["normal"]), pts, s, col, row, plane, img.size)
+            ends = _draw_plane_line(draw, np.asarray(pl["point"]), np.asarray(pl["normal"]), pts, s, col, row, plane,
+                                    img.size, rgb)
+            if ends and not any(t[1] == cut.get("id") for t in cut_tags):
+                top = min(ends, key=lambda e: (e[1], e[0]))  # the label at the line's upper end
+                cut_tags.append((top, str(cut.get("id", "")), rgb))
     for tr in (plan or {}).get("trajectories", []):
         a = _project(np.asarray(tr["entry"]), pts, s, col, row)
         b = _project(np.asarray(tr["target"]), pts, s, col, row)
@@ -122,6 +131,10 @@ def slice_picture(image, labelmap, plane: str, focus, lo, hi, *, plan: dict | No
                      (last_r, (w // 2 - 6, h - 21))):
         draw.rectangle([xy[0] - 2, xy[1] - 1, xy[0] + 13, xy[1] + 18], fill=(0, 0, 0))
         draw.text(xy, text, fill=(255, 255, 255), font=font)
+    if cut_tags:  # boxed labels (C1, C2) that read on CT and never overlap
+        from pipeline.render.labels2d import draw_labels
+
+        draw_labels(img, [t[0] for t in cut_tags], [t[1] for t in cut_tags], 14, [t[2] for t in cut_tags])
     if title:
         draw.text((24, 3), title, fill=(255, 255, 255), font=font)
     buf = io.BytesIO()
@@ -129,14 +142,15 @@ def slice_picture(image, labelmap, plane: str, focus, lo, hi, *, plan: dict | No
     return buf.getvalue()
 
 
-def _draw_plane_line(draw, p0, n, pts, s, col, row, plane, size):
-    """Intersection line of a cutting plane with the picture's plane (if not parallel)."""
+def _draw_plane_line(draw, p0, n, pts, s, col, row, plane, size, rgb=(0, 220, 255)):
+    """Intersection line of a cutting plane with the picture's plane (if not parallel), in
+    ``rgb``; returns its two ends (pixels), or None."""
     fixed = PLANES[plane][2]
     z = pts[0, 0, fixed]
     # points x on the view plane with n . (x - p0) = 0: solve along the two in-plane axes
     a, b = col[0], row[0]
     if abs(n[a]) < 1e-9 and abs(n[b]) < 1e-9:
-        return
+        return None
     corners = pts[[0, 0, -1, -1], [0, -1, 0, -1]]
     lo_a, hi_a = corners[:, a].min(), corners[:, a].max()
     lo_b, hi_b = corners[:, b].min(), corners[:, b].max()
@@ -153,10 +167,11 @@ def _draw_plane_line(draw, p0, n, pts, s, col, row, plane, size):
             if lo_a - 1e-6 <= va <= hi_a + 1e-6:
                 ends.append((va, vb))
     if len(ends) < 2:
-        return
+        return None
     xy = []
     for va, vb in ends[:2]:
         q = np.zeros(3)
         q[a], q[b], q[fixed] = va, vb, z
         xy.append(_project(q, pts, s, col, row))
-    draw.line(xy, fill=(0, 220, 255), width=3)
+    draw.line(xy, fill=tuple(int(c) for c in rgb), width=3)
+    return xy
