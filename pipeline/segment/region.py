@@ -159,29 +159,41 @@ def _features(sl: np.ndarray, px_cm2: float, px_mm: float, cfg: RegionConfig) ->
             "bone": float((bone & mask).sum()) / area, "lateral_bone_cm2": lateral_bone}
 
 
-def classify_slices(volume: Volume, cfg: RegionConfig | None = None) -> SliceRegions:
-    """Region of sampled slices of a CT (HU) volume, ordered as stored (see the module doc)."""
-    cfg = cfg or RegionConfig()
-    axis = _slice_axis(volume)
-    sp = volume.spacing
-    z_all = _slice_z(volume, axis)
-    n = volume.shape[axis]
-    kstep = max(1, int(round(cfg.step_mm / max(sp[axis], 1e-6))), int(np.ceil(n / cfg.max_samples)))
-    ks = np.arange(0, n, kstep)
-    inplane = [a for a in range(3) if a != axis]
-    strides = [max(1, int(round(cfg.pixel_mm / sp[a]))) for a in inplane]
-    px_mm = [float(sp[a]) * s for a, s in zip(inplane, strides)]
-    px_cm2 = px_mm[0] * px_mm[1] / 100.0
-    arr = np.moveaxis(volume.array, axis, 0)
-    # rows/cols of the in-plane view: columns along the axis closest to LPS x (left-right)
+def _canonical_view(volume: Volume):
+    """(view, axes, z): the array as a view ordered (S, P, L) by the axes closest to those LPS
+    directions, each increasing (flips and a transpose, no copy), so sampling does not depend on
+    how the scan was stored; ``axes`` are the stored axes; ``z`` the LPS z of each view slice."""
     d = volume.affine[:3, :3] / np.linalg.norm(volume.affine[:3, :3], axis=0)
-    transpose = abs(d[0, inplane[0]]) > abs(d[0, inplane[1]])
-    feats = []
-    for k in ks:
-        sl = np.asarray(arr[k, ::strides[0], ::strides[1]], dtype=np.float32)
-        feats.append(_features(sl.T if transpose else sl, px_cm2, float(np.mean(px_mm)), cfg))
+    zax = _slice_axis(volume)
+    rest = [a for a in range(3) if a != zax]
+    xax = max(rest, key=lambda a: abs(d[0, a]))
+    yax = next(a for a in rest if a != xax)
+    axes = (zax, yax, xax)
+    view = np.transpose(volume.array, axes)
+    z = _slice_z(volume, zax)
+    for n, (ax, row) in enumerate(zip(axes, (2, 1, 0))):
+        if d[row, ax] < 0:
+            view = np.flip(view, axis=n)
+            if n == 0:
+                z = z[::-1]
+    return view, axes, z
+
+
+def classify_slices(volume: Volume, cfg: RegionConfig | None = None) -> SliceRegions:
+    """Region of sampled slices of a CT (HU) volume, from the feet up (see the module doc)."""
+    cfg = cfg or RegionConfig()
+    view, axes, z_all = _canonical_view(volume)
+    sp = volume.spacing
+    n = view.shape[0]
+    kstep = max(1, int(round(cfg.step_mm / max(sp[axes[0]], 1e-6))), int(np.ceil(n / cfg.max_samples)))
+    ks = np.arange(0, n, kstep)
+    strides = [max(1, int(round(cfg.pixel_mm / sp[a]))) for a in axes[1:]]
+    px_mm = [float(sp[a]) * s for a, s in zip(axes[1:], strides)]
+    px_cm2 = px_mm[0] * px_mm[1] / 100.0
+    feats = [_features(np.asarray(view[k, ::strides[0], ::strides[1]], dtype=np.float32), px_cm2,
+                       float(np.mean(px_mm)), cfg) for k in ks]
     region = _assign(feats, z_all[ks], cfg)
-    return SliceRegions(z_all[ks], region, float(kstep * sp[axis]), feats)
+    return SliceRegions(z_all[ks], region, float(kstep * sp[axes[0]]), feats)
 
 
 def _assign(feats: list[dict | None], z: np.ndarray, cfg: RegionConfig) -> list[str]:
