@@ -10,8 +10,9 @@ Slices, from the image alone (no training, no weights), on a coarse grid (about 
 one sample per ``step_mm`` along the head-feet axis):
 
 * ``head``: a small cross-section (< ``head_max_area_cm2``) that is largely bone (the skull);
-* ``thorax``: air (below ``lung_hu``) fills at least ``thorax_lung_fraction`` of the body's
-  cross-section (1 cm inside its outline), on both sides of the body's centre: the lungs;
+* ``thorax``: lung (``gas_hu`` .. ``lung_hu``: air with parenchyma in it, not the pure gas of
+  bowel) fills at least ``thorax_lung_fraction`` of the body's cross-section (1 cm inside its
+  outline), with a third of that on each side of the body's centre;
 * ``neck``: a slice that is neither, above the highest thorax slice or below a head slice
   with no thorax under it (neck and shoulders: the abdomen never lies above the lungs);
 * ``pelvis``: below the thorax, bone ``deep_mm`` inside the outline and lateral to the spine
@@ -66,6 +67,7 @@ class RegionConfig(BaseModel):
     max_samples: int = Field(120, ge=2)
     body_hu: float = -300.0
     lung_hu: float = -500.0
+    gas_hu: float = -985.0  # air below this is pure gas (bowel, free air), not lung parenchyma
     bone_hu: float = 200.0
     thorax_lung_fraction: float = Field(0.25, gt=0, lt=1)
     head_max_area_cm2: float = 400.0
@@ -146,7 +148,7 @@ def _features(sl: np.ndarray, px_cm2: float, px_mm: float, cfg: RegionConfig) ->
     xc = float(np.mean(np.nonzero(mask)[1]))
     half = max((cols[-1] - cols[0] + 1) / 2.0, 1.0)
     colx = (np.arange(sl.shape[1]) - xc)[None, :]
-    air = (sl < cfg.lung_hu) & inner
+    air = (sl < cfg.lung_hu) & (sl >= cfg.gas_hu) & inner
     side_area = [float((mask & (colx < 0)).sum()) or 1.0, float((mask & (colx >= 0)).sum()) or 1.0]
     side_air = [float((air & (colx < 0)).sum()) / side_area[0], float((air & (colx >= 0)).sum()) / side_area[1]]
     bone = sl > cfg.bone_hu
