@@ -197,3 +197,55 @@ def test_run_states_the_removal_in_scene_qc_and_provenance(tmp_path):
     seg = next(p for p in scene["provenance"] if p["stage"] == "segment")
     assert seg["inputs"]["body_region"]["regions"].keys() == {"thorax"}
     assert any("body regions by slice: thorax" in n for n in seg["notes"])
+
+
+# -- the order rules and the paths that must end cleanly -----------------------------------------
+
+def _f(area=600.0, lung=0.0, bone=0.04, lateral=(0.0, 0.0)):
+    return {"area_cm2": area, "lung": lung, "lung_sides": [lung, lung], "bone": bone, "lateral_bone_cm2": list(lateral)}
+
+
+def test_the_abdomen_never_lies_above_the_lungs_or_below_a_head_without_a_chest():
+    from pipeline.segment.region import _assign
+
+    cfg = RegionConfig()
+    z = np.arange(6) * 10.0  # feet to head
+    # pelvis, abdomen, two lung slices, then shoulders with little lung: neck, not abdomen
+    feats = [_f(lateral=(12, 11)), _f(), _f(lung=0.4), _f(lung=0.35), _f(lung=0.05), _f(area=700)]
+    assert _assign(feats, z, cfg) == ["pelvis", "abdomen", "thorax", "thorax", "neck", "neck"]
+    # a head scan down to the neck: no abdomen under a head when no chest is in between
+    feats = [_f(area=120, bone=0.05), _f(area=150, bone=0.06), _f(area=250, bone=0.2), _f(area=260, bone=0.15),
+             None, None]
+    assert _assign(feats, z, cfg) == ["neck", "neck", "head", "head", "none", "none"]
+    # ribs on one side only, or thin ribs on both, are not a pelvis
+    assert _assign([_f(lateral=(12, 2)), _f(lateral=(4.5, 4.6))], z[:2], cfg) == ["abdomen", "abdomen"]
+
+
+def test_not_checked_on_mr_or_images_not_in_hu():
+    from pipeline.segment.registry import resolve_model
+
+    table = resolve_model("abdomen_unet_3mm").label_table()
+    chest = negative_ct("chest")
+    lab = np.zeros(chest.shape, np.uint8)
+    lab[30:50, 60:100, 120:150] = 1
+    for vol in (chest.with_array(chest.array, modality="MR"), chest.with_array((chest.array + 1024).astype(np.int16))):
+        out, rep = apply_region_check(lab.copy(), vol, table)
+        assert (out == lab).all() and not rep["checked"] and "not run" in rep["note"]
+
+
+@pytest.mark.real
+def test_cli_head_ct_and_mr_end_with_exit_1_naming_the_rule(tmp_path, capsys):
+    """The abdominal model on the real head CT and on an MR series: exit 1, the rule named, no
+    traceback, no scene (the negatives that `run` refuses before segmenting)."""
+    import dicom_synth as ds_
+    from conftest import real_data
+    from pipeline.cli import main
+
+    stored = np.random.default_rng(5).integers(0, 800, (24, 64, 64)).astype(np.int16)
+    ds_.write_series(tmp_path / "mr", stored, np.array([[0.0, 0.0, 3.0 * k] for k in range(24)]),
+                     modality="MR", spacing=(1.0, 1.0))
+    for inp in (real_data("ct_head_gantry_tilt_ge", "series"), tmp_path / "mr"):
+        rc = main(["run", str(inp), "--out", str(tmp_path / "out"), "--model", "abdomen_unet_3mm", "--no-snapshot"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "[rule: the scan's modality and body region match the model's declaration]" in err
+        assert "Traceback" not in err and not (tmp_path / "out").exists()
