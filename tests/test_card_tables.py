@@ -59,6 +59,9 @@ def test_card_tables_command_output_format(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(card, "heldout_dataset", lambda *a, **k: tmp_path / "heldout")
     monkeypatch.setattr(ev, "evaluate", _fake_eval(0.9123))
     monkeypatch.setattr(ev, "evaluate_reference_image", _fake_eval(0.8))
+    neg = {"synthetic chest": {"run": "runs", "seconds": 3.25, "shape": [80, 192, 192], "device": "cpu",
+                               "with_check": {"liver": 0.0, "aorta": 27.3}, "without_check": {"liver": 440.4, "aorta": 27.3}}}
+    monkeypatch.setattr(card, "negatives_eval", lambda *a, **k: neg)
     rc = main(["models", "card-tables", "hu_rules", "--real-dir", str(tmp_path / "real"), "--previous", "hu_rules",
                "--json", str(tmp_path / "t.json")])
     assert rc == 0
@@ -78,3 +81,7 @@ def test_card_tables_command_output_format(tmp_path, capsys, monkeypatch):
         assert all(ROW.match(r) for r in rows), rows
     assert "| liver | 0.912 | 0.912 | 0.800 | 0.800 |" in out  # before/after (--previous)
     assert (tmp_path / "t.json").exists()
+    # the negatives (issue 15 Part B): organ volume with the region check (and without), seconds per case
+    assert "## Negatives: scans with no abdomen" in out and "| negative | `run` | liver | aorta |" in out
+    assert "| synthetic chest | runs | 0.0 (440.4) | 27.3 (27.3) |" in out
+    assert "## Seconds per case" in out and "| synthetic chest, 192x192x80 voxels (segment, cpu) | 3.2 |" in out

@@ -28,6 +28,7 @@ from .hu_rules import CODES, HURulesConfig, check_ct, hu_rules_arrays, hu_uncert
 from ..resources import release_memory
 from .postprocess import PostprocessConfig, postprocess_labels
 from .qc import QCConfig, structure_qc
+from .region import RegionConfig, apply_region_check, region_qc
 from .registry import LABELS_DIR, ModelSpec, load_label_file, resolve_model
 
 
@@ -43,6 +44,7 @@ class SegmentConfig(BaseModel):
     postprocess: Optional[PostprocessConfig] = None  # replaces the model's
     hu_rules: dict[str, Any] = Field(default_factory=dict)  # overrides of HURulesConfig fields
     qc: QCConfig = Field(default_factory=QCConfig)
+    region: RegionConfig = Field(default_factory=RegionConfig)  # body-region check (pipeline/segment/region.py)
     combine_with: Optional[str] = None  # "hu_rules" or "none"; None = the model's choice
     uncertainty: bool = True
     keep_probabilities: bool = False
@@ -251,6 +253,10 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
     t0 = time.perf_counter()
     labels, pp_report = postprocess_labels(labels, table, pcfg, volume.voxel_volume_ml)
     timings["postprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()  # no organ where the scan shows no region for it (before HU rules fill the gaps)
+    labels, region_report = apply_region_check(labels, volume, table, cfg.region)
+    inputs["body_region"], timings["region"] = region_report, time.perf_counter() - t0
+    notes.append(region_report["note"])
 
     if spec.backend != "hu_rules" and combine == "hu_rules":
         # after the model's clean-up, so HU structures also fill what post-processing removed
@@ -281,6 +287,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
     unc_vol = volume.with_array(unc, kind="uncertainty") if unc is not None else None  # float16 or float32
     t0 = time.perf_counter()
     qc = structure_qc(labelmap, volume, unc_vol, cfg.qc, extra={k: {"postprocess": v} for k, v in pp_report.items()})
+    qc = region_qc(qc, region_report, table)
     timings["qc"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 

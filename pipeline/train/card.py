@@ -119,7 +119,7 @@ def _cfg_value(cfg_text: str, key: str, section: str = "data") -> str:
 
 
 def tables_markdown(synth_eval: dict | None, real_eval: dict | None, previous: dict | None = None,
-                    command: str | None = None) -> str:
+                    command: str | None = None, negatives: dict | None = None) -> str:
     """The card's measured tables (held-out synthetic, real CT + bar, before/after), between
     markers so :func:`replace_tables` can swap them for a fresh measurement."""
     out = [BEGIN]
@@ -160,8 +160,84 @@ def tables_markdown(synth_eval: dict | None, real_eval: dict | None, previous: d
                     cells.append(_fmt(((r or {}).get("mean") or {}).get(n, {}).get("dice")))
             out.append(f"| {n} | " + " | ".join(cells) + " |")
         out.append("")
+    if negatives:
+        out += negatives_markdown(negatives)
+    timing = seconds_markdown(synth_eval, real_eval, negatives)
+    if timing:
+        out += timing
     out.append(END)
     return "\n".join(out)
+
+
+def negatives_eval(model, real_dir) -> dict:
+    """Scans that hold none of the model's abdominal organs (:mod:`pipeline.train.negatives`, and the
+    real head CT when ``real_dir`` has it): what ``run``'s model-fit check says, and the volume (ml)
+    of every structure ``segment`` leaves, with the body-region check and without it."""
+    import time
+
+    from ..errors import SurgitwinError
+    from ..ingest import read_input
+    from ..run import check_model_fits
+    from ..segment.api import segment
+    from .evaluate import resolve
+    from .negatives import negative_ct
+
+    spec = resolve(model)
+    cases = [("synthetic chest (phantom above the diaphragm)", lambda: negative_ct("chest")),
+             ("synthetic pelvis (phantom below the kidneys, bony pelvis)", lambda: negative_ct("pelvis"))]
+    head = Path(real_dir) / "ct_head_gantry_tilt_ge" / "series"
+    if head.exists():
+        cases.append(("real head CT (ct_head_gantry_tilt_ge)", lambda: read_input(head)))
+    names = [lab.name for lab in spec.label_table()]
+    out = {}
+    for title, make in cases:
+        vol = make()
+        try:
+            check_model_fits(spec, vol, str(vol.source.get("modality") or "CT"), title)
+            fit = "runs"
+        except SurgitwinError:
+            fit = "refused (exit 1)"
+        cfg = {"uncertainty": False, "combine_with": "none"}
+        t0 = time.perf_counter()
+        on = segment(vol, spec, cfg)
+        seconds = time.perf_counter() - t0
+        off = segment(vol, spec, {**cfg, "region": {"enabled": False}})
+        out[title] = {"run": fit, "seconds": round(seconds, 2), "shape": list(vol.shape),
+                      "device": on.record.inputs.get("device", "cpu"),
+                      "with_check": {n: on.qc[n]["volume_ml"] if n in on.qc else 0.0 for n in names},
+                      "without_check": {n: off.qc[n]["volume_ml"] if n in off.qc else 0.0 for n in names}}
+    return out
+
+
+def negatives_markdown(neg: dict) -> list[str]:
+    names = list(next(iter(neg.values()))["with_check"])
+    out = ["## Negatives: scans with no abdomen", "",
+           "Volume (ml) of each structure `segment` leaves on a scan that holds none of the abdominal organs "
+           "(should be 0; the aorta runs through the chest, so a thoracic aorta is right there). In brackets: "
+           "the same model without the body-region check (`segment.region.enabled: false`, "
+           "`pipeline/segment/region.py`). `run` refuses a scan whose modality or body region the model does "
+           "not declare before segmenting (`check_model_fits`).", "",
+           "| negative | `run` | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for title, r in neg.items():
+        cells = [f"{r['with_check'][n]:.1f} ({r['without_check'][n]:.1f})" for n in names]
+        out.append(f"| {title} | {r['run']} | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
+def seconds_markdown(synth_eval: dict | None, real_eval: dict | None, neg: dict | None) -> list[str]:
+    rows = []
+    if synth_eval and synth_eval.get("seconds") is not None and synth_eval.get("cases"):
+        rows.append(f"| held-out synthetic (mean of {len(synth_eval['cases'])}; read, segment, score) | "
+                    f"{synth_eval['seconds'] / len(synth_eval['cases']):.1f} |")
+    if real_eval and real_eval.get("segment_seconds") is not None:
+        rows.append(f"| real CT ct_thorax_abdomen_dicom_j2k (segment) | {real_eval['segment_seconds']:.1f} |")
+    for title, r in (neg or {}).items():
+        rows.append(f"| {title}, {'x'.join(str(n) for n in r['shape'][::-1])} voxels (segment, {r['device']}) | "
+                    f"{r['seconds']:.1f} |")
+    if not rows:
+        return []
+    return ["## Seconds per case", "", "Wall-clock seconds on the machine that ran the command (shared CPU: "
+            "indicative only).", "", "| case | seconds |", "|---|---|", *rows, ""]
 
 
 def replace_tables(card: str, tables: str) -> str:
@@ -222,10 +298,12 @@ def card_tables(model, real_dir, work_dir, cases: int = HELDOUT["cases"], seed: 
         return synth, real
 
     synth, real = measure(model)
+    negatives = negatives_eval(model, real_dir)
     prev = None
     if previous:
         ps, pr = measure(previous)
         prev = {"name": Path(str(previous)).name, "synth": ps, "real": pr}
     name = Path(str(model)).name
     command = TABLES_COMMAND.format(name=name) + (f" --previous {previous}" if previous else "")
-    return tables_markdown(synth, real, prev, command=command), {"synth": synth, "real": real, "previous": prev}
+    return (tables_markdown(synth, real, prev, command=command, negatives=negatives),
+            {"synth": synth, "real": real, "previous": prev, "negatives": negatives})

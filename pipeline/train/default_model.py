@@ -58,6 +58,12 @@ NOTES = [
     "the manifest and the report: on a 3-slice (4 mm) real CT the liver is mostly missed.",
     "Coarse 3 mm output: thin structures (IVC, aorta near bifurcation) lose detail; post-processing "
     "keeps the largest component per organ and fills holes.",
+    "The network answers every CT with its organs (a 440 ml 'liver' in a chest, 684 ml in a head). The "
+    "segment stage's body-region check (`pipeline/segment/region.py`) classes every slice as head, neck, "
+    "thorax, abdomen or pelvis from the image (skull, lungs, pelvic bone) and removes an organ from "
+    "slices more than 50 mm outside its regions, saying so in QC; see the negatives table. It is a "
+    "heuristic tuned on the few real CTs here and synthetic chest and pelvis scans: no real pelvis or "
+    "chest-only CT was available to test it.",
 ]
 
 
