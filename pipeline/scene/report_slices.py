@@ -105,15 +105,15 @@ def slice_picture(image, labelmap, plane: str, focus, lo, hi, *, plan: dict | No
     from .colors import cut_colors
 
     cut_rgb = cut_colors(labelmap.labels, plan or {})  # each cut its own colour, as in 3-D
-    cut_tags = []
+    cut_tags: list[tuple[tuple, str, tuple]] = []
     for cut in (plan or {}).get("cuts", []):
-        rgb = cut_rgb.get(cut.get("id"), (0, 220, 255))
+        colour = tuple(cut_rgb.get(cut.get("id"), (0, 220, 255)))
         for pl in cut.get("planes", []):
             ends = _draw_plane_line(draw, np.asarray(pl["point"]), np.asarray(pl["normal"]), pts, s, col, row, plane,
-                                    img.size, rgb)
+                                    img.size, colour)
             if ends and not any(t[1] == cut.get("id") for t in cut_tags):
                 top = min(ends, key=lambda e: (e[1], e[0]))  # the label at the line's upper end
-                cut_tags.append((top, str(cut.get("id", "")), rgb))
+                cut_tags.append((top, str(cut.get("id", "")), colour))
     for tr in (plan or {}).get("trajectories", []):
         a = _project(np.asarray(tr["entry"]), pts, s, col, row)
         b = _project(np.asarray(tr["target"]), pts, s, col, row)
