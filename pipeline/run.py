@@ -77,8 +77,7 @@ def _write_images(folder: Path, volume, labelmap, uncertainty) -> str | None:
     from .geometry import write_image_file, write_unit_map
 
     write_image_file(volume, folder / "image.nii.gz")
-    write_image_file(labelmap.volume, folder / "labels.nii.gz",
-                     labelmap.array.astype(np.uint16 if labelmap.array.max() > 255 else np.uint8, copy=False))
+    write_image_file(labelmap.volume, folder / "labels.nii.gz", labelmap.file_array())
     if uncertainty is None:
         return None
     write_unit_map(uncertainty, folder / "uncertainty.nii.gz")
@@ -243,13 +242,13 @@ def run_stages(stages, st: CaseState) -> None:
 
 
 def _ingest(st: CaseState) -> StageRecord:
-    from .ingest import read_input
+    from .ingest import read_configured
     from .ingest.canonical import Reorientation
     from .ingest.plausible import check_volume
 
     cfg, input_path = st.cfg, st.input_path
     st.progress("ingest", f"reading {input_path}")
-    volume = read_input(input_path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
+    volume = read_configured(input_path, cfg)
     src = dict(volume.source)
     st.volume, st.reorient = volume, Reorientation.of(volume)
     st.progress("ingest", f"{volume.shape} voxels, spacing {np.round(volume.spacing, 3).tolist()} mm")
@@ -380,7 +379,7 @@ def staging_dir(out_dir: Path) -> Path:
 
 
 def run_case(input_path, out_dir, *, model: str | None = None, config=None, progress: Progress | None = None,
-             snapshot: bool = True, bundle_overrides: dict | None = None, trust_bundle: bool = False,
+             snapshot: bool = True, bundle_overrides: dict | list | None = None, trust_bundle: bool = False,
              case_id: str | None = None, existing_plan: str = "refuse") -> CaseResult:
     """Run the whole pipeline on one input (DICOM folder/file, NIfTI/NRRD/MHA) into ``out_dir``.
 
@@ -392,7 +391,10 @@ def run_case(input_path, out_dir, *, model: str | None = None, config=None, prog
     structures: :func:`pipeline.planning.revalidate.revalidate_plan`) or ``discard``.
     A scene can be rerun from a later stage on: :func:`pipeline.rerun.rerun_case`.
     """
+    from .segment.bundle import parse_overrides
+
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
+    bundle_overrides = parse_overrides(bundle_overrides)  # once, before any work (ModelError on a bad item)
     out_dir = Path(out_dir)
     old_plan = _existing_plan(out_dir, existing_plan)
     st = CaseState(out_dir, staging_dir(out_dir), cfg, progress or _quiet, input_path=Path(input_path),

@@ -68,18 +68,6 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _parse_overrides(items) -> dict:
-    from pipeline.errors import ConfigError
-
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"--bundle-set must be KEY=VALUE; found {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 class _Printer:
     """One line per stage with elapsed time: readable in a terminal and in a log file."""
 
@@ -120,7 +108,7 @@ def cmd_run(args) -> int:
         if not args.out:
             raise ConfigError("--out is required (the scene folder to write)", rule="run writes a scene folder: --out")
         result = run_case(args.input, args.out, model=args.model, config=args.config, progress=_Printer(),
-                          snapshot=not args.no_snapshot, bundle_overrides=_parse_overrides(args.bundle_set),
+                          snapshot=not args.no_snapshot, bundle_overrides=args.bundle_set or None,
                           trust_bundle=args.trust_bundle, existing_plan=plan)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

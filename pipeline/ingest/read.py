@@ -486,6 +486,12 @@ def _explain_missing(e: DicomError, studies, series) -> None:
                      "(one damaged file must not become a gap to interpolate over)") from None
 
 
+def read_configured(path, cfg: dict) -> Volume:
+    """:func:`read_input` with a pipeline configuration's ``selection`` rules and ``ingest`` options:
+    how `surgitwin run` and `surgitwin segment --config F` read their input."""
+    return read_input(path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
+
+
 def read_input(path, *, rules=None, series_uid: str | None = None, options: dict | None = None) -> Volume:
     """Any supported input -> Volume.
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..evaluation import dice
 from ..fileio import atomic_write
 from .config import TrainConfig, load_train_config
 
@@ -262,7 +263,7 @@ def validate(net, val, n_classes: int, roi, device) -> list[float]:
             for c in range(1, n_classes + 1):
                 t, p = tgt == c, pred == c
                 if t.any():
-                    scores[c - 1].append(2.0 * (t & p).sum() / (t.sum() + p.sum()))
+                    scores[c - 1].append(dice(t, p))
     net.train()
     return [float(np.mean(s)) if s else float("nan") for s in scores]
 
