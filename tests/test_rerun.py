@@ -160,3 +160,25 @@ def test_run_from_refuses_segmentation_options_and_run_needs_out(tmp_path, capsy
     assert "--model has no effect with --from mesh" in capsys.readouterr().err
     assert main(["run", str(tmp_path)]) == 1
     assert "--out is required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_from_mesh_follows_the_plan_policy(tmp_path, full_run, capsys):
+    from pipeline.planning import Planner
+
+    full, _ = full_run
+    scene = tmp_path / "scene"
+    shutil.copytree(full, scene)
+    pl = Planner(scene)
+    lo, hi = pl.index("lungs").bounds
+    centre = (lo + hi) / 2
+    t = pl.add_trajectory(centre + [0, -250, 0], centre, 1.0, save=True)
+    before = (scene / "scene.json").read_text()
+    assert main(["run", "--from", "mesh", str(scene), "--no-snapshot"]) == 1
+    err = capsys.readouterr().err
+    assert "never drops a plan" in err and "--keep-plan" in err and "Traceback" not in err
+    assert (scene / "scene.json").read_text() == before
+    assert main(["run", "--from", "mesh", str(scene), "--no-snapshot", "--keep-plan"]) == 0
+    kept = load_scene(scene).plan["trajectories"]
+    assert [r["id"] for r in kept] == [t["id"]] and kept[0]["revalidation"]["ok"]
+    assert kept[0]["length_mm"] == pytest.approx(t["length_mm"])
