@@ -115,3 +115,17 @@ def test_dice_is_one_function():
     assert dice(a, b) == pytest.approx(2 * 4 / 16)
     assert dice(a, np.zeros_like(a)) == 0.0
     assert dice(a.astype(np.uint8), a.astype(np.int16)) == 1.0
+
+
+def test_cut_pieces_are_written_by_the_one_atomic_writer(tmp_path):
+    """planning/cut.py wrote its PLY files with its own rename: a failed export left its temporary file."""
+    from pipeline.planning.cut import _write_ply
+
+    class FailingMesh:
+        def export(self, path, **kw):
+            open(path, "wb").write(b"ply half written")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        _write_ply(FailingMesh(), tmp_path / "meshes" / "liver_resected.ply")
+    assert list((tmp_path / "meshes").iterdir()) == []
