@@ -39,6 +39,8 @@ def rerun_case(scene_dir, from_stage: str, out_dir=None, *, config=None, progres
                           rule="a scene is rerun from the mesh or the scene stage")
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
     scene_dir = Path(scene_dir)
+    if scene_dir.name == "scene.json" and scene_dir.is_file():  # the scene's index names its folder too
+        scene_dir = scene_dir.parent
     scene = _load_for_rerun(scene_dir, from_stage)
     out_dir = Path(out_dir) if out_dir is not None else scene_dir
     old_plan = _existing_plan(out_dir, existing_plan)

@@ -107,7 +107,7 @@ def test_run_from_scene_rewrites_the_scene_from_the_stored_meshes(tmp_path, full
     full, result = full_run
     scene = tmp_path / "scene"
     shutil.copytree(full, scene)
-    assert main(["run", "--from", "scene", str(scene), "--no-snapshot"]) == 0
+    assert main(["run", "--from", "scene", str(scene / "scene.json"), "--no-snapshot"]) == 0  # folder or its index
     a, b = json.loads((full / "scene.json").read_text()), json.loads((scene / "scene.json").read_text())
     assert a == b  # nothing rerun that keeps a record: the same provenance too
     fm, rm = _mesh_arrays(full), _mesh_arrays(scene)
