@@ -13,7 +13,8 @@
    writing meshes: what a slider drag triggers).
 
 5. ``--scene DIR``: a real-size scene (``bench_e2e.py --out X`` leaves X/scene: a 512x512x300 CT):
-   faces, window ready, first frame, and a whole ``surgitwin view --screenshot`` process.
+   faces, window ready, first frame, a whole ``surgitwin view --screenshot`` process, and the
+   frame time of a camera turn at full quality vs the interactive quality used while moving.
 
 Run: ``python benchmarks/bench_viewer.py [--json] [--scene DIR]`` (the GUI part needs Xvfb).
 """
@@ -200,6 +201,59 @@ def bench_cut(tmp: Path, repeat: int) -> dict:
     return {"cut_preview_ms_median": round(1000 * float(np.median(times)), 1), "remnant_percent_last": rec["remnant_percent"]}
 
 
+MOTION_FRAMES = r"""
+import json, os, sys, time
+os.environ.setdefault("EGL_PLATFORM", "surfaceless")
+sys.path.insert(0, sys.argv[2])
+import numpy as np
+from open3d.visualization import rendering
+from pipeline.render.offscreen import configure_view
+from pipeline.scene import load_scene
+from viewer.motion import decimated
+from viewer.render import BODY_OPACITY, material_for, structure_styles, to_o3d_mesh, set_priority
+scene = load_scene(sys.argv[1])
+styles = structure_styles(scene, body_opacity=BODY_OPACITY)
+out = {}
+for label, light in (("still", False), ("moving", True)):
+    r = rendering.OffscreenRenderer(1140, 900)
+    configure_view(r.scene.view)
+    r.scene.view.set_post_processing(not light)
+    faces = 0
+    for m in scene.meshes:
+        if m.mesh is None or not len(m.mesh.faces):
+            continue
+        mesh = decimated(m.mesh) if light and len(m.mesh.faces) >= 4000 else m.mesh
+        faces += len(mesh.faces)
+        r.scene.add_geometry(m.name, to_o3d_mesh(mesh), material_for(styles[m.name]))
+        set_priority(r.scene, m.name, m.name)
+    v = np.concatenate([np.asarray(m.mesh.vertices) for m in scene.meshes if m.mesh is not None])
+    c, d = v.mean(0), 1.5 * float(np.linalg.norm(np.ptp(v, axis=0)))
+    r.setup_camera(30.0, c, c + [0, -d, 0], [0, 0, 1])
+    r.render_to_image()
+    n, t = 6, time.perf_counter()
+    for i in range(n):  # a turn around the patient, as a drag does
+        a = 2 * np.pi * (i + 1) / n
+        r.setup_camera(30.0, c, c + d * np.array([np.sin(a), -np.cos(a), 0.0]), [0, 0, 1])
+        r.render_to_image()
+    out[label] = {"faces": faces, "ms_per_frame": round(1000 * (time.perf_counter() - t) / n, 1)}
+    del r
+print(json.dumps(out))
+"""
+
+
+def bench_motion(scene: Path) -> dict:
+    """Frame time of a camera turn on the big scene at 1140x900, offscreen with the viewer's
+    materials: full quality (still) vs the viewer's interactive quality while moving
+    (viewer.motion: decimated copies, no post-processing). One child process."""
+    p = subprocess.run([sys.executable, "-c", MOTION_FRAMES, str(scene), str(ROOT)], capture_output=True, text=True,
+                       timeout=900)
+    if p.returncode:
+        return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+    res = json.loads(p.stdout.strip().splitlines()[-1])
+    res["speedup"] = round(res["still"]["ms_per_frame"] / max(res["moving"]["ms_per_frame"], 1e-3), 2)
+    return res
+
+
 def bench_big(scene: Path, tmp: Path) -> dict:
     """The real-size scene (``bench_e2e.py --out DIR`` writes one: DIR/scene): first frame, and a
     whole ``surgitwin view --screenshot`` process, under Xvfb; the bare Open3D window alongside."""
@@ -220,7 +274,8 @@ def bench_big(scene: Path, tmp: Path) -> dict:
     finally:
         proc.terminate()
         proc.wait(10)
-    out = {"faces": n_faces, **gui, "screenshot_process_s": round(shot, 2), "screenshot_exit": p.returncode}
+    out = {"faces": n_faces, **gui, "screenshot_process_s": round(shot, 2), "screenshot_exit": p.returncode,
+           "rotation": bench_motion(scene)}
     if p.returncode:
         out["screenshot_error"] = p.stderr.strip().splitlines()[-1:] or ["(no message)"]
     return out

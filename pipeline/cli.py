@@ -14,6 +14,8 @@ from .errors import SurgitwinError
 # Modules under pipeline.commands that define register(subparsers); missing ones are skipped
 # so a partially installed checkout still starts.
 COMMAND_MODULES = ("core", "segment", "planning", "viewer", "batch", "pacs", "train", "followup", "edit")
+# "pipeline.commands" in the source tree, "surgitwin.pipeline.commands" in the installed wheel
+COMMANDS = f"{__package__}.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
-            mod = importlib.import_module(f"pipeline.commands.{name}")
+            mod = importlib.import_module(f"{COMMANDS}.{name}")
         except ModuleNotFoundError as e:
-            if e.name == f"pipeline.commands.{name}":
+            if e.name == f"{COMMANDS}.{name}":
                 continue
             raise
         mod.register(sub)

@@ -17,23 +17,56 @@ from .errors import ConfigError
 
 
 
-def data_root() -> Path:
-    """The folder holding ``configs/``, ``models/`` and ``sample_scans/``.
+def data_roots() -> list[Path]:
+    """The folders that may hold ``configs/``, ``models/`` and ``sample_scans/``, first first.
 
-    In order: ``SURGITWIN_HOME`` (a folder with that layout, for a site's own configs and
-    models), the source checkout this package runs from, and the copy an installed wheel carries
-    as package data (``pipeline/_data``, read through importlib.resources). A ``--config`` file
-    overrides the pipeline configuration on any command.
+    1. ``SURGITWIN_HOME``: a folder with that layout, for a site's own configs and models (a
+       wrong folder shows up as "config file not found" naming ``SURGITWIN_HOME/configs/...``);
+    2. the working directory, when it holds ``configs/pipeline.yaml`` (a project folder with its
+       own configs and models, laid out as ``SURGITWIN_HOME``);
+    3. the source checkout this package runs from (``configs/`` beside ``pipeline/``);
+    4. the copy an installed wheel carries as package data (``surgitwin/pipeline/_data``, read
+       through importlib.resources).
     """
+    roots = []
     home = os.environ.get("SURGITWIN_HOME")
-    if home:  # a wrong folder shows up as "config file not found" naming SURGITWIN_HOME/configs/...
-        return Path(home).resolve()
+    if home:
+        roots.append(Path(home).resolve())
+    try:
+        cwd: Path | None = Path.cwd()
+    except OSError:  # the working directory was removed under us
+        cwd = None
+    if cwd is not None and (cwd / "configs" / "pipeline.yaml").is_file():
+        roots.append(cwd.resolve())
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "configs").is_dir():
-        return checkout
+        roots.append(checkout)
+    packaged = packaged_root()
+    if packaged.is_dir() or not roots:
+        roots.append(packaged)
+    return list(dict.fromkeys(roots))  # the working directory may be the checkout
+
+
+def packaged_root() -> Path:
+    """The configs, models and sample scan an installed wheel carries (``surgitwin/pipeline/_data``;
+    absent in a source checkout). Read-only in spirit: it lives inside site-packages."""
     from importlib.resources import files
 
-    return Path(str(files("pipeline") / "_data"))
+    return Path(str(files(__name__.rpartition(".")[0]) / "_data"))
+
+
+def data_root() -> Path:
+    """The folder whose ``configs/`` (and ``models/``) are used: the first of :func:`data_roots`,
+    looked up once at import. A ``--config FILE`` overrides the pipeline configuration on any
+    command, whatever the root."""
+    return data_roots()[0]
+
+
+def find_data(relative: str) -> Path:
+    """``relative`` (e.g. ``sample_scans/phantom_ct``) in the first of :func:`data_roots` that has
+    it; in the first root when none has it (so that the error names the expected place)."""
+    roots = data_roots()
+    return next((r / relative for r in roots if (r / relative).exists()), roots[0] / relative)
 
 
 ROOT = data_root()

@@ -402,7 +402,7 @@ def deidentify_file(src, out_dir, deid: Deidentifier) -> Path:
             ds = pydicom.dcmread(str(src), force=True)
         except DicomError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any parser failure refuses this file with its reason
             raise DicomError(f"not a readable DICOM file ({type(e).__name__})", path=str(src),
                              rule="input files must be DICOM") from None
     except (OSError, EOFError, ValueError) as e:

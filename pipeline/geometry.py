@@ -151,6 +151,12 @@ def _write_nifti_gz(img, path, slope: float | None = None) -> None:
 UNIT_STEPS = 255  # a 0..1 map on disk: uint8 with scl_slope 1/255 (steps of 0.004)
 
 
+def _unit_steps(v: np.ndarray) -> np.ndarray:
+    """0..1 values -> uint8 steps of 1/UNIT_STEPS (clipped; NaN -> 0)."""
+    f = np.nan_to_num(np.clip(v.astype(np.float32), 0, 1), nan=0.0)
+    return np.rint(f * UNIT_STEPS).astype(np.uint8)
+
+
 def write_unit_map(vol: Volume, path, values: np.ndarray | None = None) -> None:
     """Write a 0..1 map (uncertainty) as uint8 NIfTI with scl_slope 1/255: a quarter of float32's
     size; SimpleITK, nibabel and Slicer read it back as floats 0..1 (quantised to 1/255)."""
@@ -158,8 +164,13 @@ def write_unit_map(vol: Volume, path, values: np.ndarray | None = None) -> None:
 
     v = vol.array if values is None else values
     q = np.empty(v.shape, np.uint8)
-    for k0 in range(0, v.shape[0], 32):  # by slabs: no float32 copy of the whole map
-        q[k0:k0 + 32] = np.rint(np.clip(v[k0:k0 + 32], 0, 1).astype(np.float32) * UNIT_STEPS)
+    if v.dtype == np.float16:  # one lookup per voxel: numpy's float16 arithmetic is slow
+        lut = _unit_steps(np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16))
+        for k0 in range(0, v.shape[0], 16):
+            q[k0:k0 + 16] = lut[v[k0:k0 + 16].view(np.uint16)]
+    else:
+        for k0 in range(0, v.shape[0], 32):  # by slabs: no float32 copy of the whole map
+            q[k0:k0 + 32] = _unit_steps(v[k0:k0 + 32])
     if not str(path).endswith(".nii.gz"):
         raise GeometryError(f"{path}: a 0..1 map is written as .nii.gz (uint8 with scl_slope)", path=path)
     img = volume_to_sitk(vol, q)

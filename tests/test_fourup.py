@@ -114,6 +114,7 @@ def test_compose_four_up_lays_out_three_panes_and_the_3d_view(scene):
         assert len(_pixels(tile, fu.colors["liver"])) > 30
 
 
+@pytest.mark.slow
 def test_cli_view_four_up_screenshot_without_a_display(scene, tmp_path):
     from PIL import Image
 

@@ -4,6 +4,7 @@ airway (issue 15, Part B)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.types import Volume
 from tests.conftest import real_data
@@ -56,6 +57,7 @@ def test_large_region_ringed_by_bone_is_not_marrow():
     assert bone[inside].mean() < 0.02, bone[inside].mean()
 
 
+@pytest.mark.slow
 def test_real_ct_vertebrae_hold_their_interior_and_no_lung_is_bone():
     """Real contrast CT (T11-T12, TotalSegmentator reference): the HU-rule bone covers the
     vertebrae including the cancellous interior (0.68 before the 3-D per-bone fill, 0.86 now),

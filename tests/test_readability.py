@@ -20,6 +20,7 @@ def test_marker_letters_of_an_axis_seen_end_on_are_left_out(view, hidden):
     assert set(marker_letters([1.0, -1.0, 1.0])) == {"L", "R", "A", "P", "S", "I"}  # oblique: all six
 
 
+@pytest.mark.slow
 def test_uncertainty_snapshot_has_a_colour_bar(tmp_path):
     from PIL import Image
 

@@ -118,6 +118,7 @@ def test_grow_and_shrink_by_mm_and_dependent_plan_numbers_recomputed(scene):
     assert radius(res2.volume_ml_after) == pytest.approx(25.0, abs=0.5)
 
 
+@pytest.mark.slow
 def test_cli_edit_and_undo(scene):
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "pipeline.cli", "edit", str(scene), *args],
@@ -135,6 +136,7 @@ def test_cli_edit_and_undo(scene):
     assert p.returncode == 1 and "mm" in p.stderr and "Traceback" not in p.stderr
 
 
+@pytest.mark.slow
 def test_a_leak_into_the_chest_is_erased_on_the_sample_scan(tmp_path):
     """The demo's failure in miniature: the sample scan's true liver plus a 'tentacle' painted up
     into the chest (as the model's leak), a resection planned on it; erasing the tentacle brings

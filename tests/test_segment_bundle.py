@@ -37,6 +37,7 @@ def _copy_with_random_weights(name, tmp_path, filename="model.pt", overrides=Non
     return dst
 
 
+@pytest.mark.slow
 def test_spleen_bundle_end_to_end(tmp_path):
     folder = _copy_with_random_weights("spleen_ct_segmentation", tmp_path)
     spec = resolve_model(str(folder))

@@ -1,4 +1,5 @@
-"""Issue 16 item 9: the typed contracts (core types, scene contract, configuration) pass mypy.
+"""Issue 16 item 9: the typed contracts (core types, scene contract and its report and plausibility
+checks, configuration) pass mypy.
 
 `make lint` runs the same check; both skip where mypy is not installed (it is in the dev extra).
 """
@@ -19,6 +20,7 @@ def _mypy_files() -> list[str]:
 def test_the_type_checked_modules_exist():
     files = _mypy_files()
     assert "pipeline/types.py" in files and "pipeline/scene/schema.py" in files and "pipeline/configuration.py" in files
+    assert {"pipeline/scene/report.py", "pipeline/scene/report_slices.py", "pipeline/scene/plausibility.py"} <= set(files)
     assert all((ROOT / f).is_file() for f in files)
 
 

@@ -24,6 +24,7 @@ from pipeline.errors import SurgitwinError
 from .capture import CaptureMixin
 from .fourup_gui import FourUpMixin
 from .interact import PlanningMixin
+from .motion import MotionQuality
 from .render import (BODY_OPACITY, RenderError, configure_view, material_for, set_priority, structure_styles, sun_direction,
                      to_o3d_mesh)
 from .tools import marker_scale
@@ -140,6 +141,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         self.window.set_on_layout(self._on_layout)
         self.window.set_on_tick_event(self._on_tick)
         self.widget.set_on_mouse(self._on_mouse)
+        self.motion = MotionQuality(self)  # lighter frames while the camera moves (viewer.motion)
         self._apply_view(view)
         self._redraw_plan()
         self.timings["window_ready_s"] = time.perf_counter() - t0
@@ -211,6 +213,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         # Filament drops frames when the (software) renderer is behind and Open3D does not ask
         # again, so after every change keep asking for redraws for a while.
         self._ticks += 1
+        if self.motion.on_tick():  # the camera stopped: full meshes and post-processing again
+            self._touch(1.0)
         redraw = time.monotonic() < self._redraw_until
         if self._ticks % 5:
             return redraw
@@ -507,6 +511,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
 
     def _on_mouse(self, event):
         gui = self.gui
+        self.motion.on_mouse(event)
         if (event.type == gui.MouseEvent.Type.BUTTON_DOWN and event.is_modifier_down(gui.KeyModifier.CTRL)
                 and event.is_button_down(gui.MouseButton.LEFT)):
             x, y = event.x - self.widget.frame.x, event.y - self.widget.frame.y
@@ -516,6 +521,13 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 self._background(self.click, x, y)
             return gui.Widget.EventCallbackResult.CONSUMED
         return gui.Widget.EventCallbackResult.IGNORED
+
+    def set_moving(self, moving: bool = True) -> list[str]:
+        """Interactive render quality on/off, as a mouse drag switches it (scripts, tests);
+        returns the structures drawn from their decimated copies."""
+        if moving:
+            self.motion.ready.wait(120)
+        return self._on_main(self.motion.set_moving, bool(moving))
 
     def panel_state(self) -> dict:
         """What the panel shows now (for scripts and tests)."""
@@ -552,11 +564,24 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         self.app.run()
 
 
+def _fit_window(size):
+    """The requested window size, shrunk to the X screen (said on stderr when it is)."""
+    from .xcapture import fit_to_screen, screen_size
+
+    fitted, note = fit_to_screen(size, screen_size() if os.environ.get("DISPLAY") else None)
+    if note:
+        import sys
+
+        print(f"surgitwin view: {note}", file=sys.stderr, flush=True)
+    return fitted
+
+
 def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screenshot: str | None = None,
                script: str | None = None, result: str | None = None, timeout: float = 300.0, layout: str = "3d",
                four_up: dict | None = None) -> int:
     """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit."""
     require_display()
+    size = _fit_window(size)
     app = ViewerApp(scene_path, size=size, view=view, layout=layout, four_up=four_up)
     if screenshot or script:
         from .driver import load_actions, start_driver

@@ -85,6 +85,36 @@ def can_open_display(display: str) -> bool | None:
     return True
 
 
+def screen_size(display: str | None = None) -> tuple[int, int] | None:
+    """(width, height) of the X display's default screen; None when it cannot be asked."""
+    try:
+        x = _lib()
+    except SurgitwinError:
+        return None
+    x.XDefaultScreen.argtypes = [_c_void_p]
+    x.XDisplayWidth.argtypes = x.XDisplayHeight.argtypes = [_c_void_p, _c_int]
+    dpy = x.XOpenDisplay((display or os.environ.get("DISPLAY", "")).encode())
+    if not dpy:
+        return None
+    try:
+        n = x.XDefaultScreen(dpy)
+        return int(x.XDisplayWidth(dpy, n)), int(x.XDisplayHeight(dpy, n))
+    finally:
+        x.XCloseDisplay(dpy)
+
+
+def fit_to_screen(size, screen) -> tuple[tuple[int, int], str | None]:
+    """``size`` shrunk to fit ``screen`` (a window larger than the screen cannot be captured:
+    XGetImage fails on its off-screen part), keeping the aspect ratio; and a note when shrunk."""
+    w, h = int(size[0]), int(size[1])
+    if not screen or (w <= screen[0] and h <= screen[1]):
+        return (w, h), None
+    k = min(screen[0] / w, screen[1] / h)
+    fitted = (max(320, int(w * k)), max(240, int(h * k)))
+    return fitted, (f"window {w}x{h} is larger than the X screen {screen[0]}x{screen[1]}: "
+                    f"opened at {fitted[0]}x{fitted[1]}")
+
+
 def grab_window(window_id: int | None = None, display: str | None = None) -> np.ndarray:
     """(height, width, 3) uint8 RGB of an X window (the root window when ``window_id`` is None)."""
     x = _lib()

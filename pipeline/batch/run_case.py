@@ -49,7 +49,7 @@ from ..fileio import replace_dir
 from . import phi
 
 RESULT_FILE = "batch_result.json"
-DEFAULT_CASE_FN = "pipeline.batch.run_case:run_study"
+DEFAULT_CASE_FN = f"{__name__}:run_study"  # pipeline.batch.run_case:run_study in the source tree
 log = logging.getLogger(__name__)
 
 
@@ -93,12 +93,19 @@ def scene_versions(scene_dir: Path) -> dict:
 
 
 def resolve_case_fn(fn) -> Callable:
-    """A callable from a callable or a ``"package.module:function"`` string."""
+    """A callable from a callable or a ``"package.module:function"`` string.
+
+    ``pipeline.x:f`` also names the installed wheel's ``surgitwin.pipeline.x:f``, so batch
+    configs and manifests work with either layout.
+    """
     if callable(fn):
         return fn
     mod, _, name = str(fn).partition(":")
     if not mod or not name:
         raise SurgitwinError(f"case function must be 'module:function'; found {fn!r}")
+    top = __name__.split(".")[0]
+    if top != "pipeline" and mod.split(".")[0] in ("pipeline", "viewer"):  # installed wheel: surgitwin.pipeline...
+        mod = f"{top}.{mod}"
     try:
         obj = importlib.import_module(mod)
         for part in name.split("."):

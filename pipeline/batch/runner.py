@@ -43,7 +43,7 @@ from .run_case import DEFAULT_CASE_FN, execute, fn_name, read_marker
 log = logging.getLogger(__name__)
 POLL_S = 0.25
 # a study of a patient who already has a scene becomes a time point of it (docs/FOLLOW_UP.md)
-FOLLOW_UP_CASE_FN = "pipeline.followup.batch:study_or_follow_up"
+FOLLOW_UP_CASE_FN = f"{__package__.rpartition('.')[0]}.followup.batch:study_or_follow_up"  # pipeline.followup...
 
 
 @dataclass

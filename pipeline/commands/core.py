@@ -6,9 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.config import ROOT
+from pipeline.config import find_data
 
-SAMPLE = ROOT / "sample_scans" / "phantom_ct"
+SAMPLE = find_data("sample_scans/phantom_ct")  # a site's own sample first, else the shipped one
 # The demo's planning steps on the sample scan (LPS mm; documented in the README): a lesion seeded
 # in the phantom's liver tumour (right lobe, patient right = x < 0) and a resection plane 20 mm
 # medial to the seed, resecting the lateral part of the right lobe with the tumour.

@@ -192,7 +192,7 @@ def is_non_image(modality: str, sop_class: str) -> bool:
 def _first(seq):
     try:
         return seq[0] if seq is not None and len(seq) else None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a malformed sequence reads as absent
         return None
 
 
@@ -314,7 +314,7 @@ def fast_header(ds) -> dict:
             continue
         try:
             out[key] = _parse_raw(elem.value, kind, getattr(elem, "is_little_endian", True))
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - a malformed value reads as absent
             out[key] = None
     return out
 

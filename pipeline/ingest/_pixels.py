@@ -129,13 +129,13 @@ def decode(ds, path: str, h: dict | None = None) -> tuple[np.ndarray, bool, str]
         first = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
     try:
         return _via_sitk(path, frames, int(rows), int(cols)), True, "simpleitk"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - SimpleITK/GDCM raise anything too; both reasons are reported below
         second = " ".join(str(e).split())[-200:]
     try:
         import pydicom
 
         ts_name = pydicom.uid.UID(ts).name
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an unknown UID keeps its number in the message
         ts_name = ts
     raise DicomError(f"cannot decode pixel data ({ts_name}): pydicom: {first}; SimpleITK/GDCM: {second}",
                      path=path, rule="pixel data must decode with pydicom/pylibjpeg or GDCM")

@@ -194,7 +194,7 @@ def _describe(path: str) -> dict:
     sop = str(c.get(ds, "SOPClassUID", "") or "")
     try:
         sop_name = pydicom.uid.UID(sop).name if sop else ""
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - an unknown UID keeps its number
         sop_name = sop
     return {
         "description": c.text(c.get(ds, "SeriesDescription", "")), "series_number": c.get(ds, "SeriesNumber"),

@@ -166,7 +166,7 @@ def read_pixels(path) -> tuple[np.ndarray, str]:
     with quiet_pydicom():
         try:
             ds = pydicom.dcmread(path, force=True)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any parser failure is this file's DicomError
             raise DicomError(f"unreadable DICOM: {type(e).__name__}: {e}", path=path, rule="file must parse as DICOM") from None
         pixels, _, decoder = decode(ds, path)
     return pixels, decoder

@@ -434,7 +434,7 @@ def snapshot_subprocess(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEW
     for v in views:
         check_view(v)
     out = Path(out_png).resolve()
-    cmd = [sys.executable, "-m", "pipeline.render.offscreen", str(Path(scene_path).resolve()), "-o", str(out),
+    cmd = [sys.executable, "-m", f"{__package__}.offscreen", str(Path(scene_path).resolve()), "-o", str(out),
            "--size", f"{int(size[0])}x{int(size[1])}"]
     for v in views:
         cmd += ["--view", v]
@@ -450,7 +450,7 @@ def snapshot_subprocess(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEW
     env = dict(os.environ)
     if not env.get("DISPLAY"):
         env.setdefault("EGL_PLATFORM", "surfaceless")
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[__package__.count(".") + 1])  # the folder holding the top package
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     t0 = time.perf_counter()
     try:

@@ -396,7 +396,7 @@ def _update_qc(scene, new_lm, meshes: dict, touched: set[str]) -> dict:
         unc = scene.load_uncertainty()
         if unc is not None and unc.shape != new_lm.volume.shape:
             unc = None
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - QC without uncertainty figures rather than no edit
         unc = None
     fresh = structure_qc(new_lm, image, unc)
     plaus = _plausibility(new_lm, image, fresh)

@@ -114,6 +114,8 @@ def plausibility(labelmap, image=None, qc: dict | None = None, rules: Plausibili
     body = body_outline(lab, None if image is None else np.asarray(image.array), body_ids)
     voxel_ml = labelmap.volume.voxel_volume_ml
     ref = next((l for p in rules.midline for l in present if _match(l.name, [p])), None)
+    mid_x: float | None
+    mid_name: str | None
     if ref is not None:
         mid_x, mid_name = float(cen[ref.id][0]), ref.name
     else:

@@ -136,7 +136,7 @@ def structure_rows(scene, image, labelmap, uncertainty=None) -> list[dict]:
         lid = am.label.id
         c = int(counts[lid]) if lid < n else 0
         mean = s1[lid] / c if c else None
-        sd = float(np.sqrt(max(s2[lid] / c - mean ** 2, 0.0))) if c else None
+        sd = float(np.sqrt(max(s2[lid] / c - mean ** 2, 0.0))) if mean is not None else None
         m = structure_metrics(am.mesh) if am.mesh is not None else {}
         qc = dict(qc_all.get(am.name) or {})
         if isinstance(am.qa.get("qc"), dict):
@@ -220,7 +220,8 @@ def _bounds(scene, image=None) -> tuple[np.ndarray, np.ndarray]:
 # -- pictures ----------------------------------------------------------------------------------
 def render_3d(scene, workdir: Path, closeups: list[str], timeout: float) -> tuple[list[tuple[str, bytes]], list[str]]:
     """Overview + close-ups via pipeline.render.offscreen in subprocesses; (pictures, notes)."""
-    pics, notes = [], []
+    pics: list[tuple[str, bytes]] = []
+    notes: list[str] = []
     try:
         from pipeline.render.offscreen import snapshot_subprocess
     except ImportError as e:
@@ -318,6 +319,7 @@ def build_report(scene_path, out_html=None, *, render: bool = True, closeups: in
 
     t0 = time.perf_counter()
     scene = load_scene(scene_path)
+    assert scene.root is not None  # load_scene sets it
     out_html = Path(out_html) if out_html else Path(scene.root) / "report" / "report.html"
     out_html.parent.mkdir(parents=True, exist_ok=True)
     image, labelmap, unc = scene.load_image(), scene.load_labelmap(), scene.load_uncertainty()

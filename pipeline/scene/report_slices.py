@@ -52,6 +52,8 @@ def _sample(vol, pts: np.ndarray, order: int, cval: float):
 
 def window(values: np.ndarray, modality: str | None) -> np.ndarray:
     """uint8 grey: CT soft-tissue window (W 400, L 40); other modalities 1-99th percentiles."""
+    lo: float
+    hi: float
     if (modality or "CT").upper() == "CT":
         lo, hi = 40 - 200, 40 + 200
     else:
@@ -97,7 +99,7 @@ def slice_picture(image, labelmap, plane: str, focus, lo, hi, *, plan: dict | No
     img = Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
     scale = max(1, int(round(420 / max(img.size))))
     if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(img)
     s = px_mm / scale
     for cut in (plan or {}).get("cuts", []):

@@ -14,6 +14,7 @@ different names are an error, never silently merged.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
@@ -23,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ..config import config_hash, software_versions
 from ..errors import ModelError, pydantic_config_error
 from ..types import Label, LabelMap, LabelTable, StageRecord, Volume, label_dtype
-from .hu_rules import CODES, HURulesConfig, hu_rules_arrays, hu_uncertainty
+from .hu_rules import CODES, HURulesConfig, check_ct, hu_rules_arrays, hu_uncertainty
 from ..resources import release_memory
 from .postprocess import PostprocessConfig, postprocess_labels
 from .qc import QCConfig, structure_qc
@@ -96,6 +97,34 @@ def hu_rule_labels(spec: ModelSpec | None = None) -> LabelTable:
         return spec.label_table()
     entries = load_label_file(LABELS_DIR / "hu_rules.yaml")
     return LabelTable(Label.from_dict({k: v for k, v in d.items() if k != "channel"}) for d in entries)
+
+
+class Beside:
+    """``fn(*args)`` run in one background thread beside the caller's work; :meth:`result`
+    joins it (and re-raises its exception). numpy releases the GIL in its loops, so this pays
+    wherever the caller's own work leaves a core idle."""
+
+    def __init__(self, fn, *args):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=getattr(fn, "__name__", "beside"))
+        self._future = self._pool.submit(fn, *args)
+
+    def result(self):
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+    def abandon(self) -> None:
+        """The caller failed: wait for the thread (it cannot be stopped) and drop its result."""
+        self._pool.shutdown(wait=True)
+
+
+def _maximum_where(out: np.ndarray, other: np.ndarray, where: np.ndarray) -> None:
+    """``out = max(out, other)`` where ``where``; float16 0..1 maps compare their bit patterns
+    (non-negative float16s order like uint16s: exact, and numpy's float16 arithmetic is slow)."""
+    if out.dtype == other.dtype == np.float16:
+        out, other = out.view(np.uint16), other.view(np.uint16)
+    np.maximum(out, other, out=out, where=where)
 
 
 def _paint_hu(out: np.ndarray, codes: np.ndarray, table: LabelTable) -> None:
@@ -198,7 +227,16 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         from .runner import run_network  # imports torch/MONAI only for network models
 
         t0 = time.perf_counter()
-        net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
+        hu_codes = None
+        if combine == "hu_rules":  # computed beside the network: its imports, resampling and
+            check_ct(volume)       # clean-up leave one of two cores idle most of the time
+            hu_codes = Beside(hu_rules_arrays, volume, _hu_config(None, cfg))
+        try:
+            net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
+        except BaseException:
+            if hu_codes is not None:
+                hu_codes.abandon()
+            raise
         release_memory()  # the network's buffers: back to the system before the full-resolution steps
         timings.update(net.timings)
         table = spec.label_table()
@@ -218,7 +256,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         table, merge_notes = _merge_tables(table, hu_table)
         notes.extend(merge_notes)
         hcfg = _hu_config(None, cfg)
-        codes, info = hu_rules_arrays(volume, hcfg)
+        codes, info = hu_codes.result()
         labels = labels.astype(_dtype_for(table), copy=False)
         # HU-rule uncertainty (closeness to a threshold) only where the HU rules decide: a contrast
         # aorta at 180 HU is near the bone threshold, but the model, not the threshold, labelled it
@@ -228,7 +266,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         if unc is not None:
             for k0 in range(0, labels.shape[0], 32):  # by slabs: no second full-size float array
                 s = slice(k0, k0 + 32)
-                np.maximum(unc[s], hu_uncertainty(volume.array[s], hcfg), out=unc[s], where=by_hu[s])
+                _maximum_where(unc[s], hu_uncertainty(volume.array[s], hcfg, unc.dtype), by_hu[s])
             del by_hu
         inputs["hu_rules"] = info
         kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)

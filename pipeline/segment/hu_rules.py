@@ -461,9 +461,10 @@ def hu_uncertainty_lut(cfg: HURulesConfig, lo: int, hi: int) -> np.ndarray:
     return ent.astype(np.float32)
 
 
-def hu_uncertainty(hu: np.ndarray, cfg: HURulesConfig) -> np.ndarray:
-    """(nk, nj, ni) float32 0..1 voxel-wise uncertainty of the HU rules (one table lookup)."""
-    lut = hu_uncertainty_lut(cfg, -32768, 32767)
+def hu_uncertainty(hu: np.ndarray, cfg: HURulesConfig, dtype=np.float32) -> np.ndarray:
+    """(nk, nj, ni) 0..1 voxel-wise uncertainty of the HU rules (one table lookup), float32 or
+    float16 (the table is cast once: numpy casts float16 subnormals voxel by voxel slowly)."""
+    lut = hu_uncertainty_lut(cfg, -32768, 32767).astype(dtype)
     if hu.dtype != np.int16:
         hu = np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
     return lut[_int16_index(hu)]

@@ -14,6 +14,9 @@ Rules, per label (``Label.components`` = N):
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
@@ -47,21 +50,58 @@ def label_compact(mask: np.ndarray, structure=None) -> tuple[np.ndarray, int]:
         return lab, int(n)
 
 
+ITK_MIN_VOXELS = 1 << 21  # masks at least this big are labelled by ITK (tests lower it)
+
+
+@contextmanager
+def components(mask: np.ndarray, full: bool) -> Iterator[tuple[np.ndarray, int]]:
+    """(component ids, count) of a 3-D mask: 26-connected when ``full``, else 6-connected.
+
+    Ids follow the raster order of each component's first voxel, so ITK's labelling (used for
+    big masks: multi-threaded and about 3x less CPU than ``ndimage.label``) is identical to
+    scipy's (tested). The id array is only valid inside the ``with`` block (an ITK buffer).
+    """
+    if mask.ndim != 3 or mask.size < ITK_MIN_VOXELS:
+        yield label_compact(mask, _FULL if full else None)
+        return
+    import SimpleITK as sitk
+
+    from ..config import cap_threads
+
+    f = sitk.ConnectedComponentImageFilter()
+    f.SetFullyConnected(full)
+    threads = cap_threads(None)
+    if threads:
+        f.SetNumberOfThreads(threads)
+    img = f.Execute(sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8)))
+    try:
+        yield sitk.GetArrayViewFromImage(img), int(f.GetObjectCount())
+    finally:
+        del img
+
+
+def lookup(table: np.ndarray, ids: np.ndarray, slab: int = 16) -> np.ndarray:
+    """``table[ids]`` by slabs (indexing casts the whole index array to intp: 8 bytes a voxel)."""
+    out = np.empty(ids.shape, table.dtype)
+    for k in range(0, ids.shape[0], slab):
+        out[k:k + slab] = table[ids[k:k + slab]]
+    return out
+
+
 def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
     """Mask with its enclosed background filled (6-connected background, one labelling pass).
 
     Faster than ``scipy.ndimage.binary_fill_holes`` (iterated dilation) on large masks.
     """
-
-    lab, n = label_compact(~mask)
-    if n == 0:
-        return mask.copy()
-    outside = np.zeros(n + 1, bool)
-    for ax in range(3):
-        for end in (0, mask.shape[ax] - 1):
-            outside[np.unique(lab.take(end, axis=ax))] = True
-    outside[0] = True
-    return mask | ~outside[lab]
+    with components(~mask, full=False) as (lab, n):
+        if n == 0:
+            return mask.copy()
+        outside = np.zeros(n + 1, bool)
+        for ax in range(3):
+            for end in (0, mask.shape[ax] - 1):
+                outside[lab.take(end, axis=ax)] = True  # repeated ids: fine for an assignment
+        outside[0] = True
+        return mask | lookup(~outside, lab)
 
 
 def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.ndarray, int, int]:
@@ -73,21 +113,20 @@ def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.
     n_components : components found
     n_kept : components kept
     """
-
-    lab, n = label_compact(mask, _FULL)
-    if n <= 1:
-        return mask.copy(), n, n
-    sizes = np.zeros(n + 1, np.int64)
-    for k0 in range(0, lab.shape[0], 16):  # by slabs: bincount would copy the whole map to int64
-        sizes += np.bincount(lab[k0:k0 + 16].ravel(), minlength=n + 1)
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]  # component ids by decreasing size, background last
-    keep = np.zeros(n + 1, bool)
-    candidates = order[: n if n_keep <= 0 else min(n_keep, n)]
-    keep[candidates] = sizes[candidates] >= min_voxels
-    keep[order[0]] = True  # the largest always stays
-    keep[0] = False
-    return keep[lab], n, int(keep.sum())
+    with components(mask, full=True) as (lab, n):
+        if n <= 1:
+            return mask.copy(), n, n
+        sizes = np.zeros(n + 1, np.int64)
+        for k0 in range(0, lab.shape[0], 16):  # by slabs: bincount would copy the whole map to int64
+            sizes += np.bincount(lab[k0:k0 + 16].ravel(), minlength=n + 1)
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1]  # component ids by decreasing size, background last
+        keep = np.zeros(n + 1, bool)
+        candidates = order[: n if n_keep <= 0 else min(n_keep, n)]
+        keep[candidates] = sizes[candidates] >= min_voxels
+        keep[order[0]] = True  # the largest always stays
+        keep[0] = False
+        return lookup(keep, lab), n, int(keep.sum())
 
 
 def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessConfig,

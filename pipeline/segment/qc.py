@@ -28,9 +28,62 @@ class QCConfig(BaseModel):
     uncertainty_high: float = 0.30
 
 
+_HIST_MAX_LABELS = 256  # per-label histograms of 65536 bins: 128 MB of int64 at most
+
+
+def _float16_values() -> np.ndarray:
+    """float64 value of every float16 bit pattern (non-finite patterns: 0, flagged apart)."""
+    v = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float64)
+    return v
+
+
+def _histograms(labels: np.ndarray, values: np.ndarray, n: int, slab: int, flip_sign: bool) -> np.ndarray:
+    """(n, 65536) counts of each 16-bit pattern of ``values`` per label, by slabs: one integer
+    bincount a slab (no float conversion; exact)."""
+    hist = np.zeros(n << 16, np.int64)
+    for k in range(0, labels.shape[0], slab):
+        idx = labels[k:k + slab].astype(np.int64).ravel()
+        idx <<= 16
+        bits = values[k:k + slab].view(np.uint16).ravel()
+        idx += (bits ^ np.uint16(0x8000)) if flip_sign else bits
+        hist += np.bincount(idx, minlength=n << 16)
+    return hist.reshape(n, 65536)
+
+
 def _label_sums(labels: np.ndarray, n: int, hu, unc, slab: int = 16):
     """Per label: voxel count, sum of HU, sum of HU^2, sum of uncertainty, in one pass of slabs
-    (each slab read once; float64 sums)."""
+    (each slab read once; float64 sums).
+
+    int16 HU and float16 uncertainty (the pipeline's own arrays) go through per-label histograms
+    of their 16-bit patterns: exact sums from integer bincounts, about twice as fast as weighted
+    bincounts and free of numpy's slow float16 conversions; other dtypes use weighted bincounts.
+    """
+    fast = n <= _HIST_MAX_LABELS and labels.dtype.kind in "ub"
+    count = s_hu = s_hu2 = s_unc = None
+    if hu is not None and fast and hu.dtype == np.int16:
+        h = _histograms(labels, hu, n, slab, flip_sign=True)
+        v = (np.arange(65536) - 32768).astype(np.float64)  # pattern ^ 0x8000 -> HU, in order
+        count = h.sum(1).astype(np.float64)
+        s_hu, s_hu2 = h @ v, h @ (v * v)
+        hu = None
+    if unc is not None and fast and unc.dtype == np.float16:
+        h = _histograms(labels, unc, n, slab, flip_sign=False)
+        v = _float16_values()
+        bad = ~np.isfinite(v)
+        v[bad] = 0.0
+        s_unc = h @ v
+        s_unc[h[:, bad].sum(1) > 0] = np.nan  # as a float sum over a NaN would be
+        count = h.sum(1).astype(np.float64) if count is None else count
+        unc = None
+    if count is None or hu is not None or unc is not None:
+        c, a, b, u = _weighted_sums(labels, n, hu, unc, slab)
+        count = c if count is None else count
+        s_hu, s_hu2 = (a, b) if hu is not None else (s_hu, s_hu2)
+        s_unc = u if unc is not None else s_unc
+    return count, s_hu, s_hu2, s_unc
+
+
+def _weighted_sums(labels: np.ndarray, n: int, hu, unc, slab: int):
     count, s_hu, s_hu2, s_unc = (np.zeros(n, np.float64) for _ in range(4))
     for k in range(0, labels.shape[0], slab):
         lab = labels[k:k + slab].ravel()

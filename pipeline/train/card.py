@@ -114,7 +114,7 @@ def _cfg_value(cfg_text: str, key: str, section: str = "data") -> str:
 
     try:
         return str(yaml.safe_load(cfg_text)[section][key])
-    except Exception:  # config missing or malformed: the card still renders
+    except (yaml.YAMLError, KeyError, IndexError, TypeError):  # config missing or malformed: the card still renders
         return "?"
 
 

@@ -245,6 +245,6 @@ def check_network(network: NetworkConfig, path=None) -> None:
                               path=where, rule=f"network.args.{k}")
     try:
         cls(**network.args, out_channels=2)
-    except Exception as e:  # wrong values: report with the key, not as a traceback at iteration 0
+    except Exception as e:  # noqa: BLE001 - a constructor raises anything: report the key, not a traceback at iteration 0
         raise ConfigError(f"key 'network.args': monai.networks.nets.{cls.__name__} refuses these arguments: "
                           f"{type(e).__name__}: {e}", path=where, rule="network.args") from None

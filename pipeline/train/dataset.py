@@ -260,7 +260,7 @@ def read_label_source(path, image: Volume) -> tuple[np.ndarray, dict[str, int]]:
         try:
             ds = pydicom.dcmread(str(path), stop_before_pixels=True)
             is_seg = getattr(ds, "Modality", "") == "SEG"
-        except Exception:  # not DICOM: read it as an image file below
+        except Exception:  # noqa: BLE001 - any parser failure means not DICOM: read it as an image file below
             is_seg = False
     if is_seg:
         import highdicom as hd
@@ -268,7 +268,7 @@ def read_label_source(path, image: Volume) -> tuple[np.ndarray, dict[str, int]]:
         seg = hd.seg.segread(str(path))
         try:
             hv = seg.get_volume(combine_segments=True, relabel=False, dtype=np.uint16)
-        except Exception as e:  # overlapping segments, irregular frames, ...
+        except Exception as e:  # noqa: BLE001 - highdicom raises anything (overlapping segments, irregular frames)
             raise DatasetError(f"DICOM SEG cannot be read as one label volume: {e}", path=str(path)) from None
         vol = Volume(np.asarray(hv.array), np.asarray(hv.affine), getattr(seg, "FrameOfReferenceUID", None))
         names = {_snake(s.SegmentLabel): int(s.SegmentNumber) for s in seg.SegmentSequence}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import CONFIG_DIR, ROOT
+from ..config import CONFIG_DIR, ROOT, packaged_root
 from ..errors import ModelError
 from ..fileio import atomic_write_text
 
@@ -90,6 +90,11 @@ def export_model(train_dir, name: str | None = None, weights: str = "best", mode
     """
     import yaml
 
+    if (not models_dir or not configs_dir) and ROOT == packaged_root():  # an installed wheel, no folder of the user's
+        raise ModelError("no folder of your own to register the model in: set SURGITWIN_HOME (a folder with configs/ "
+                         "and models/) or run from a folder holding configs/pipeline.yaml; the configs packaged "
+                         "inside site-packages are not written to", path=str(ROOT),
+                         rule="models are exported to SURGITWIN_HOME or the working directory's configs/ and models/")
     train_dir = Path(train_dir)
     mj = train_dir / "model.json"
     if not mj.exists():
