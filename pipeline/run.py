@@ -159,7 +159,7 @@ def _identity(src: dict) -> dict:
 
         ds = pydicom.dcmread(files[0], stop_before_pixels=True, force=True,
                              specific_tags=["PatientID", "StudyDate", "PatientIdentityRemoved"])
-    except Exception:  # identity is optional: an unreadable header leaves it out
+    except Exception:  # noqa: BLE001 - identity is optional: an unreadable header leaves it out
         return {}
     if str(ds.get("PatientIdentityRemoved", "")).upper() == "YES":
         return {"deidentified": True}

@@ -171,7 +171,7 @@ class SynthBatches:
         while len(xs) < self.batch_size:
             try:
                 img, tgt = self.sampler.sample(rng)
-            except Exception as e:  # one bad random draw must not end a long run; repeated ones must
+            except Exception as e:  # noqa: BLE001 - one bad random draw must not end a long run; repeated ones must
                 failures += 1
                 print(f"synthesis failed ({failures}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 if failures > 20:
@@ -491,7 +491,7 @@ class _Training:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self.tb = SummaryWriter(str(self.out / "tb"))
-            except Exception:  # tensorboard not installed: the CSV log is the record
+            except Exception:  # noqa: BLE001 - tensorboard missing or broken: the CSV log is the record
                 self.tb = None
 
     def checkpoint(self, tag_best: bool) -> None:
@@ -545,8 +545,8 @@ class _Training:
             g["lr"] = lr
         try:
             x, y = next(self.batches)
-        except Exception:
-            if stop.signal is not None:  # a loader interrupted by the same signal
+        except Exception:  # noqa: BLE001 - re-raised unless the stopping signal interrupted the loader
+            if stop.signal is not None:
                 return False
             raise
         lv = self._step(x, y)
