@@ -32,7 +32,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import load_pipeline_config as _load_raw
-from .errors import ConfigError
+from .errors import ConfigError, pydantic_problems
 
 SECTIONS = ("ingest", "selection", "segment", "mesh", "batch", "pacs")
 RULE = "every configuration key is known and valid (configs/pipeline.yaml documents them)"
@@ -54,12 +54,7 @@ class PipelineConfig(BaseModel):
 
 
 def _pydantic_lines(name: str, e: ValidationError) -> list[str]:
-    out = []
-    for err in e.errors():
-        key = ".".join([name, *(str(x) for x in err["loc"])])
-        found = f" (found {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
-        out.append(f"{key}: {err['msg']}{found}")
-    return out
+    return [f"{key}: {msg}" for key, msg in pydantic_problems(e, name)]
 
 
 def _strip(msg: str, path: str | None) -> str:

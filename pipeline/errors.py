@@ -43,3 +43,23 @@ class PlanningError(SurgitwinError):
 
 class SystemToolMissing(SurgitwinError):
     """An optional external tool (dcm2niix, Xvfb, chromium, ...) is not installed."""
+
+
+def pydantic_problems(e, prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, message with what was found) for each error of a pydantic ``ValidationError``,
+    keys prefixed with ``prefix`` (a section name): the one formatting of validation errors."""
+    out = []
+    for err in e.errors():
+        key = ".".join([*filter(None, [prefix]), *(str(x) for x in err["loc"])])
+        msg = "unknown key (misspelt?)" if err["type"] == "extra_forbidden" else err["msg"]
+        if "input" in err and not isinstance(err["input"], dict):
+            msg += f" (found {err['input']!r})"
+        out.append((key, msg))
+    return out
+
+
+def pydantic_config_error(e, *, path=None, prefix: str = "", rule: str | None = None) -> ConfigError:
+    """The first error of a pydantic ``ValidationError`` as a ConfigError naming the file and the
+    dotted key (the key is the rule unless ``rule`` is given)."""
+    key, msg = pydantic_problems(e, prefix)[0]
+    return ConfigError(f"key '{key}': {msg}", path=None if path is None else str(path), rule=rule or key)

@@ -10,6 +10,14 @@ import numpy as np
 GROUPS = {"bone": ("spine", "ribs", "bone"), "lungs": ("lungs", "lung_left", "lung_right")}
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap 2|a & b| / (|a| + |b|) of two masks on one grid; 1.0 when both are empty.
+    The one Dice of the project (scene vs truth, training validation, ``surgitwin evaluate``)."""
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = np.count_nonzero(a) + np.count_nonzero(b)
+    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
+
+
 def compare_to_truth(scene_path, truth_path, names=None) -> list[dict]:
     """Dice, volumes and centroid distance per structure present in both (matched by name).
 
@@ -47,10 +55,8 @@ def compare_to_truth(scene_path, truth_path, names=None) -> list[dict]:
             f = lm.array == label.id
         if not t.any() and not f.any():
             continue
-        inter = np.logical_and(t, f).sum()
-        dice = 2.0 * inter / max(t.sum() + f.sum(), 1)
         ct = lm.volume.index_to_lps(np.argwhere(t).mean(0)) if t.any() else np.full(3, np.nan)
         cf = lm.volume.index_to_lps(np.argwhere(f).mean(0)) if f.any() else np.full(3, np.nan)
-        rows.append({"name": label.name, "dice": float(dice), "truth_ml": float(t.sum() * vox_ml),
+        rows.append({"name": label.name, "dice": dice(t, f), "truth_ml": float(t.sum() * vox_ml),
                      "found_ml": float(f.sum() * vox_ml), "centroid_error_mm": float(np.linalg.norm(ct - cf))})
     return rows

@@ -213,6 +213,12 @@ class LabelTable:
         return cls(Label.from_dict(d) for d in items)
 
 
+def label_dtype(max_id: int) -> type:
+    """The integer type of label arrays and files whose ids go up to ``max_id``: uint8, or uint16
+    above 255 (the one rule: segmentation, the files a run writes, edits, lesions, follow-ups)."""
+    return np.uint8 if max_id <= 255 else np.uint16
+
+
 @dataclass(frozen=True, eq=False)
 class LabelMap:
     """An integer volume whose non-zero values are all ids of ``labels`` (0 = background)."""
@@ -235,6 +241,10 @@ class LabelMap:
 
     def mask(self, name: str) -> np.ndarray:
         return self.volume.array == self.labels.by_name(name).id
+
+    def file_array(self) -> np.ndarray:
+        """The array as a label file stores it (:func:`label_dtype` of the table's largest id)."""
+        return self.array.astype(label_dtype(max(self.labels.ids, default=0)), copy=False)
 
     def present(self) -> list[Label]:
         ids = set(int(v) for v in np.unique(self.volume.array))

@@ -327,58 +327,9 @@ def execute(task: dict) -> dict:
     staging = cases_dir / f".{key}.staging-{os.getpid()}-{secrets.token_hex(3)}"
     deid_dir = None
     try:
-        t0 = time.perf_counter()
-        inp = Path(task["input"])
-        log.info("study %s: input %s (worker %s)", key, inp, worker)
-        default_fn = task["case_fn"] == DEFAULT_CASE_FN
-        verdict = survey(inp, selection_config=(task.get("case_kwargs") or {}).get("config"),
-                         check_selection=default_fn) if inp.exists() else None
-        if verdict:
-            log.info("study %s %s: %s", key, *verdict)
-            out.update(status=verdict[0], reason=verdict[1])
-            return out
-        with _Alarm(task.get("timeout_s"), key):
-            deid = task.get("deid")
-            if deid:
-                from ..deid import Deidentifier, deidentify_tree
-
-                td = time.perf_counter()
-                deid_dir = Path(task["work_dir"]) / f"{key}.deid-{os.getpid()}"
-                shutil.rmtree(deid_dir, ignore_errors=True)
-                d = Deidentifier(salt=deid["salt"], allow_burned_in=deid.get("allow_burned_in", False))
-                rep = deidentify_tree(inp, deid_dir, deid=d)
-                if not rep.written:
-                    raise SurgitwinError(f"de-identification wrote no instance ({len(rep.skipped)} refused or not DICOM"
-                                         + (f"; first: {rep.skipped[0][1]}" if rep.skipped else "") + ")")
-                out["timings"]["deid"] = round(time.perf_counter() - td, 3)
-                if deid.get("return_map"):
-                    out["deid_map"] = d.mapping()  # PHI: the coordinator writes it only to --deid-map
-                inp = deid_dir
-            fn = resolve_case_fn(task["case_fn"])
-            res = _normalise(fn(str(inp), str(staging), **(task.get("case_kwargs") or {})))
-        status = res.get("status", "done")
-        out["timings"].update({k: round(float(v), 3) for k, v in (res.get("timings") or {}).items()})
-        if res.get("peak_rss_mb"):  # per stage, MiB (the pipeline measures it exactly on Linux)
-            out["outputs"]["peak_rss_mb"] = {k: round(float(v), 1) for k, v in res["peak_rss_mb"].items()}
-        out["versions"] = res.get("versions") or {}
-        if status == "skipped":
-            out.update(status="skipped", reason=str(res.get("reason") or "skipped by the case function"))
-            return out
-        if status != "done":
-            raise SurgitwinError(f"case function returned status {status!r}: {res.get('reason', '')}")
-        if not staging.is_dir():
-            raise SurgitwinError("case function reported done but wrote no output folder")
-        final = cases_dir / key
-        _write_marker(staging, {"study": key, "fingerprint": task.get("fingerprint"), "status": "done",
-                                "epoch": task.get("epoch"), "timings": out["timings"], "versions": out["versions"],
-                                "finished_at": time.time()})
-        publish(staging, final, task.get("epoch"))
-        out["outputs"]["scene"] = str(final)
-        out.update(status="done", reason="")
-        warnings = res.get("warnings") or []
-        if warnings:
-            out["reason"] = "done with warnings: " + "; ".join(str(w) for w in warnings)[:2000]
-        log.info("study %s done in %.2f s", key, time.perf_counter() - t0)
+        if task.get("deid"):
+            deid_dir = Path(task["work_dir"]) / f"{key}.deid-{os.getpid()}"
+        _run_study(task, out, staging, deid_dir)
     except SurgitwinError as e:
         out.update(status="failed", reason=f"{type(e).__name__}: {e}")
         log.error("study %s failed: %s", key, out["reason"])
@@ -399,3 +350,70 @@ def execute(task: dict) -> dict:
         state.restore()
         handler.close()
     return out
+
+
+def _run_study(task: dict, out: dict, staging: Path, deid_dir: Path | None) -> None:
+    """The study's steps inside :func:`execute`: survey, de-identification, the case function,
+    publication; ``out`` is filled as they go (exceptions are execute's to record)."""
+    key = task["key"]
+    t0 = time.perf_counter()
+    inp = Path(task["input"])
+    log.info("study %s: input %s (worker %s)", key, inp, out["worker"])
+    default_fn = task["case_fn"] == DEFAULT_CASE_FN
+    verdict = survey(inp, selection_config=(task.get("case_kwargs") or {}).get("config"),
+                     check_selection=default_fn) if inp.exists() else None
+    if verdict:
+        log.info("study %s %s: %s", key, *verdict)
+        out.update(status=verdict[0], reason=verdict[1])
+        return
+    with _Alarm(task.get("timeout_s"), key):
+        if deid_dir is not None:
+            inp = _deidentify(task["deid"], inp, deid_dir, out)
+        fn = resolve_case_fn(task["case_fn"])
+        res = _normalise(fn(str(inp), str(staging), **(task.get("case_kwargs") or {})))
+    status = res.get("status", "done")
+    out["timings"].update({k: round(float(v), 3) for k, v in (res.get("timings") or {}).items()})
+    if res.get("peak_rss_mb"):  # per stage, MiB (the pipeline measures it exactly on Linux)
+        out["outputs"]["peak_rss_mb"] = {k: round(float(v), 1) for k, v in res["peak_rss_mb"].items()}
+    out["versions"] = res.get("versions") or {}
+    if status == "skipped":
+        out.update(status="skipped", reason=str(res.get("reason") or "skipped by the case function"))
+        return
+    if status != "done":
+        raise SurgitwinError(f"case function returned status {status!r}: {res.get('reason', '')}")
+    _publish_case(task, staging, out, res.get("warnings") or [])
+    log.info("study %s done in %.2f s", key, time.perf_counter() - t0)
+
+
+def _deidentify(deid: dict, inp: Path, deid_dir: Path, out: dict) -> Path:
+    """De-identify ``inp`` into ``deid_dir`` (the case function reads that copy); its timing and,
+    when asked, the pseudonym map (PHI: the coordinator writes it only to --deid-map) go to ``out``."""
+    from ..deid import Deidentifier, deidentify_tree
+
+    td = time.perf_counter()
+    shutil.rmtree(deid_dir, ignore_errors=True)
+    d = Deidentifier(salt=deid["salt"], allow_burned_in=deid.get("allow_burned_in", False))
+    rep = deidentify_tree(inp, deid_dir, deid=d)
+    if not rep.written:
+        raise SurgitwinError(f"de-identification wrote no instance ({len(rep.skipped)} refused or not DICOM"
+                             + (f"; first: {rep.skipped[0][1]}" if rep.skipped else "") + ")")
+    out["timings"]["deid"] = round(time.perf_counter() - td, 3)
+    if deid.get("return_map"):
+        out["deid_map"] = d.mapping()
+    return deid_dir
+
+
+def _publish_case(task: dict, staging: Path, out: dict, warnings: list) -> None:
+    """Mark the staged case done and publish it as ``cases_dir/key``."""
+    key = task["key"]
+    if not staging.is_dir():
+        raise SurgitwinError("case function reported done but wrote no output folder")
+    final = Path(task["cases_dir"]) / key
+    _write_marker(staging, {"study": key, "fingerprint": task.get("fingerprint"), "status": "done",
+                            "epoch": task.get("epoch"), "timings": out["timings"], "versions": out["versions"],
+                            "finished_at": time.time()})
+    publish(staging, final, task.get("epoch"))
+    out["outputs"]["scene"] = str(final)
+    out.update(status="done", reason="")
+    if warnings:
+        out["reason"] = "done with warnings: " + "; ".join(str(w) for w in warnings)[:2000]

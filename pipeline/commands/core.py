@@ -28,8 +28,12 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_scan)
 
     p = sub.add_parser("run", help="ingest -> segment -> mesh -> scene -> snapshot for one study")
-    p.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MHA image")
-    p.add_argument("--out", required=True, help="scene folder to write (replaced atomically)")
+    p.add_argument("input", help="DICOM folder or file, or a NIfTI/NRRD/MHA image (with --from: a scene folder)")
+    p.add_argument("--out", help="scene folder to write (replaced atomically); required unless --from "
+                                 "(then default: the scene folder itself)")
+    p.add_argument("--from", dest="from_stage", choices=("mesh", "scene"),
+                   help="rerun an existing scene from this stage on, from its stored label map (mesh) or meshes "
+                        "(scene), keeping the earlier stages' results and provenance")
     p.add_argument("--model", help="registry name or MONAI bundle directory (default from configs/pipeline.yaml)")
     p.add_argument("--config", help="pipeline YAML (default configs/pipeline.yaml)")
     p.add_argument("--bundle-set", action="append", default=[], metavar="KEY=VALUE",
@@ -64,18 +68,6 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def _parse_overrides(items) -> dict:
-    from pipeline.errors import ConfigError
-
-    out = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"--bundle-set must be KEY=VALUE; found {it!r}")
-        k, v = it.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
 class _Printer:
     """One line per stage with elapsed time: readable in a terminal and in a log file."""
 
@@ -106,17 +98,37 @@ def print_summary(result, stream=None) -> None:
 
 
 def cmd_run(args) -> int:
-    from pipeline.run import run_case
+    plan = "keep" if args.keep_plan else "discard" if args.discard_plan else "refuse"
+    if args.from_stage:
+        result = _rerun(args, plan)
+    else:
+        from pipeline.errors import ConfigError
+        from pipeline.run import run_case
 
-    result = run_case(args.input, args.out, model=args.model, config=args.config, progress=_Printer(),
-                      snapshot=not args.no_snapshot, bundle_overrides=_parse_overrides(args.bundle_set),
-                      trust_bundle=args.trust_bundle,
-                      existing_plan="keep" if args.keep_plan else "discard" if args.discard_plan else "refuse")
+        if not args.out:
+            raise ConfigError("--out is required (the scene folder to write)", rule="run writes a scene folder: --out")
+        result = run_case(args.input, args.out, model=args.model, config=args.config, progress=_Printer(),
+                          snapshot=not args.no_snapshot, bundle_overrides=args.bundle_set or None,
+                          trust_bundle=args.trust_bundle, existing_plan=plan)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:
         print_summary(result)
     return 0
+
+
+def _rerun(args, plan: str):
+    from pipeline.errors import ConfigError
+    from pipeline.rerun import rerun_case
+
+    given = [o for o, v in (("--model", args.model), ("--bundle-set", args.bundle_set),
+                            ("--trust-bundle", args.trust_bundle)) if v]
+    if given:
+        raise ConfigError(f"{', '.join(given)} ha{'s' if len(given) == 1 else 've'} no effect with --from "
+                          f"{args.from_stage}: the segmentation is not rerun",
+                          rule="run --from reruns the later stages only")
+    return rerun_case(args.input, args.from_stage, args.out, config=args.config, progress=_Printer(),
+                      snapshot=not args.no_snapshot, existing_plan=plan)
 
 
 def cmd_demo(args) -> int:

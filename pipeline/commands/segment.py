@@ -23,7 +23,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="hu_rules",
                    help="registry name, model YAML, MONAI bundle folder or `surgitwin train` output folder")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--config", help="pipeline YAML (its 'segment' section; default configs/pipeline.yaml)")
+    p.add_argument("--config", help="pipeline YAML (its ingest, selection and segment sections; default configs/pipeline.yaml)")
     p.add_argument("--bundle-set", action="append", default=[], metavar="KEY=VALUE",
                    help="set a MONAI bundle config value instead of evaluating it, e.g. pixdim=3,3,3")
     p.add_argument("--trust-bundle", action="store_true",

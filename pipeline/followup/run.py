@@ -313,8 +313,7 @@ def _follow_up(src_dir: Path, new_input, *, model, config, timepoint_id, registr
     tmp.mkdir(parents=True)
     try:
         write_image_file(volume, tmp / "image.nii.gz")
-        write_image_file(labelmap.volume, tmp / "labels.nii.gz",
-                         labelmap.array.astype(np.uint16 if labelmap.array.max() > 255 else np.uint8))
+        write_image_file(labelmap.volume, tmp / "labels.nii.gz", labelmap.file_array())
         if unc is not None:
             write_image_file(unc, tmp / "uncertainty.nii.gz", unc.array.astype(np.float32))
         moved = resample_to_earlier(reg, volume, base_img, labels=False)

@@ -8,7 +8,7 @@ _EXPORTS = {
     "index_folder": "index", "Index": "index", "Study": "index", "Series": "index",
     "select_series": "select", "Selection": "select", "Rule": "select", "load_rules": "select",
     "selected": "select",
-    "read_series": "read", "read_input": "read", "read_pixels": "read", "load_ingest_options": "read",
+    "read_series": "read", "read_input": "read", "read_configured": "read", "read_pixels": "read", "load_ingest_options": "read",
     "scan_command": "scan",
 }
 

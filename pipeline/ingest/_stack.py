@@ -84,17 +84,51 @@ def plan_stack(ipp: np.ndarray, iop: np.ndarray, pixel_spacing: np.ndarray, labe
     where : series description for messages
     shape : (rows, columns) of every frame
     """
-    row_dir, col_dir = iop[:3], iop[3:]
     normal = slice_normal(iop)
     rs, cs = float(pixel_spacing[0]), float(pixel_spacing[1])
     d_all = ipp @ normal
-    order = list(np.argsort(d_all, kind="stable"))
-    notes: list[str] = []
+    order, notes = _drop_duplicates(ipp, d_all, labels, same_pixels, where)
+    d = d_all[order]
+    n = len(order)
+    if n == 1:
+        step = single_slice_step or 1.0
+        notes.append(f"single slice: slice step {step:g} mm from SpacingBetweenSlices/SliceThickness")
+        return StackPlan(order, affine_from_dicom(ipp[order[0]], iop, rs, cs, normal * step), None, notes,
+                         None, step)
 
-    # -- duplicates: identical pixels are dropped with a note; different pixels are an error
+    gaps = np.diff(d)
+    g_med = float(np.median(gaps))
+    g_mean = float((d[-1] - d[0]) / (n - 1))
+    tol = spacing_tolerance * g_med + 1e-4
+    tilt = _Tilt.of(ipp[order], iop, rs, cs, d, notes)
+    if gantry_tilt_tag:
+        notes.append(f"GantryDetectorTilt {gantry_tilt_tag:g} deg; tilt measured from positions {tilt.degrees:.2f} deg")
+    spacing, resampled = g_mean, []
+    if (np.abs(gaps - g_med) > tol).any():
+        spacing, why = _irregular_gaps(gaps, g_med, tol, d, [labels[i] for i in order], where, on_uneven=on_uneven,
+                                       uneven_spacing=uneven_spacing, on_missing=on_missing)
+        resampled.append(why)
+    if tilt.tilted:
+        if on_tilt == "keep" and not resampled:
+            step = (ipp[order[-1]] - ipp[order[0]]) / (n - 1)
+            notes.append(f"gantry tilt {tilt.degrees:.1f} deg kept as a sheared affine (no resampling)")
+            return StackPlan(order, affine_from_dicom(ipp[order[0]], iop, rs, cs, step), None, notes, None, g_mean)
+        resampled.insert(0, f"gantry_tilt {tilt.degrees:.1f} deg")
+    if not resampled:
+        # regular and orthogonal: the step is the normal times the mean gap (exactly orthogonal
+        # axes; positions agree with it within the tolerance)
+        return StackPlan(order, affine_from_dicom(ipp[order[0]], iop, rs, cs, normal * g_mean), None, notes, None, g_mean)
+    rg = _regrid_target(ipp[order[0]], iop, rs, cs, d, tilt, spacing, shape, notes)
+    return StackPlan(order, None, rg, notes, "; ".join(resampled), rg.spacing)
+
+
+def _drop_duplicates(ipp, d_all, labels, same_pixels, where: str) -> tuple[list[int], list[str]]:
+    """Frames in slice order without byte-identical duplicates (noted); different pixels at one
+    position are an error."""
     kept: list[int] = []
+    notes: list[str] = []
     conflicts: list[str] = []
-    for idx in order:
+    for idx in np.argsort(d_all, kind="stable"):
         if kept and abs(d_all[idx] - d_all[kept[-1]]) < DUPLICATE_MM:
             if same_pixels(kept[-1], idx):
                 notes.append(f"dropped {labels[idx]}: byte-identical duplicate of {labels[kept[-1]]} at the same position")
@@ -108,78 +142,73 @@ def plan_stack(ipp: np.ndarray, iop: np.ndarray, pixel_spacing: np.ndarray, labe
                          f"position: {'; '.join(conflicts[:5])}{more}. Several acquisitions, echoes or "
                          f"phases share this series: split it (index_folder does) or pass one stack's files",
                          rule="one image per slice position")
-    order = kept
-    d = d_all[order]
-    n = len(order)
+    return kept, notes
 
-    if n == 1:
-        step = single_slice_step or 1.0
-        notes.append(f"single slice: slice step {step:g} mm from SpacingBetweenSlices/SliceThickness")
-        return StackPlan(order, affine_from_dicom(ipp[order[0]], iop, rs, cs, normal * step), None, notes,
-                         None, step)
 
-    gaps = np.diff(d)
-    g_med = float(np.median(gaps))
-    g_mean = float((d[-1] - d[0]) / (n - 1))
-    tol = spacing_tolerance * g_med + 1e-4
+@dataclass
+class _Tilt:
+    """In-plane offsets of each slice from slice 0 (voxels): zero for an orthogonal stack, linear
+    in the slice position under gantry tilt."""
+
+    off_rows: np.ndarray
+    off_cols: np.ndarray
+    tilted: bool
+    degrees: float
+
+    @classmethod
+    def of(cls, ipp_sorted, iop, rs: float, cs: float, d, notes: list[str]) -> "_Tilt":
+        row_dir, col_dir = iop[:3], iop[3:]
+        rel = ipp_sorted - ipp_sorted[0]
+        off_cols, off_rows = rel @ row_dir / cs, rel @ col_dir / rs
+        drift = float(max(np.abs(off_cols).max(), np.abs(off_rows).max()))  # voxels, over the whole stack
+        # below half a voxel over the whole stack, stacking without correction misplaces nothing
+        # visible; rounding in written positions must not trigger a resampling
+        tilted = drift > 0.5
+        if 0.05 < drift <= 0.5:
+            notes.append(f"in-plane position drift of {drift:.2f} voxel over the stack ignored (< 0.5 voxel)")
+        degrees = 0.0
+        if tilted:
+            inplane = math.hypot(float(rel[-1] @ row_dir), float(rel[-1] @ col_dir))
+            degrees = math.degrees(math.atan2(inplane, abs(d[-1] - d[0])))
+        return cls(off_rows, off_cols, tilted, degrees)
+
+
+def _irregular_gaps(gaps, g_med: float, tol: float, d, names: Sequence[str], where: str, *, on_uneven: str,
+                    uneven_spacing, on_missing: str) -> tuple[float, str]:
+    """(output spacing, what is resampled) for gaps that are not all equal: missing slices
+    (each odd gap a whole multiple of the usual one) or uneven spacing; or the error the options ask for."""
+    k = np.rint(gaps / g_med)
     irregular = np.abs(gaps - g_med) > tol
-    # in-plane offsets of each slice from slice 0: zero for an orthogonal stack, linear in d under tilt
-    rel = ipp[order] - ipp[order[0]]
-    off_cols, off_rows = rel @ row_dir / cs, rel @ col_dir / rs
-    drift = float(max(np.abs(off_cols).max(), np.abs(off_rows).max()))  # voxels, over the whole stack
-    # below half a voxel over the whole stack, stacking without correction misplaces nothing
-    # visible; rounding in written positions must not trigger a resampling
-    tilted = drift > 0.5
-    if 0.05 < drift <= 0.5:
-        notes.append(f"in-plane position drift of {drift:.2f} voxel over the stack ignored (< 0.5 voxel)")
-    tilt_deg = 0.0
-    if tilted:
-        inplane = math.hypot(float(rel[-1] @ row_dir), float(rel[-1] @ col_dir))
-        tilt_deg = math.degrees(math.atan2(inplane, abs(d[-1] - d[0])))
-    if gantry_tilt_tag:
-        notes.append(f"GantryDetectorTilt {gantry_tilt_tag:g} deg; tilt measured from positions {tilt_deg:.2f} deg")
+    missing = irregular & (k >= 2) & (np.abs(gaps - k * g_med) <= tol * k)
+    if np.all(missing[irregular]):
+        holes = [f"between {names[a]} at {d[a]:.2f} mm and {names[a + 1]} at {d[a + 1]:.2f} mm "
+                 f"(gap {gaps[a]:.2f} mm = {int(k[a])} x {g_med:.2f} mm)" for a in np.flatnonzero(missing)]
+        if on_missing != "resample":
+            raise DicomError(f"{where}: slices must be contiguous; {int(sum(k[missing] - 1))} slice(s) missing "
+                             f"{'; '.join(holes[:5])} (positions along the slice normal). Pass "
+                             f"on_missing='resample' to interpolate across the gap",
+                             rule="no missing slices (gap = k x spacing)")
+        return g_med, f"missing slices interpolated: {'; '.join(holes[:5])}"
+    desc = describe_gaps(gaps, tol)
+    if on_uneven == "refuse":
+        raise DicomError(f"{where}: slice positions must be evenly spaced; found gaps {desc} "
+                         f"(along the slice normal, tolerance {tol:.3f} mm). Pass on_uneven='resample' "
+                         f"to resample to a regular grid", rule="even slice spacing")
+    if uneven_spacing == "median":
+        spacing, how = g_med, "median gap"
+    elif uneven_spacing == "min":
+        spacing, how = float(gaps.min()), "smallest gap"
+    else:
+        spacing, how = float(uneven_spacing), "requested spacing"
+    return spacing, f"uneven spacing ({desc}) -> {spacing:.3f} mm ({how})"
 
-    spacing = g_mean
-    resampled: list[str] = []
-    if irregular.any():
-        k = np.rint(gaps / g_med)
-        missing = irregular & (k >= 2) & (np.abs(gaps - k * g_med) <= tol * k)
-        if np.all(missing[irregular]):
-            holes = [f"between {labels[order[a]]} at {d[a]:.2f} mm and {labels[order[a + 1]]} at {d[a + 1]:.2f} mm "
-                     f"(gap {gaps[a]:.2f} mm = {int(k[a])} x {g_med:.2f} mm)" for a in np.flatnonzero(missing)]
-            if on_missing != "resample":
-                raise DicomError(f"{where}: slices must be contiguous; {int(sum(k[missing] - 1))} slice(s) missing "
-                                 f"{'; '.join(holes[:5])} (positions along the slice normal). Pass "
-                                 f"on_missing='resample' to interpolate across the gap",
-                                 rule="no missing slices (gap = k x spacing)")
-            spacing = g_med
-            resampled.append(f"missing slices interpolated: {'; '.join(holes[:5])}")
-        else:
-            desc = describe_gaps(gaps, tol)
-            if on_uneven == "refuse":
-                raise DicomError(f"{where}: slice positions must be evenly spaced; found gaps {desc} "
-                                 f"(along the slice normal, tolerance {tol:.3f} mm). Pass on_uneven='resample' "
-                                 f"to resample to a regular grid", rule="even slice spacing")
-            if uneven_spacing == "median":
-                spacing, how = g_med, "median gap"
-            elif uneven_spacing == "min":
-                spacing, how = float(gaps.min()), "smallest gap"
-            else:
-                spacing, how = float(uneven_spacing), "requested spacing"
-            resampled.append(f"uneven spacing ({desc}) -> {spacing:.3f} mm ({how})")
-    if tilted:
-        if on_tilt == "keep" and not resampled:
-            step = (ipp[order[-1]] - ipp[order[0]]) / (n - 1)
-            notes.append(f"gantry tilt {tilt_deg:.1f} deg kept as a sheared affine (no resampling)")
-            return StackPlan(order, affine_from_dicom(ipp[order[0]], iop, rs, cs, step), None, notes, None, g_mean)
-        resampled.insert(0, f"gantry_tilt {tilt_deg:.1f} deg")
-    if not resampled:
-        # regular and orthogonal: the step is the normal times the mean gap (exactly orthogonal
-        # axes; positions agree with it within the tolerance)
-        return StackPlan(order, affine_from_dicom(ipp[order[0]], iop, rs, cs, normal * g_mean), None, notes, None, g_mean)
 
-    if not tilted:
-        off_cols, off_rows = np.zeros(n), np.zeros(n)
+def _regrid_target(first_ipp, iop, rs: float, cs: float, d, tilt: _Tilt, spacing: float, shape,
+                   notes: list[str]) -> Regrid:
+    """The orthogonal output grid covering every slice (grown in-plane under tilt)."""
+    row_dir, col_dir, normal = iop[:3], iop[3:], slice_normal(iop)
+    n = len(d)
+    off_cols, off_rows = (tilt.off_cols, tilt.off_rows) if tilt.tilted else (np.zeros(n), np.zeros(n))
     extent = float(d[-1] - d[0])
     # never coarser than asked (ceil), but no extra slice for a hair over a whole number of steps
     nk = max(1, int(math.ceil(extent / spacing - 0.05))) + 1
@@ -188,12 +217,11 @@ def plan_stack(ipp: np.ndarray, iop: np.ndarray, pixel_spacing: np.ndarray, labe
     j0 = int(math.floor(off_rows.min() + 1e-6))
     ni = shape[1] + int(math.ceil(off_cols.max() - 1e-6)) - i0
     nj = shape[0] + int(math.ceil(off_rows.max() - 1e-6)) - j0
-    origin = ipp[order[0]] + i0 * cs * row_dir + j0 * rs * col_dir
+    origin = first_ipp + i0 * cs * row_dir + j0 * rs * col_dir
     affine = affine_from_dicom(origin, iop, rs, cs, normal * out_spacing)
     notes.append(f"resampled to an orthogonal grid of {nk} slices x {out_spacing:.4f} mm along the slice normal "
                  f"(linear interpolation){'; in-plane grid grown to ' + str(nj) + ' x ' + str(ni) if (nj, ni) != tuple(shape) else ''}")
-    rg = Regrid(d - d[0], off_rows, off_cols, (nk, nj, ni), affine, j0, i0, out_spacing)
-    return StackPlan(order, None, rg, notes, "; ".join(resampled), out_spacing)
+    return Regrid(d - d[0], off_rows, off_cols, (nk, nj, ni), affine, j0, i0, out_spacing)
 
 
 def regrid(stack: np.ndarray, rg: Regrid, cval: float) -> np.ndarray:

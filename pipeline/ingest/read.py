@@ -354,6 +354,36 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
                    "on_missing": on_missing, "on_tilt": on_tilt, "spacing_tolerance": spacing_tolerance},
                   where="read_series")
     files = _resolve(source)
+    data = _read_files(files, max_workers)
+    where = _series_name(data[0].meta, files)
+    _check_consistent(data, where)
+    fr = _Frames.of(data)
+    g0, m0 = data[0].geo[0], data[0].meta
+    step1 = (float(m0["between"][0]) if m0["between"] is not None and m0["between"][0] > 0 else g0["thickness"])
+    plan = plan_stack(fr.ipp, g0["iop"], g0["pixel_spacing"], fr.labels, same_pixels=fr.same_pixels, where=where,
+                      on_uneven=on_uneven, uneven_spacing=uneven_spacing, on_missing=on_missing, on_tilt=on_tilt,
+                      spacing_tolerance=spacing_tolerance, single_slice_step=step1,
+                      shape=data[0].pixels.shape[1:], gantry_tilt_tag=m0["tilt"])
+    raws = [fr.pixels(i) for i in plan.order]
+    arr, rescale_note = _rescaled_stack(raws, fr.slopes[plan.order], fr.icpts[plan.order],
+                                        [data[fr.refs[i][0]].bounds for i in plan.order])
+    del raws
+    notes = list(plan.notes)
+    if plan.regrid is not None:
+        cval = float(arr.min())
+        arr = regrid(arr, plan.regrid, cval)
+        affine = plan.regrid.affine
+        notes.append(f"voxels outside the acquired slices filled with {cval:g} (the data minimum)")
+    else:
+        affine = plan.affine
+    info = _source_info(data, files, [data[fr.refs[i][0]].path for i in plan.order], plan, len(fr.labels))
+    info.update({"rescale": rescale_note, "slice_spacing_mm": plan.slice_spacing, "resampled": plan.resampled,
+                 "notes": notes + _reader_notes(data)})
+    return Volume(arr, affine, info["frame_of_reference_uid"], info)
+
+
+def _read_files(files: list[str], max_workers: int) -> list[_File]:
+    """Every file read and decoded; one DicomError listing the files that cannot be."""
     with quiet_pydicom():
         results = [_safe_read(files[0], full=True)]
         compressed = not isinstance(results[0], _File) or results[0].decoder != "native"
@@ -372,54 +402,59 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
         raise DicomError(f"{len(errors)} of {len(files)} files of the series cannot be read: {listed}",
                          path=errors[0].path, rule="every instance of a series must be readable"
                          + (f" ({errors[0].rule})" if errors[0].rule else ""))
-    data: list[_File] = results  # type: ignore[assignment]
-    where = _series_name(data[0].meta, files)
-    _check_consistent(data, where)
+    return results  # type: ignore[return-value]
 
-    labels, refs, ipp, slopes, icpts = [], [], [], [], []
-    for fi, f in enumerate(data):
-        name = os.path.basename(f.path)
-        for k, g in enumerate(f.geo):
-            labels.append(name if len(f.geo) == 1 else f"{name} frame {k + 1}")
-            refs.append((fi, k))
-            ipp.append(g["ipp"])
-            slopes.append(1.0 if f.prescaled else g["slope"])
-            icpts.append(0.0 if f.prescaled else g["intercept"])
-    ipp_a, slopes_a, icpts_a = np.array(ipp), np.array(slopes), np.array(icpts)
-    g0 = data[0].geo[0]
 
-    def same_pixels(a: int, b: int) -> bool:
-        (fa, ka), (fb, kb) = refs[a], refs[b]
-        return (slopes_a[a] == slopes_a[b] and icpts_a[a] == icpts_a[b]
-                and np.array_equal(data[fa].pixels[ka], data[fb].pixels[kb]))
+@dataclass
+class _Frames:
+    """Every frame of the series' files, in file order: its name for messages, (file, frame)
+    reference, position and rescale (identity for files decoded with the rescale applied)."""
 
-    m0 = data[0].meta
-    step1 = (float(m0["between"][0]) if m0["between"] is not None and m0["between"][0] > 0 else g0["thickness"])
-    plan = plan_stack(ipp_a, g0["iop"], g0["pixel_spacing"], labels, same_pixels=same_pixels, where=where,
-                      on_uneven=on_uneven, uneven_spacing=uneven_spacing, on_missing=on_missing, on_tilt=on_tilt,
-                      spacing_tolerance=spacing_tolerance, single_slice_step=step1,
-                      shape=data[0].pixels.shape[1:], gantry_tilt_tag=m0["tilt"])
-    raws = [data[refs[i][0]].pixels[refs[i][1]] for i in plan.order]
-    arr, rescale_note = _rescaled_stack(raws, slopes_a[plan.order], icpts_a[plan.order],
-                                        [data[refs[i][0]].bounds for i in plan.order])
-    del raws
-    notes = list(plan.notes)
-    if plan.regrid is not None:
-        cval = float(arr.min())
-        arr = regrid(arr, plan.regrid, cval)
-        affine = plan.regrid.affine
-        notes.append(f"voxels outside the acquired slices filled with {cval:g} (the data minimum)")
-    else:
-        affine = plan.affine
-    decoders = sorted({f.decoder for f in data})
-    if "simpleitk" in decoders:
+    data: list[_File]
+    labels: list[str]
+    refs: list[tuple[int, int]]
+    ipp: np.ndarray
+    slopes: np.ndarray
+    icpts: np.ndarray
+
+    @classmethod
+    def of(cls, data: list[_File]) -> "_Frames":
+        labels, refs, ipp, slopes, icpts = [], [], [], [], []
+        for fi, f in enumerate(data):
+            name = os.path.basename(f.path)
+            for k, g in enumerate(f.geo):
+                labels.append(name if len(f.geo) == 1 else f"{name} frame {k + 1}")
+                refs.append((fi, k))
+                ipp.append(g["ipp"])
+                slopes.append(1.0 if f.prescaled else g["slope"])
+                icpts.append(0.0 if f.prescaled else g["intercept"])
+        return cls(data, labels, refs, np.array(ipp), np.array(slopes), np.array(icpts))
+
+    def pixels(self, i: int) -> np.ndarray:
+        fi, k = self.refs[i]
+        return self.data[fi].pixels[k]
+
+    def same_pixels(self, a: int, b: int) -> bool:
+        return (self.slopes[a] == self.slopes[b] and self.icpts[a] == self.icpts[b]
+                and np.array_equal(self.pixels(a), self.pixels(b)))
+
+
+def _reader_notes(data: list[_File]) -> list[str]:
+    """What the reader did not do or did otherwise (decoders, mosaics, MONOCHROME1)."""
+    notes = []
+    if "simpleitk" in {f.decoder for f in data}:
         notes.append("some files decoded by SimpleITK/GDCM (pydicom could not); GDCM applied their rescale")
     if any("MOSAIC" in f.meta["image_type"] for f in data):
         notes.append("Siemens MOSAIC image: frames hold tiled slices and are not de-mosaiced")
-    if m0["photometric"] == "MONOCHROME1":
+    if data[0].meta["photometric"] == "MONOCHROME1":
         notes.append("MONOCHROME1: low values display bright; values are kept as stored x slope + intercept")
-    ordered = [data[refs[i][0]].path for i in plan.order]
-    source_info = {
+    return notes
+
+
+def _source_info(data: list[_File], files, ordered: list[str], plan, n_frames: int) -> dict:
+    """The Volume's ``source``: UIDs and descriptions of the series, what was read and how."""
+    m0 = data[0].meta
+    return {
         "reader": "pipeline.ingest.read_series",
         "study_instance_uid": m0["study_uid"], "series_instance_uid": m0["series_uid"],
         "modality": m0["modality"], "series_description": m0["description"],
@@ -427,13 +462,10 @@ def read_series(source, *, on_uneven: str = "resample", uneven_spacing="median",
         "frame_of_reference_uid": None if m0["for_uid"] is None else str(m0["for_uid"]),
         "sop_class_uid": m0["sop_class"], "manufacturer": m0["manufacturer"],
         "body_part_examined": m0["body_part"], "study_description": m0["study_description"],
-        "n_files": len(files), "n_frames": len(labels), "n_slices_read": len(plan.order),
+        "n_files": len(files), "n_frames": n_frames, "n_slices_read": len(plan.order),
         "files": [ordered[0], ordered[-1]] if len(ordered) > 1 else ordered[:1],
-        "transfer_syntaxes": sorted({f.meta["ts"] for f in data}), "decoders": decoders,
-        "rescale": rescale_note, "slice_spacing_mm": plan.slice_spacing,
-        "resampled": plan.resampled, "notes": notes,
+        "transfer_syntaxes": sorted({f.meta["ts"] for f in data}), "decoders": sorted({f.decoder for f in data}),
     }
-    return Volume(arr, affine, source_info["frame_of_reference_uid"], source_info)
 
 
 def damaged_files(studies) -> list[tuple[str, str]]:
@@ -484,6 +516,12 @@ def _explain_missing(e: DicomError, studies, series) -> None:
                      f"{series.orientation}) are the likely cause: {'; '.join(what(s) for s in others[:5])}",
                      path=others[0].files[0], rule="every instance of a series must be readable "
                      "(one damaged file must not become a gap to interpolate over)") from None
+
+
+def read_configured(path, cfg: dict) -> Volume:
+    """:func:`read_input` with a pipeline configuration's ``selection`` rules and ``ingest`` options:
+    how `surgitwin run` and `surgitwin segment --config F` read their input."""
+    return read_input(path, rules=(cfg.get("selection") or {}).get("rules"), options=cfg.get("ingest"))
 
 
 def read_input(path, *, rules=None, series_uid: str | None = None, options: dict | None = None) -> Volume:

@@ -18,7 +18,6 @@ one side with that clearance; negative = the plane crosses it, by that depth.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +125,9 @@ def split_mesh(mesh, planes: list[dict], name: str = "structure"):
 
 
 def _write_ply(mesh, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-    mesh.export(str(tmp), file_type="ply", encoding="binary")
-    os.replace(tmp, path)
+    from ..fileio import atomic_write  # one atomic writer (a failed export leaves no temporary file)
+
+    atomic_write(path, lambda p: mesh.export(str(p), file_type="ply", encoding="binary"))
 
 
 def margin(mesh_vertices: np.ndarray, planes: list[dict], resected_fraction: float) -> dict:

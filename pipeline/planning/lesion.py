@@ -239,7 +239,7 @@ def _apply(planner, label, host, region, box, seed, image, method: dict, opts: d
     table = LabelTable([*scene.labels, label])
     new_lm = LabelMap(lm.volume.with_array(arr), table)
     root = Path(scene.root)
-    write_image_file(new_lm.volume, root / scene.labelmap, arr.astype(np.uint16 if arr.max() > 255 else np.uint8))
+    write_image_file(new_lm.volume, root / scene.labelmap, new_lm.file_array())
     cfg = MeshConfig.from_dict(load_pipeline_config().get("mesh"))
     names = {label.name} | ({host} if host else set())
     meshes = {m.name: m for m in labelmap_to_meshes(new_lm, cfg, names=names)}

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import CONFIG_DIR, load_yaml
-from ..errors import ConfigError
+from ..errors import ConfigError, pydantic_config_error
 
 PLANNING_CONFIG = CONFIG_DIR / "planning.yaml"
 STATES = ("normal", "compromised")
@@ -93,10 +93,7 @@ def _load(path: str, mtime: float) -> PlanningRules:
     try:
         return PlanningRules.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        raise ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=path,
-                          rule="planning rules schema") from None
+        raise pydantic_config_error(e, path=path, rule="planning rules schema") from None
 
 
 def load_rules(path=None) -> PlanningRules:

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import CONFIG_DIR, load_yaml
-from ..errors import ConfigError
+from ..errors import pydantic_config_error
 
 PLAUSIBILITY_CONFIG = CONFIG_DIR / "plausibility.yaml"
 
@@ -47,9 +47,7 @@ def load_plausibility_rules(path=None) -> PlausibilityRules:
     try:
         return PlausibilityRules.model_validate(data if isinstance(data, dict) else {})
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"key '{'.'.join(str(x) for x in err['loc'])}': {err['msg']}", path=str(p),
-                          rule="plausibility rules schema") from None
+        raise pydantic_config_error(e, path=p, rule="plausibility rules schema") from None
 
 
 def _match(name: str, patterns) -> bool:

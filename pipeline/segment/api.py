@@ -22,8 +22,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import config_hash, software_versions
-from ..errors import ConfigError, ModelError
-from ..types import Label, LabelMap, LabelTable, StageRecord, Volume
+from ..errors import ModelError, pydantic_config_error
+from ..types import Label, LabelMap, LabelTable, StageRecord, Volume, label_dtype
 from .hu_rules import CODES, HURulesConfig, check_ct, hu_rules_arrays, hu_uncertainty
 from ..resources import release_memory
 from .postprocess import PostprocessConfig, postprocess_labels
@@ -83,9 +83,7 @@ def segment_config(cfg: SegmentConfig | dict | None) -> SegmentConfig:
     try:
         return SegmentConfig.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(["segment", *(str(x) for x in err["loc"])])
-        raise ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=src, rule=key) from None
+        raise pydantic_config_error(e, path=src, prefix="segment") from None
 
 
 def _hu_config(spec: ModelSpec | None, cfg: SegmentConfig) -> HURulesConfig:
@@ -93,8 +91,7 @@ def _hu_config(spec: ModelSpec | None, cfg: SegmentConfig) -> HURulesConfig:
     try:
         return HURulesConfig.model_validate({**base, **cfg.hu_rules})
     except ValidationError as e:
-        err = e.errors()[0]
-        raise ConfigError(f"key 'segment.hu_rules.{'.'.join(map(str, err['loc']))}': {err['msg']}") from None
+        raise pydantic_config_error(e, prefix="segment.hu_rules") from None
 
 
 def hu_rule_labels(spec: ModelSpec | None = None) -> LabelTable:
@@ -158,7 +155,7 @@ def _merge_tables(model: LabelTable, hu: LabelTable) -> tuple[LabelTable, list[s
 
 
 def _dtype_for(table: LabelTable):
-    return np.uint8 if max(table.ids, default=0) <= 255 else np.uint16
+    return label_dtype(max(table.ids, default=0))
 
 
 def scan_extent_mm(volume: Volume) -> dict[str, float]:

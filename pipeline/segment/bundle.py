@@ -30,16 +30,25 @@ _NO_OPS = {"LoadImaged", "LoadImage", "EnsureChannelFirstd", "EnsureChannelFirst
 _MISSING = object()
 
 
-def parse_overrides(overrides) -> dict[str, Any]:
-    """``["pixdim=3,3,3", "inferer#overlap=0.5"]`` or a dict -> {id: value} (values parsed as data)."""
+class Overrides(dict):
+    """Bundle values already parsed by :func:`parse_overrides` (which hands them back as they are:
+    a value is parsed once, however many hands the overrides pass through)."""
+
+
+def parse_overrides(overrides) -> Overrides:
+    """``["pixdim=3,3,3", "inferer#overlap=0.5"]`` (``--bundle-set``) or a dict -> {id: value},
+    values parsed as data. The one parser of ``--bundle-set`` (``surgitwin run`` and ``segment``)."""
+    if isinstance(overrides, Overrides):
+        return overrides
     if not overrides:
-        return {}
-    if isinstance(overrides, dict):  # values from a CLI arrive as text: parse them the same way
-        return {k: _parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()}
-    out = {}
+        return Overrides()
+    if isinstance(overrides, dict):  # values written as text (a YAML string, an API caller): parsed the same way
+        return Overrides({k: _parse_value(v) if isinstance(v, str) else v for k, v in overrides.items()})
+    out = Overrides()
     for item in overrides:
         if "=" not in item:
-            raise ModelError(f"--bundle-set expects KEY=VALUE (e.g. pixdim=3,3,3); found {item!r}")
+            raise ModelError(f"--bundle-set expects KEY=VALUE (e.g. pixdim=3,3,3); found {item!r}",
+                             rule="--bundle-set KEY=VALUE")
         key, raw = item.split("=", 1)
         out[key.strip()] = _parse_value(raw.strip())
     return out

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from ..types import LabelMap
 from ..fileio import atomic_write_json
 from .api import SegmentationResult, segment
 from .registry import resolve_model
@@ -23,10 +21,6 @@ def _atomic_json(path: Path, data) -> None:
     atomic_write_json(path, data, indent=1)
 
 
-def label_array_for_file(labelmap: LabelMap) -> np.ndarray:
-    return labelmap.array.astype(np.uint16 if max(labelmap.labels.ids, default=0) > 255 else np.uint8, copy=False)
-
-
 def write_segmentation(result: SegmentationResult, out_dir) -> dict[str, Path]:
     """Write labels.nii.gz, uncertainty.nii.gz (if any) and qc.json into ``out_dir``."""
     from ..geometry import write_image_file, write_unit_map
@@ -34,7 +28,7 @@ def write_segmentation(result: SegmentationResult, out_dir) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"labels": out / "labels.nii.gz", "qc": out / "qc.json"}
-    write_image_file(result.labelmap.volume, paths["labels"], label_array_for_file(result.labelmap))
+    write_image_file(result.labelmap.volume, paths["labels"], result.labelmap.file_array())
     if result.uncertainty is not None:
         paths["uncertainty"] = out / "uncertainty.nii.gz"
         write_unit_map(result.uncertainty, paths["uncertainty"])
@@ -46,15 +40,16 @@ def write_segmentation(result: SegmentationResult, out_dir) -> dict[str, Path]:
 
 def segment_file(input_path, out_dir, model: str = "hu_rules", overrides=None, trust: bool = False,
                  config=None) -> tuple[SegmentationResult, dict[str, Path]]:
-    """Read ``input_path`` (DICOM folder/file or NIfTI/NRRD/MHA), segment, write into ``out_dir``."""
+    """Read ``input_path`` (DICOM folder/file or NIfTI/NRRD/MHA) as `surgitwin run` does (``config``'s
+    selection and ingest sections), segment, write into ``out_dir``."""
     from ..configuration import load_pipeline_config
 
+    from ..ingest import read_configured
+    from .bundle import parse_overrides
+
     cfg = config if isinstance(config, dict) else load_pipeline_config(config)
-    try:
-        from ..ingest import read_input
-    except ImportError:  # a checkout without the ingest stage: image files still work
-        from ..geometry import read_image_file as read_input
-    volume = read_input(input_path)
+    overrides = parse_overrides(overrides)  # once, before any work (as `run`)
+    volume = read_configured(input_path, cfg)  # the file's selection rules and ingest options, as `run` reads
     spec = resolve_model(model, overrides=overrides, trust=trust)
     seg_cfg = dict(cfg.get("segment") or {})
     if cfg.get("__file__"):

@@ -12,15 +12,9 @@ from typing import Optional, Union
 from pydantic import ValidationError
 
 from ..config import load_yaml
-from ..errors import ConfigError, ModelError, SurgitwinError
+from ..errors import ConfigError, ModelError, SurgitwinError, pydantic_config_error
 from .spec import (LABELS_DIR, MODELS_DIR, _NAME, InferenceDef, IntensityStep, LabelDef,  # noqa: F401 - re-exported
                    ModelSpec, NetworkDef, Preprocessing)
-
-def _validation_error(e: ValidationError, path, prefix: str = "") -> ConfigError:
-    err = e.errors()[0]
-    key = ".".join([p for p in [prefix] if p] + [str(x) for x in err["loc"]])
-    return ConfigError(f"key '{key}': {err['msg']} (found {err.get('input')!r})", path=str(path), rule=key)
-
 
 def load_label_file(path) -> list[dict]:
     """A label table YAML (``labels: [{id, name, rgb, ...}]``) -> list of dicts (validated)."""
@@ -34,7 +28,7 @@ def load_label_file(path) -> list[dict]:
         try:
             out.append(LabelDef.model_validate(d).model_dump())
         except ValidationError as e:
-            raise _validation_error(e, path, f"labels.{i}") from None
+            raise pydantic_config_error(e, path=path, prefix=f"labels.{i}") from None
     return out
 
 
@@ -63,7 +57,7 @@ def load_model_file(path) -> ModelSpec:
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as e:
-        raise _validation_error(e, path) from None
+        raise pydantic_config_error(e, path=path) from None
     try:
         spec.label_table()
     except SurgitwinError as e:
@@ -170,7 +164,7 @@ def training_dir_spec(folder: Path, weights: str = "best") -> ModelSpec:
     try:
         spec = ModelSpec.model_validate(data)
     except ValidationError as e:
-        raise _validation_error(e, mj) from None
+        raise pydantic_config_error(e, path=mj) from None
     _check_backend_keys(spec, mj)
     return spec
 
@@ -216,8 +210,8 @@ def resolve_model(name_or_path: Union[str, Path, ModelSpec] = "hu_rules", overri
                                  "folder of a MONAI bundle or of a training output", path=str(MODELS_DIR))
             spec = load_model_file(f)
     if spec.backend == "bundle":
-        from .bundle import bundle_spec, parse_overrides
-        merged = {**parse_overrides(spec.bundle_overrides), **parse_overrides(overrides)}  # the user's last
+        from .bundle import Overrides, bundle_spec, parse_overrides
+        merged = Overrides({**parse_overrides(spec.bundle_overrides), **parse_overrides(overrides)})  # the user's last
         return bundle_spec(Path(spec.bundle), overrides=merged, trust=trust or spec.trust_bundle, entry=spec)
     if overrides:
         raise ModelError(f"--bundle-set applies to MONAI bundles; model '{spec.name}' has backend '{spec.backend}'",

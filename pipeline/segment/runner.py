@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import ModelError
-from ..types import Volume
+from ..types import Volume, label_dtype
 from .registry import InferenceDef, ModelSpec, Preprocessing
 
 
@@ -516,7 +516,7 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
             for k0, v in resample_back(fin.entropy.transpose(2, 1, 0)[None], m, shape, "bilinear"):
                 store_float16(ent[k0:k0 + v.shape[1]], v[0])
     ids = spec.channel_ids()
-    lut = np.zeros(max(n_ch, 1), np.uint8 if max(ids.values(), default=0) <= 255 else np.uint16)
+    lut = np.zeros(max(n_ch, 1), label_dtype(max(ids.values(), default=0)))
     for c, lid in ids.items():
         if c < n_ch:
             lut[c] = lid

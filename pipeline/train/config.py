@@ -8,7 +8,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..config import load_yaml
-from ..errors import ConfigError
+from ..errors import ConfigError, pydantic_config_error
 
 
 class _Strict(BaseModel):
@@ -201,21 +201,9 @@ def load_train_config(path) -> TrainConfig:
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise _config_error(e, path) from None
+        raise pydantic_config_error(e, path=path) from None
     check_network(cfg.network, path)
     return cfg.resolve_paths(path.parent)
-
-
-def _config_error(e: ValidationError, path) -> ConfigError:
-    err = e.errors()[0]
-    loc = [str(x) for x in err["loc"]]
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key (misspelt?)"
-    else:
-        msg = err["msg"]
-    key = ".".join(loc)
-    return ConfigError(f"key '{key}': {msg} (found {err.get('input')!r})", path=None if path is None else str(path),
-                       rule=key)
 
 
 def validate_config(data: dict, path=None) -> TrainConfig:
@@ -223,7 +211,7 @@ def validate_config(data: dict, path=None) -> TrainConfig:
     try:
         cfg = TrainConfig.model_validate(data)
     except ValidationError as e:
-        raise _config_error(e, path) from None
+        raise pydantic_config_error(e, path=path) from None
     check_network(cfg.network, path)
     return cfg
 

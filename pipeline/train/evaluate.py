@@ -133,7 +133,9 @@ def label_metrics(pred: np.ndarray, truth: np.ndarray, ids: dict[str, tuple[int,
     spacing : (3,) mm along the array axes
     """
     import torch
-    from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+    from monai.metrics import compute_hausdorff_distance, compute_surface_dice
+
+    from ..evaluation import dice as dice_of
 
     out = {}
     for name, (pid, tid) in ids.items():
@@ -148,7 +150,7 @@ def label_metrics(pred: np.ndarray, truth: np.ndarray, ids: dict[str, tuple[int,
         sl = tuple(slice(a, b) for a, b in zip(lo, hi))
         yp = torch.from_numpy(np.stack([~p[sl], p[sl]])[None].astype(np.float32))
         yt = torch.from_numpy(np.stack([~t[sl], t[sl]])[None].astype(np.float32))
-        dice = float(compute_dice(yp, yt, include_background=False)[0, 0])
+        dice = dice_of(p[sl], t[sl])
         if p.any():
             hd = float(compute_hausdorff_distance(yp, yt, include_background=False, percentile=95,
                                                   spacing=[float(s) for s in spacing])[0, 0])

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..evaluation import dice
 from ..fileio import atomic_write
 from .config import TrainConfig, load_train_config
 
@@ -170,7 +171,7 @@ class SynthBatches:
         while len(xs) < self.batch_size:
             try:
                 img, tgt = self.sampler.sample(rng)
-            except Exception as e:  # one bad random draw must not end a long run; repeated ones must
+            except Exception as e:  # noqa: BLE001 - one bad random draw must not end a long run; repeated ones must
                 failures += 1
                 print(f"synthesis failed ({failures}): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
                 if failures > 20:
@@ -262,7 +263,7 @@ def validate(net, val, n_classes: int, roi, device) -> list[float]:
             for c in range(1, n_classes + 1):
                 t, p = tgt == c, pred == c
                 if t.any():
-                    scores[c - 1].append(2.0 * (t & p).sum() / (t.sum() + p.sum()))
+                    scores[c - 1].append(dice(t, p))
     net.train()
     return [float(np.mean(s)) if s else float("nan") for s in scores]
 
@@ -376,10 +377,6 @@ def run_training(config, resume: bool = False, max_iterations: int | None = None
     save a checkpoint and return with ``interrupted`` set to the signal's name. A fine-tune is
     validated at iteration 0, so "best" can be the starting model.
     """
-    import torch
-    from monai.losses import DiceCELoss
-    from monai.utils import set_determinism
-
     from .config import check_network
 
     cfg = config if isinstance(config, TrainConfig) else load_train_config(config)
@@ -388,165 +385,228 @@ def run_training(config, resume: bool = False, max_iterations: int | None = None
         cfg = cfg.model_copy(deep=True)
         cfg.optim.max_iterations = int(max_iterations)
     check_training_data(cfg)
-    labels = _labels_of(cfg)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    set_determinism(seed=cfg.seed)
-    net = build_network(cfg.network.model_dump(), len(labels) + 1)
-    state_file, last_file = out / "state.pt", out / "last.safetensors"
-    it0, elapsed0, best, best_it, losses = 0, 0.0, -1.0, -1, []
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    info: dict = {}
-    if resume:
-        if not (state_file.exists() and last_file.exists()):
-            raise ModelError("--resume: no state.pt + last.safetensors to resume from", path=str(out))
-        net.load_state_dict(load_weights(last_file))
-        st = torch.load(str(state_file), map_location="cpu", weights_only=True)
-        opt.load_state_dict(st["optimizer"])
-        if "scaler" in st and amp:
-            scaler.load_state_dict(st["scaler"])
-        it0, elapsed0, best, best_it = int(st["iteration"]), float(st["elapsed_s"]), float(st["best"]), int(st["best_iteration"])
-        losses = [float(v) for v in st.get("recent_losses", torch.zeros(0)).tolist()]
+    run = _Training(cfg, _labels_of(cfg))
+    run.start(resume, reset_best)
+    run.prepare(resume, sys.stderr.isatty() if progress is None else progress)
+    if cfg.finetune and not resume and run.val:
+        run.score_starting_weights()
+    with _Stop() as stop:
+        while run.it < cfg.optim.max_iterations and stop.signal is None:
+            if not run.iteration(stop):
+                break
+        run.checkpoint(False)
+    return run.finish(stop)
+
+
+class _Training:
+    """One training run's state (network, optimiser, counters, log) and its steps; the order of
+    the steps is :func:`run_training`'s (and fixes the random streams: resumed == uninterrupted)."""
+
+    def __init__(self, cfg: TrainConfig, labels: list[str]):
+        import torch
+        from monai.utils import set_determinism
+
+        self.cfg, self.labels = cfg, labels
+        self.out = Path(cfg.output_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        self.device = torch.device("cuda" if cuda else "cpu")
+        set_determinism(seed=cfg.seed)
+        self.net = build_network(cfg.network.model_dump(), len(labels) + 1)
+        self.state_file, self.last_file = self.out / "state.pt", self.out / "last.safetensors"
+        self.it0, self.elapsed0, self.best, self.best_it, self.losses = 0, 0.0, -1.0, -1, []
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.info: dict = {}
+        self.tb = None
+        self.first_losses: list[float] = []
+
+    def start(self, resume: bool, reset_best: bool) -> None:
+        """The starting weights (a checkpoint to resume, a fine-tune source, or fresh), on the device."""
+        import torch
+
+        if resume:
+            self._resume(reset_best)
+        elif self.cfg.finetune:
+            self.info["finetune"] = _load_finetune(self.cfg, self.net, self.labels)
+        self.net.to(self.device)
+        for g in self.opt.param_groups:  # optimizer state onto the device after load
+            for p in g["params"]:
+                for v in self.opt.state.get(p, {}).values():
+                    if torch.is_tensor(v):
+                        v.data = v.data.to(self.device)
+
+    def _resume(self, reset_best: bool) -> None:
+        import torch
+
+        if not (self.state_file.exists() and self.last_file.exists()):
+            raise ModelError("--resume: no state.pt + last.safetensors to resume from", path=str(self.out))
+        self.net.load_state_dict(load_weights(self.last_file))
+        st = torch.load(str(self.state_file), map_location="cpu", weights_only=True)
+        self.opt.load_state_dict(st["optimizer"])
+        if "scaler" in st and self.amp:
+            self.scaler.load_state_dict(st["scaler"])
+        self.it0, self.elapsed0 = int(st["iteration"]), float(st["elapsed_s"])
+        self.best, self.best_it = float(st["best"]), int(st["best_iteration"])
+        self.losses = [float(v) for v in st.get("recent_losses", torch.zeros(0)).tolist()]
         if reset_best:
-            best, best_it = -1.0, -1
-        print(f"[{cfg.name}] resumed at iteration {it0} from {last_file}", file=sys.stderr)
-    elif cfg.finetune:
-        info["finetune"] = _load_finetune(cfg, net, labels)
-    net.to(device)
-    for g in opt.param_groups:  # optimizer state onto the device after load
-        for p in g["params"]:
-            for v in opt.state.get(p, {}).values():
-                if torch.is_tensor(v):
-                    v.data = v.data.to(device)
-    batches, val, val_what = make_data(cfg, labels, it0)
-    info["validation"] = val_what
-    print(f"[{cfg.name}] validation: {val_what}", file=sys.stderr)
-    (out / "model.json").write_text(json.dumps(_model_json(cfg, labels, info), indent=1))
-    import yaml
-    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    # batch dice (nnU-Net's choice) pools each class over the batch: small organs absent from one
-    # patch no longer contribute a noisy 0-or-1 term per sample
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True, batch=bool(cfg.loss.batch_dice),
-                         lambda_dice=cfg.loss.lambda_dice, lambda_ce=cfg.loss.lambda_ce)
-    log_path = out / "log.csv"
-    fields = ["iteration", "elapsed_s", "loss", "lr"] + [f"val_dice_{n}" for n in labels] + ["val_mean_dice"]
-    if resume:
-        _truncate_log(log_path, fields, it0)
-    else:
-        with open(log_path, "w", newline="") as f:
-            csv.writer(f).writerow(fields)
-    tb = None
-    if cfg.tensorboard:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(str(out / "tb"))
-        except Exception:  # tensorboard not installed: the CSV log is the record
-            tb = None
-    show = sys.stderr.isatty() if progress is None else progress
-    t_start = time.perf_counter() - elapsed0
-    first_losses = []
-    it = it0
-    net.train()
+            self.best, self.best_it = -1.0, -1
+        print(f"[{self.cfg.name}] resumed at iteration {self.it0} from {self.last_file}", file=sys.stderr)
 
-    def checkpoint(tag_best: bool):
-        save_weights(net.state_dict(), last_file)
+    def prepare(self, resume: bool, show: bool) -> None:
+        """Data, the output folder's model.json / config.yaml, the loss, the log; the clock starts."""
+        import yaml
+        from monai.losses import DiceCELoss
+
+        cfg, out = self.cfg, self.out
+        self.batches, self.val, val_what = make_data(cfg, self.labels, self.it0)
+        self.info["validation"] = val_what
+        print(f"[{cfg.name}] validation: {val_what}", file=sys.stderr)
+        (out / "model.json").write_text(json.dumps(_model_json(cfg, self.labels, self.info), indent=1))
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+        # batch dice (nnU-Net's choice) pools each class over the batch: small organs absent from one
+        # patch no longer contribute a noisy 0-or-1 term per sample
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True,
+                                  batch=bool(cfg.loss.batch_dice), lambda_dice=cfg.loss.lambda_dice,
+                                  lambda_ce=cfg.loss.lambda_ce)
+        self._open_log(resume)
+        self.show = show
+        self.t_start = time.perf_counter() - self.elapsed0
+        self.it = self.it0
+        self.net.train()
+
+    def _open_log(self, resume: bool) -> None:
+        self.log_path = self.out / "log.csv"
+        self.fields = (["iteration", "elapsed_s", "loss", "lr"] + [f"val_dice_{n}" for n in self.labels]
+                       + ["val_mean_dice"])
+        if resume:
+            _truncate_log(self.log_path, self.fields, self.it0)
+        else:
+            with open(self.log_path, "w", newline="") as f:
+                csv.writer(f).writerow(self.fields)
+        if self.cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.out / "tb"))
+            except Exception:  # noqa: BLE001 - tensorboard missing or broken: the CSV log is the record
+                self.tb = None
+
+    def checkpoint(self, tag_best: bool) -> None:
+        import torch
+
+        save_weights(self.net.state_dict(), self.last_file)
         if tag_best:
-            save_weights(net.state_dict(), out / "best.safetensors")
-        st = {"iteration": torch.tensor(it), "elapsed_s": torch.tensor(time.perf_counter() - t_start),
-              "best": torch.tensor(best), "best_iteration": torch.tensor(best_it), "optimizer": opt.state_dict(),
-              "recent_losses": torch.tensor(losses[-cfg.log_every:], dtype=torch.float64),
-              "scaler": scaler.state_dict()}
-        _atomic(state_file, lambda p: torch.save(st, str(p)))
+            save_weights(self.net.state_dict(), self.out / "best.safetensors")
+        st = {"iteration": torch.tensor(self.it), "elapsed_s": torch.tensor(time.perf_counter() - self.t_start),
+              "best": torch.tensor(self.best), "best_iteration": torch.tensor(self.best_it),
+              "optimizer": self.opt.state_dict(),
+              "recent_losses": torch.tensor(self.losses[-self.cfg.log_every:], dtype=torch.float64),
+              "scaler": self.scaler.state_dict()}
+        _atomic(self.state_file, lambda p: torch.save(st, str(p)))
 
-    def write_row(row):
-        with open(log_path, "a", newline="") as f:
-            csv.writer(f).writerow([row.get(k, "") for k in fields])
+    def write_row(self, row: dict) -> None:
+        with open(self.log_path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in self.fields])
 
-    def validation_row(row):
-        nonlocal best, best_it
-        dice = validate(net, val, len(labels), cfg.roi_size, device)
-        mean = float(np.nanmean(dice)) if not all(math.isnan(d) for d in dice) else 0.0
-        row.update({f"val_dice_{n}": round(d, 4) for n, d in zip(labels, dice)})
+    def validation_row(self, row: dict) -> bool:
+        """Validation Dice into ``row``; True when it is the best so far."""
+        scores = validate(self.net, self.val, len(self.labels), self.cfg.roi_size, self.device)
+        mean = float(np.nanmean(scores)) if not all(math.isnan(d) for d in scores) else 0.0
+        row.update({f"val_dice_{n}": round(d, 4) for n, d in zip(self.labels, scores)})
         row["val_mean_dice"] = round(mean, 4)
-        if tb:
-            for n, d in zip(labels, dice):
-                tb.add_scalar(f"val_dice/{n}", d, it)
-        if mean > best:
-            best, best_it = mean, it
+        if self.tb:
+            for n, d in zip(self.labels, scores):
+                self.tb.add_scalar(f"val_dice/{n}", d, self.it)
+        if mean > self.best:
+            self.best, self.best_it = mean, self.it
             return True
         return False
 
-    if cfg.finetune and not resume and val:
-        # the starting model is a candidate too: a fine-tune that only makes it worse keeps it as "best"
+    def score_starting_weights(self) -> None:
+        """A fine-tune's starting model is a candidate too: one that only gets worse keeps it as "best"."""
         row = {"iteration": 0, "elapsed_s": 0.0, "loss": "", "lr": ""}
-        validation_row(row)
-        write_row(row)
-        checkpoint(True)
-        print(f"[{cfg.name}] iteration 0 (starting weights): mean validation Dice {row['val_mean_dice']:.4f}",
+        self.validation_row(row)
+        self.write_row(row)
+        self.checkpoint(True)
+        print(f"[{self.cfg.name}] iteration 0 (starting weights): mean validation Dice {row['val_mean_dice']:.4f}",
               file=sys.stderr)
 
-    with _Stop() as stop:
-        while it < cfg.optim.max_iterations and stop.signal is None:
-            elapsed = time.perf_counter() - t_start
-            if cfg.optim.max_minutes and elapsed > 60.0 * cfg.optim.max_minutes:
-                break
-            lr = cfg.optim.lr * _lr_factor(cfg, it, elapsed)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            try:
-                x, y = next(batches)
-            except Exception:
-                if stop.signal is not None:  # a loader interrupted by the same signal
-                    break
-                raise
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=amp):
-                loss = loss_fn(net(x), y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.optim.grad_clip)
-            scaler.step(opt)
-            scaler.update()
-            it += 1
-            lv = float(loss.detach())
-            losses = (losses + [lv])[-max(cfg.log_every, 5):]
-            if len(first_losses) < 5:
-                first_losses.append(lv)
-            row, is_best = None, False
-            last_it = it == cfg.optim.max_iterations
-            if it % cfg.log_every == 0 or last_it or (val and it % cfg.val_every == 0):
-                row = {"iteration": it, "elapsed_s": round(time.perf_counter() - t_start, 1),
-                       "loss": round(float(np.mean(losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
-            if val and (it % cfg.val_every == 0 or last_it):
-                is_best = validation_row(row)
-            if row:
-                write_row(row)
-                if tb:
-                    tb.add_scalar("loss", row["loss"], it)
-                    tb.add_scalar("lr", lr, it)
-                _progress(cfg, it, lr, row, show)
-            if is_best or it % cfg.checkpoint_every == 0 or last_it:
-                checkpoint(is_best)
-        checkpoint(False)
-    if not (out / "best.safetensors").exists() and last_file.exists():
-        save_weights(load_weights(last_file), out / "best.safetensors")
-    if show:
-        print(file=sys.stderr)
-    if stop.signal:
-        print(f"[{cfg.name}] {stop.signal}: stopped after iteration {it}; checkpoint saved in {out} "
-              f"(continue with --resume)", file=sys.stderr)
-    if tb:
-        tb.close()
-    return {"output_dir": str(out), "iterations": it, "start_iteration": it0,
-            "elapsed_s": time.perf_counter() - t_start, "best_val_mean_dice": best, "best_iteration": best_it,
-            "first_losses": first_losses, "last_losses": losses[-5:], "labels": labels,
-            "interrupted": stop.signal, "validation": val_what, "finetune": info.get("finetune")}
+    def iteration(self, stop) -> bool:
+        """One optimiser step, then its log row, validation and checkpoint; False when the time
+        budget is spent or the loader was interrupted by the stopping signal."""
+        elapsed = time.perf_counter() - self.t_start
+        if self.cfg.optim.max_minutes and elapsed > 60.0 * self.cfg.optim.max_minutes:
+            return False
+        lr = self.cfg.optim.lr * _lr_factor(self.cfg, self.it, elapsed)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        try:
+            x, y = next(self.batches)
+        except Exception:  # noqa: BLE001 - re-raised unless the stopping signal interrupted the loader
+            if stop.signal is not None:
+                return False
+            raise
+        lv = self._step(x, y)
+        self.it += 1
+        self.losses = (self.losses + [lv])[-max(self.cfg.log_every, 5):]
+        if len(self.first_losses) < 5:
+            self.first_losses.append(lv)
+        self._record(lr)
+        return True
+
+    def _step(self, x, y) -> float:
+        import torch
+
+        x, y = x.to(self.device), y.to(self.device)
+        self.opt.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss = self.loss_fn(self.net(x), y)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return float(loss.detach())
+
+    def _record(self, lr: float) -> None:
+        """The log row, validation and checkpoint due after iteration ``self.it``."""
+        cfg, it, val = self.cfg, self.it, self.val
+        row, is_best = None, False
+        last_it = it == cfg.optim.max_iterations
+        if it % cfg.log_every == 0 or last_it or (val and it % cfg.val_every == 0):
+            row = {"iteration": it, "elapsed_s": round(time.perf_counter() - self.t_start, 1),
+                   "loss": round(float(np.mean(self.losses[-cfg.log_every:])), 5), "lr": f"{lr:.3g}"}
+        if val and (it % cfg.val_every == 0 or last_it):
+            is_best = self.validation_row(row)
+        if row:
+            self.write_row(row)
+            if self.tb:
+                self.tb.add_scalar("loss", row["loss"], it)
+                self.tb.add_scalar("lr", lr, it)
+            _progress(cfg, it, lr, row, self.show)
+        if is_best or it % cfg.checkpoint_every == 0 or last_it:
+            self.checkpoint(is_best)
+
+    def finish(self, stop) -> dict:
+        """best.safetensors guaranteed, the log closed; the run's summary."""
+        out, it = self.out, self.it
+        if not (out / "best.safetensors").exists() and self.last_file.exists():
+            save_weights(load_weights(self.last_file), out / "best.safetensors")
+        if self.show:
+            print(file=sys.stderr)
+        if stop.signal:
+            print(f"[{self.cfg.name}] {stop.signal}: stopped after iteration {it}; checkpoint saved in {out} "
+                  f"(continue with --resume)", file=sys.stderr)
+        if self.tb:
+            self.tb.close()
+        return {"output_dir": str(out), "iterations": it, "start_iteration": self.it0,
+                "elapsed_s": time.perf_counter() - self.t_start, "best_val_mean_dice": self.best,
+                "best_iteration": self.best_it, "first_losses": self.first_losses, "last_losses": self.losses[-5:],
+                "labels": self.labels, "interrupted": stop.signal, "validation": self.info["validation"],
+                "finetune": self.info.get("finetune")}
 
 
 def _progress(cfg: TrainConfig, it: int, lr: float, row: dict, show: bool) -> None:
