@@ -24,6 +24,7 @@ from pipeline.errors import SurgitwinError
 from .capture import CaptureMixin
 from .fourup_gui import FourUpMixin
 from .interact import PlanningMixin
+from .timepoints import TimepointMixin
 from .render import (BODY_OPACITY, RenderError, configure_view, material_for, set_priority, structure_styles, sun_direction,
                      to_o3d_mesh)
 from .tools import marker_scale
@@ -50,7 +51,7 @@ def require_display() -> None:
             raise DisplayMissing(f"the viewer needs a display and no X server is listening on DISPLAY={disp}; {hint}")
 
 
-class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
+class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
     """One window showing one scene. Create on the GUI thread, then :meth:`run`."""
 
     def __init__(self, scene_path, *, size=(1440, 900), view: str = "anterior", layout: str = "3d",
@@ -116,8 +117,11 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         self._add_marker(lo, hi)
 
         from .panels import build_panel
+        from .timepoints import build_timepoint_section
 
+        self._setup_timepoints()
         self.ui = build_panel(self)
+        self.ui.update(build_timepoint_section(self, self.ui["root"], self.window.theme.font_size))
         self.layout = layout
         if layout == "four-up":  # slice panes beside the 3-D view (viewer.fourup_gui)
             from .fourup_gui import build_correct_section
@@ -312,14 +316,15 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             return
         # uncertainty colours only on opaque surfaces: Filament's transparent shader drops
         # vertex colours (a translucent coloured organ would vanish)
-        coloured = self.color_by_uncertainty and name in self._unc_colors and st.opacity >= 0.999
+        rgb = self._vertex_rgb(name) if st.opacity >= 0.999 else None  # change or uncertainty colours
+        coloured = rgb is not None
         mat = material_for(st, vertex_colors=coloured)
         # a shader change (opaque <-> translucent) needs the geometry added again: Filament
         # shows nothing when modify_geometry_material switches the blending mode
-        if coloured != (name in self._vertex_coloured) or mat.shader != self._shader.get(name):
+        if coloured or coloured != (name in self._vertex_coloured) or mat.shader != self._shader.get(name):
             self.widget.scene.remove_geometry(key)
             m = self.scene.mesh(name).mesh
-            self.widget.scene.add_geometry(key, to_o3d_mesh(m, self._unc_colors[name] if coloured else None), mat)
+            self.widget.scene.add_geometry(key, to_o3d_mesh(m, rgb), mat)
             set_priority(self.widget.scene, key, name)
             (self._vertex_coloured.add if coloured else self._vertex_coloured.discard)(name)
             self._shader[name] = mat.shader
@@ -537,6 +542,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 "qc_marked": sorted(n for n, lab in self._qc_labels.items() if lab.text),
                 "widget_frame": [self.widget.frame.x, self.widget.frame.y, self.widget.frame.width, self.widget.frame.height],
                 "layout": self.layout,
+                "timepoints": {**self.timepoint_state(), "widgets": self._timepoint_widgets()},
             }
             if self.layout == "four-up":
                 out["crosshair"] = self.fourup.crosshair.tolist()
@@ -554,10 +560,20 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
 
 def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screenshot: str | None = None,
                script: str | None = None, result: str | None = None, timeout: float = 300.0, layout: str = "3d",
-               four_up: dict | None = None) -> int:
-    """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit."""
+               four_up: dict | None = None, timepoints: dict | None = None) -> int:
+    """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit.
+    ``timepoints``: {timepoint, compare, compare_opacity, color_by_change} (``surgitwin view`` options)."""
     require_display()
+    tp = dict(timepoints or {})
+    from pipeline.followup.view import timepoint_scene_path
+
+    scene_path = timepoint_scene_path(scene_path, tp.get("timepoint"))  # default: the current time point
     app = ViewerApp(scene_path, size=size, view=view, layout=layout, four_up=four_up)
+    app.change_threshold_mm = float(tp.get("threshold_mm") or 1.0)
+    if tp.get("compare"):
+        app.set_compare(tp["compare"], tp.get("compare_opacity"))
+    if tp.get("color_by_change"):
+        app.set_color_by_change(tp["color_by_change"], True)
     if screenshot or script:
         from .driver import load_actions, start_driver
 
