@@ -218,7 +218,8 @@ def change_colormap(d: np.ndarray, limit_mm: float = CHANGE_LIMIT_MM,
 
 
 def change_colorbar_image(width: int, height: int, limit_mm: float = CHANGE_LIMIT_MM,
-                          threshold_mm: float = CHANGE_THRESHOLD_MM, title: str = "change"):
+                          threshold_mm: float = CHANGE_THRESHOLD_MM, title: str = "change",
+                          subtitle: str = ""):
     """PIL picture of the change scale in mm, its ends and the white band named."""
     from PIL import Image, ImageDraw
 
@@ -226,13 +227,16 @@ def change_colorbar_image(width: int, height: int, limit_mm: float = CHANGE_LIMI
 
     img = Image.new("RGB", (int(width), int(height)), (250, 250, 250))
     d = ImageDraw.Draw(img)
-    s = max(9, min(14, height // 5))
-    bar_h = max(6, height - 3 * s - 12)
-    x0, x1, y0 = 6, width - 6, s + 4
+    s = max(9, min(14, height // 6))
+    head = (s + 4) * (2 if subtitle else 1)
+    bar_h = max(6, height - head - 2 * s - 10)
+    x0, x1, y0 = 6, width - 6, head
     ramp = (change_colormap(np.linspace(-limit_mm, limit_mm, max(x1 - x0, 2)), limit_mm, threshold_mm) * 255)
     img.paste(Image.fromarray(np.repeat(ramp.astype(np.uint8)[None], bar_h, axis=0)), (x0, y0))
     d.rectangle([x0 - 1, y0 - 1, x1, y0 + bar_h], outline=(60, 60, 60))
     d.text((x0, 2), title, font=_font(s), fill=(30, 30, 30))
+    if subtitle:
+        d.text((x0, s + 5), subtitle, font=_font(s), fill=(30, 30, 30))
     y = y0 + bar_h + 2
     d.text((x0, y), f"-{limit_mm:g} mm shrink", font=_font(s), fill=(30, 30, 30))
     d.text((x1, y), f"+{limit_mm:g} mm grow", font=_font(s), fill=(30, 30, 30), anchor="ra")
@@ -384,21 +388,22 @@ def legend_strip(tv: TimepointView, styles, width: int, height: int, compare_opa
     strip = Image.new("RGB", (width, height), (250, 250, 250))
     d = ImageDraw.Draw(strip)
     s = max(10, min(15, height // 40))
-    d.text((8, 6), f"time point {timepoint_label(tv.viewed)}", font=_font(s), fill=(30, 30, 30))
-    y = s + 12
+    d.text((8, 6), "time point shown", font=_font(s), fill=(90, 90, 90))
+    d.text((8, s + 10), timepoint_label(tv.viewed), font=_font(s), fill=(30, 30, 30))
+    y = 2 * s + 18
     if tv.compare is not None:
         d.rectangle([8, y, 8 + s, y + s], fill=COMPARE_TINT, outline=(60, 60, 60))
         d.text((14 + s, y), f"{tv.compare['id']} ({compare_opacity:.0%}, rigid)", font=_font(s), fill=(30, 30, 30))
         y += s + 6
-    bar_h = min(90, height // 4) if tv.change is not None else 0
+    bar_h = min(110, height // 4) if tv.change is not None else 0
     body = Image.new("RGB", (width, max(height - y - bar_h, 16)), (250, 250, 250))
     draw_legend(body, styles)
     strip.paste(body, (0, y))
     if bar_h:
         c = tv.change
-        strip.paste(change_colorbar_image(width, bar_h, c.limit_mm, c.threshold_mm,
-                                          title=f"{c.structure}: {c.other} -> {c.viewed}" if _later(tv, c)
-                                          else f"{c.structure}: {c.viewed} -> {c.other}"), (0, height - bar_h))
+        a, b = (c.other, c.viewed) if _later(tv, c) else (c.viewed, c.other)
+        strip.paste(change_colorbar_image(width, bar_h, c.limit_mm, c.threshold_mm, title=f"{c.structure} change",
+                                          subtitle=f"{a} -> {b}"), (0, height - bar_h))
     return strip
 
 
