@@ -75,7 +75,7 @@ def session(xvfb, tmp_path_factory):
     env = dict(os.environ, DISPLAY=xvfb)
     env.pop("WAYLAND_DISPLAY", None)
     p = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(root), "--size", f"{SIZE[0]}x{SIZE[1]}",
-                        "--script", str(out / "script.json"), "--result", str(out / "result.json")],
+                        "--change-threshold", "1.5", "--script", str(out / "script.json"), "--result", str(out / "result.json")],
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=400)
     assert (out / "result.json").exists(), f"no result (rc {p.returncode}):\n{p.stderr[-3000:]}"
     res = json.loads((out / "result.json").read_text())
@@ -108,8 +108,9 @@ def test_compare_and_colour_by_change_match_the_core(session):
     tp = session["values"][5]["timepoints"]
     assert tp["compare"] == "20250101" and "compare:liver_tumor" in tp["compare_drawn"]
     ch = tp["change"]
-    core = timepoint_view(session["root"], compare="baseline", color_by_change="liver_tumor").change.summary()
-    assert ch == core
+    core = timepoint_view(session["root"], compare="baseline", color_by_change="liver_tumor",
+                          threshold_mm=1.5).change.summary()
+    assert ch == core and ch["threshold_mm"] == 1.5  # --change-threshold reaches the window
     assert 4.5 < ch["mean_mm"] < 7.5 and ch["growth_fraction"] > 0.97
     assert tp["widgets"]["change_on"] and tp["widgets"]["colorbar_visible"] and "+" in tp["widgets"]["change_text"]
     assert tp["widgets"]["compare"] == "baseline 20250101"

@@ -117,11 +117,9 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
         self._add_marker(lo, hi)
 
         from .panels import build_panel
-        from .timepoints import build_timepoint_section
 
         self._setup_timepoints()
-        self.ui = build_panel(self)
-        self.ui.update(build_timepoint_section(self, self.ui["root"], self.window.theme.font_size))
+        self.ui = build_panel(self)  # with the time point section (viewer.timepoints)
         self.layout = layout
         if layout == "four-up":  # slice panes beside the 3-D view (viewer.fourup_gui)
             from .fourup_gui import build_correct_section

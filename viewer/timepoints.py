@@ -132,6 +132,8 @@ class TimepointMixin:
     def _timepoint_widgets(self) -> dict:
         """What the section's widgets show (for panel_state; GUI thread)."""
         ui = self.ui
+        if "tp_select" not in ui:  # one time point: no section
+            return {}
 
         def items(c):
             return [c.get_item(i) for i in range(c.number_of_items)]
@@ -240,20 +242,31 @@ class TimepointMixin:
         else:
             ui["tp_change_text"].text = ""
         ui["tp_colorbar"].visible = ch is not None
+        w, h, drawn = ui["tp_colorbar_size"]
+        if ch is not None and ch.threshold_mm != drawn:  # the scale states the threshold in force
+            ui["tp_colorbar"].update_image(_colorbar(w, h, ch.threshold_mm))
+            ui["tp_colorbar_size"] = (w, h, ch.threshold_mm)
         ui["tp_shown"].text = f"shown: {timepoint_label(self.tp_viewed)}"
         self.window.set_needs_layout()
 
 
-def build_timepoint_section(app, root, em) -> dict:
-    """The "Time points" panel section: shown time point, compare with + opacity, colour by change."""
+def _colorbar(width: int, height: int, threshold_mm: float):
     import open3d as o3d
 
-    from pipeline.followup.view import change_colorbar_image, timepoint_label
+    from pipeline.followup.view import change_colorbar_image
+
+    img = change_colorbar_image(width, height, threshold_mm=threshold_mm)
+    return o3d.geometry.Image(np.ascontiguousarray(np.asarray(img)))
+
+
+def build_timepoint_section(app, root, em) -> dict:
+    """The "Time points" panel section (scenes with more than one): shown time point, compare
+    with + opacity, colour by change (its scale drawn with the threshold in force)."""
+    from pipeline.followup.view import timepoint_label
 
     gui = app.gui
     ui: dict = {}
     sec = gui.CollapsableVert("Time points", int(0.25 * em), gui.Margins(int(0.5 * em), 0, 0, 0))
-    sec.set_is_open(len(app.timepoints) > 1)
     ids = [t["id"] for t in app.timepoints]
     labels = [timepoint_label(t) for t in app.timepoints]
 
@@ -306,14 +319,13 @@ def build_timepoint_section(app, root, em) -> dict:
     row.add_child(on)
     row.add_child(st)
     sec.add_child(row)
-    bar = gui.ImageWidget(o3d.geometry.Image(np.ascontiguousarray(np.asarray(change_colorbar_image(int(14 * em),
-                                                                                                 int(3.6 * em))))))
+    bar = gui.ImageWidget(_colorbar(int(14 * em), int(3.6 * em), app.change_threshold_mm))
+    bar.tooltip = "signed distance to the other time point's surface, mm"
+    ui["tp_colorbar_size"] = (int(14 * em), int(3.6 * em), app.change_threshold_mm)
     bar.visible = False
     ui["tp_colorbar"] = bar
     sec.add_child(bar)
     ui["tp_change_text"] = gui.Label("")
     sec.add_child(ui["tp_change_text"])
-    for w in (sel, cmp_, op, st, on):
-        w.enabled = len(app.timepoints) > 1 or w is sel
     root.add_child(sec)
     return ui

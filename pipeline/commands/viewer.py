@@ -100,7 +100,7 @@ def cmd_view(args) -> int:
         return _timepoint_picture(args, timepoints)
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
                       script=args.script, result=args.result, timeout=args.timeout,
-                      timepoints=timepoints if asked else None)
+                      timepoints=timepoints)
 
 
 def _timepoint_picture(args, timepoints: dict) -> int:
