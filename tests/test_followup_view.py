@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -197,9 +198,17 @@ def test_colour_by_change_paints_the_grown_tumour_red_and_the_rest_neutral(pair,
 def test_view_timepoint_errors_name_the_scene_and_exit_1(pair, tmp_path):
     root, _ = pair
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
-    for args, words in ((["--compare", "20990101"], "not in the scene"),
-                        (["--color-by-change", "aorta"], "structure 'aorta'")):
-        p = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(root), *args, "--screenshot",
+    single = tmp_path / "single"
+    shutil.copytree(root, single, ignore=shutil.ignore_patterns("timepoints"))
+    data = json.loads((single / "scene.json").read_text())
+    data.pop("timepoints"), data.pop("current_timepoint")
+    (single / "scene.json").write_text(json.dumps(data))
+    for scene, args, words in ((root, ["--compare", "20990101"], "not in the scene"),
+                               (root, ["--color-by-change", "aorta"], "structure 'aorta'"),
+                               (single, ["--color-by-change", "liver_tumor"], "needs a second time point"),
+                               (root, ["--color-by-change", "liver_tumor", "--change-threshold", "-1"], "0 to 5 mm")):
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(scene), *args, "--screenshot",
                             str(tmp_path / "x.png")], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
-        assert p.returncode == 1 and words in p.stderr and str(root) in p.stderr and "Traceback" not in p.stderr
+        assert p.returncode == 1 and words in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert str(scene) in p.stderr or "--change-threshold" in p.stderr
         assert not (tmp_path / "x.png").exists()

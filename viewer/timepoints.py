@@ -97,7 +97,7 @@ class TimepointMixin:
 
         self._check_structure(structure)
         if on:
-            other = other_for_change(self.timepoints, self.tp_viewed, self.tp_compare)
+            other = other_for_change(self.timepoints, self.tp_viewed, self.tp_compare, self.tp_root)
             d = signed_change(self.tp_root, self.tp_viewed, other, structure, self.scene.mesh(structure).mesh)
             self.change = ChangeColours(structure, self.tp_viewed["id"], other["id"], d,
                                         threshold_mm=self.change_threshold_mm)

@@ -85,6 +85,11 @@ def cmd_view(args) -> int:
     from pipeline.render.views import check_view
 
     check_view(args.view)
+    if not 0.0 <= args.change_threshold < 5.0:
+        from pipeline.errors import SurgitwinError
+
+        raise SurgitwinError(f"--change-threshold must be 0 to 5 mm (colours saturate at 5 mm); found {args.change_threshold}",
+                             rule="change threshold in mm")
     if args.layout == "four-up":
         return _four_up(args)
     from viewer.app import DisplayMissing, require_display, run_viewer
@@ -128,16 +133,18 @@ def _four_up(args) -> int:
         if not args.screenshot:
             raise DisplayMissing(f"{e}; or draw the four-up without a display: --layout four-up --screenshot OUT.png",
                                  rule="the interactive viewer needs a display") from None
+        from pipeline.followup.view import timepoint_scene_path
         from pipeline.render.fourup import four_up_screenshot
 
-        out = four_up_screenshot(args.scene, args.screenshot, parse_size(args.size), view=args.view,
+        # the time point the window would open (--timepoint, else the current one)
+        out = four_up_screenshot(timepoint_scene_path(args.scene, args.timepoint), args.screenshot, parse_size(args.size), view=args.view,
                                  crosshair=args.crosshair, window=args.window, overlay=args.overlay,
                                  opacity=args.overlay_opacity)
         print(out)
         return 0
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
                       script=args.script, result=args.result, layout="four-up", four_up=settings,
-                      timeout=args.timeout)
+                      timeout=args.timeout, timepoints={"timepoint": args.timepoint})
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -140,14 +140,14 @@ def _index(tps: list[dict], tp: dict) -> int:
     return [t["id"] for t in tps].index(tp["id"])
 
 
-def other_for_change(tps: list[dict], viewed: dict, compare: dict | None) -> dict:
+def other_for_change(tps: list[dict], viewed: dict, compare: dict | None, root=None) -> dict:
     """``compare``, else the time point before ``viewed`` (after it, for the first)."""
     if compare is not None:
         return compare
     i = _index(tps, viewed)
     if len(tps) < 2:
         raise SceneError("colour by change needs a second time point; this scene has one "
-                         "(add one with surgitwin follow-up)", path=None, rule="change needs two time points")
+                         "(add one with surgitwin follow-up)", path=root, rule="change needs two time points")
     return tps[i - 1] if i > 0 else tps[1]
 
 
@@ -264,7 +264,7 @@ def timepoint_view(scene_path, *, timepoint: str | None = None, compare: str | N
         if color_by_change not in scene.structure_names:
             raise SceneError(f"structure '{color_by_change}' is not in time point '{viewed['id']}'; known: "
                              f"{scene.structure_names}", path=str(root / viewed["path"]), rule="structure must exist")
-        o = other_for_change(tps, viewed, other)
+        o = other_for_change(tps, viewed, other, root)
         d = signed_change(root, viewed, o, color_by_change, scene.mesh(color_by_change).mesh)
         out.change = ChangeColours(color_by_change, viewed["id"], o["id"], d, float(limit_mm), float(threshold_mm))
     return out
