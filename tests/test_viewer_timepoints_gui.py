@@ -64,6 +64,9 @@ def session(xvfb, tmp_path_factory):
         {"do": "set_color_by_change", "args": ["liver_tumor", True]},
         {"do": "screenshot", "args": [str(out / "change.png"), "scene"]},
         {"do": "panel_state"},
+        {"do": "set_visible", "args": ["spleen", False]},
+        {"do": "screenshot", "args": [str(out / "no_spleen.png"), "scene"]},
+        {"do": "set_visible", "args": ["spleen", True]},
         {"do": "set_compare_opacity", "args": [0.6]},
         {"do": "set_timepoint", "args": ["baseline"]},
         {"do": "screenshot", "args": [str(out / "baseline.png"), "scene"]},
@@ -123,8 +126,18 @@ def test_compare_and_colour_by_change_match_the_core(session):
     assert (x < 0.5) == (letters["left"] == "R") and letters["left"] in ("R", "L")
 
 
+def test_hiding_a_structure_hides_its_compared_surface_too(session):
+    a, b = _rgb(session["out"] / "change.png"), _rgb(session["out"] / "no_spleen.png")
+    # the spleen (patient left: screen right) and its teal ghost both gone: nothing left there
+    bg = b[5, 5]
+    right = np.s_[:, a.shape[1] * 3 // 5:]
+    drawn_a = (np.abs(a[right] - bg).sum(axis=2) > 40).sum()
+    drawn_b = (np.abs(b[right] - bg).sum(axis=2) > 40).sum()
+    assert drawn_a > 2000 and drawn_b < 0.7 * drawn_a, (drawn_a, drawn_b)
+
+
 def test_switching_to_the_baseline_swaps_surfaces_and_keeps_growth_red(session):
-    tp = session["values"][9]["timepoints"]
+    tp = session["values"][12]["timepoints"]
     assert tp["viewed"] == "20250101" and Path(tp["scene_root"]).resolve() == Path(session["root"]).resolve()
     assert tp["compare"] is None  # the compared time point is the one shown now
     assert tp["change"]["other"] == FOLLOWUP_DATE and tp["change"]["growth_fraction"] > 0.97
@@ -132,6 +145,6 @@ def test_switching_to_the_baseline_swaps_surfaces_and_keeps_growth_red(session):
     a = _rgb(session["out"] / "baseline.png")
     red = (a[..., 0] > 150) & (a[..., 1] < 0.6 * a[..., 0]) & (a[..., 2] < 0.6 * a[..., 0])
     assert red.sum() > 500
-    last = session["values"][11]
+    last = session["values"][14]
     assert last["timepoints"]["change"] is None and not last["timepoints"]["widgets"]["colorbar_visible"]
     assert last["structures"]["liver"]["opacity"] == 1.0  # restored after the change colours

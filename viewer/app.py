@@ -329,6 +329,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
         else:
             self.widget.scene.modify_geometry_material(key, mat)
         self.widget.scene.show_geometry(key, st.visible and name not in self._hidden_by_cut)
+        if self.widget.scene.has_geometry(f"compare:{name}"):  # the compared time point's surface follows
+            self.widget.scene.show_geometry(f"compare:{name}", st.visible)
         if name in self._qc_labels:
             self._qc_labels[name].text = f"? {name}" if st.visible else ""
         self._ray_scene = None

@@ -161,12 +161,13 @@ class TimepointMixin:
         self._compare_keys = []
         for name, mesh in meshes.items():
             st = self.styles.get(name)
-            if st is None or not st.visible:
+            if st is None:
                 continue
             key = f"compare:{name}"
             self.widget.scene.add_geometry(key, to_o3d_mesh(lifted(mesh)), compare_material(self.compare_opacity))
             set_priority(self.widget.scene, key, name)
             self.widget.scene.scene.set_geometry_priority(key, 8)
+            self.widget.scene.show_geometry(key, st.visible)  # hidden with its structure (app._restyle)
             self._compare_keys.append(key)
         self._touch()
 
