@@ -303,26 +303,12 @@ def compare_material(opacity: float = COMPARE_OPACITY):
 
 
 # -- headless picture ----------------------------------------------------------------------------
-def render_timepoint_views(scene_path, out_png, views: Sequence[str] = ("anterior",), size=(1280, 720), *,
-                           timepoint: str | None = None, compare: str | None = None,
-                           compare_opacity: float = COMPARE_OPACITY, color_by_change: str | None = None,
-                           threshold_mm: float = CHANGE_THRESHOLD_MM, limit_mm: float = CHANGE_LIMIT_MM,
-                           hide: Iterable[str] = (), opacity: Mapping[str, float] | None = None,
-                           legend: bool = True, vfov_deg: float = 30.0, state_json=None) -> Path:
-    """The time point picture in this process (Open3D offscreen); ``state_json`` gets
-    :meth:`TimepointView.state`. Body/skin are hidden as in snapshots."""
-    from PIL import Image
-
+def timepoint_geometries(tv: TimepointView, styles, compare_opacity: float = COMPARE_OPACITY) -> list:
+    """[(name, open3d mesh, material)]: the viewed structures (the change-coloured one with its
+    vertex colours), then the compared time point's surfaces (``compare:<name>``) of the shown ones."""
     from ..render.drawing import to_o3d_mesh
-    from ..render.offscreen import (BACKGROUND, RenderError, _ensure_headless_env, annotate_tile, configure_view,
-                                    material_for, scene_geometries, set_priority, structure_styles, sun_direction)
-    from ..render.views import check_view, fit_camera
+    from ..render.offscreen import material_for, scene_geometries
 
-    views = [check_view(v) for v in views]
-    tv = timepoint_view(scene_path, timepoint=timepoint, compare=compare, color_by_change=color_by_change,
-                        limit_mm=limit_mm, threshold_mm=threshold_mm)
-    width, height = int(size[0]), int(size[1])
-    styles = structure_styles(tv.scene, hide=hide, body_opacity=None, opacity=focus_opacity(tv, opacity))
     geoms = scene_geometries(tv.scene, styles)
     if tv.change is not None:  # the coloured surface replaces the plain one
         geoms = [g for g in geoms if g[0] != tv.change.structure]
@@ -333,10 +319,17 @@ def render_timepoint_views(scene_path, out_png, views: Sequence[str] = ("anterio
     for name, mesh in tv.compare_meshes.items():
         if name in shown:
             geoms.append((f"compare:{name}", to_o3d_mesh(lifted(mesh)), compare_material(compare_opacity)))
-    legend_w = min(260, width // 4) if legend else 0
-    tile_w = (width - legend_w) // len(views)
-    if tile_w < 32 or height < 64:
-        raise RenderError(f"picture size {width}x{height} is too small for {len(views)} views")
+    return geoms
+
+
+def _render_tiles(geoms: list, views: Sequence[str], tile_w: int, height: int, vfov_deg: float) -> list:
+    """One annotated PIL tile per view (Open3D offscreen, this process)."""
+    from PIL import Image
+
+    from ..render.offscreen import (BACKGROUND, _ensure_headless_env, annotate_tile, configure_view, set_priority,
+                                    sun_direction)
+    from ..render.views import fit_camera
+
     _ensure_headless_env()
     from open3d.visualization import rendering
 
@@ -366,14 +359,39 @@ def render_timepoint_views(scene_path, out_png, views: Sequence[str] = ("anterio
             annotate_tile(img, view)
             tiles.append(img)
     finally:
-        del renderer
+        del renderer  # release the EGL context before PIL work / process exit
+    return tiles
+
+
+def render_timepoint_views(scene_path, out_png, views: Sequence[str] = ("anterior",), size=(1280, 720), *,
+                           timepoint: str | None = None, compare: str | None = None,
+                           compare_opacity: float = COMPARE_OPACITY, color_by_change: str | None = None,
+                           threshold_mm: float = CHANGE_THRESHOLD_MM, limit_mm: float = CHANGE_LIMIT_MM,
+                           hide: Iterable[str] = (), opacity: Mapping[str, float] | None = None,
+                           legend: bool = True, vfov_deg: float = 30.0, state_json=None) -> Path:
+    """The time point picture in this process (Open3D offscreen); ``state_json`` gets
+    :meth:`TimepointView.state`. Body/skin are hidden as in snapshots."""
+    from PIL import Image
+
+    from ..fileio import atomic_save_png, atomic_write_json
+    from ..render.offscreen import RenderError, structure_styles
+    from ..render.views import check_view
+
+    views = [check_view(v) for v in views]
+    width, height = int(size[0]), int(size[1])
+    legend_w = min(260, width // 4) if legend else 0
+    tile_w = (width - legend_w) // max(len(views), 1)
+    if tile_w < 32 or height < 64:
+        raise RenderError(f"picture size {width}x{height} is too small for {len(views)} views")
+    tv = timepoint_view(scene_path, timepoint=timepoint, compare=compare, color_by_change=color_by_change,
+                        limit_mm=limit_mm, threshold_mm=threshold_mm)
+    styles = structure_styles(tv.scene, hide=hide, body_opacity=None, opacity=focus_opacity(tv, opacity))
+    tiles = _render_tiles(timepoint_geometries(tv, styles, compare_opacity), views, tile_w, height, vfov_deg)
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     for n, t in enumerate(tiles):
         canvas.paste(t, (n * tile_w, 0))
     if legend:
         canvas.paste(legend_strip(tv, styles, legend_w, height, compare_opacity), (width - legend_w, 0))
-    from ..fileio import atomic_save_png, atomic_write_json
-
     if state_json:
         atomic_write_json(state_json, tv.state())
     return atomic_save_png(canvas, out_png)
