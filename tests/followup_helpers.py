@@ -46,3 +46,47 @@ def baseline_scene(dest):
 
 def rotation_angle_deg(r: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))))
+
+
+VIEW_STRUCTURES = ("liver", "liver_tumor", "spleen", "kidney_left", "kidney_right")
+
+
+def write_timepoint_pair(dest, *, growth_mm: float = 6.0, rotation_deg=(3.0, -2.0, 10.0), shift_mm=(14.0, -8.0, 6.0),
+                         shape=(56, 112, 112), spacing=(4.5, 3.1, 3.1)):
+    """A baseline scene and one follow-up time point written directly (no registration run): the
+    phantom on a coarse grid, the follow-up moved by a known rigid motion with the liver tumour's
+    radius grown by ``growth_mm``; the *true* motion is stored as the time point's transforms, in
+    the layout :func:`pipeline.followup.run.follow_up` writes. Seconds, for viewer tests.
+
+    Returns ``(scene_dir, truth)``; the follow-up is time point ``FOLLOWUP_DATE`` (current).
+    """
+    from pipeline.fileio import atomic_write_json
+    from pipeline.followup.timepoints import add_timepoint
+    from pipeline.geometry import write_image_file
+    from pipeline.mesh import MeshConfig, labelmap_to_meshes
+    from pipeline.phantom import make_phantom
+    from pipeline.scene import Scene, save_scene
+
+    root = Path(dest) / "pair"
+
+    def bundle(folder, ct, lm, date, extra=None):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_image_file(ct, folder / "image.nii.gz")
+        write_image_file(lm.volume, folder / "labels.nii.gz")
+        meshes = labelmap_to_meshes(lm, MeshConfig(), names=set(VIEW_STRUCTURES))
+        sc = Scene("timepoint_pair", {"modality": "CT", "study_date": date,
+                                      "series_instance_uid": f"1.2.826.0.1.3680043.10.99.{date}"}, PHANTOM_LABELS, meshes)
+        sc.extra.update(extra or {})
+        save_scene(sc, folder)
+
+    ct, lm = make_phantom(0, shape, spacing, noise_sd=0.0)
+    bundle(root, ct, lm, "20250101")
+    fct, flm, truth = follow_up_phantom(1, rotation_deg=rotation_deg, shift_mm=shift_mm, tumor_growth_mm=growth_mm,
+                                        shape=shape, spacing=spacing, noise_sd=0.0)
+    tp = root / "timepoints" / FOLLOWUP_DATE
+    bundle(tp, fct, flm, FOLLOWUP_DATE, {"timepoint": {"id": FOLLOWUP_DATE, "baseline": "../.."}})
+    atomic_write_json(tp / "transforms" / "registration.json", {
+        "baseline_to_timepoint": truth.motion.tolist(), "timepoint_to_baseline": np.linalg.inv(truth.motion).tolist()})
+    add_timepoint(root, {"id": FOLLOWUP_DATE, "path": f"timepoints/{FOLLOWUP_DATE}", "study_date": FOLLOWUP_DATE,
+                         "registration": f"timepoints/{FOLLOWUP_DATE}/transforms/registration.json"})
+    return root, truth

@@ -155,6 +155,28 @@ def test_plan_is_carried_over_and_changed_numbers_are_flagged(followed):
     assert np.allclose(n, m[:3, :3] @ (-1.0, 0.0, 0.0), atol=0.01)
 
 
+def test_viewer_time_points_use_the_registered_transforms(followed):
+    """What `surgitwin view --compare/--color-by-change` shows of a follow-up made by the real
+    registration: the baseline's surfaces land on the follow-up's, the tumour reads its growth."""
+    from pipeline.followup.change import sample, signed_distance
+    from pipeline.followup.view import timepoint_view
+
+    root = followed["dir"]
+    tv = timepoint_view(root, compare="baseline", color_by_change="liver_tumor")
+    assert tv.viewed["id"] == FOLLOWUP_DATE and tv.change.other == tv.timepoints[0]["id"]
+    rows = {r["name"]: r for r in followed["res"].change["structures"]}
+    d = tv.change.signed_mm
+    assert np.mean(d) == pytest.approx(rows["liver_tumor"]["surface"]["mean_mm"], abs=0.5)  # the report's number
+    assert 3.0 < np.median(d) < 4.8 and (d > 1.0).mean() > 0.95
+    lm = load_scene(tv.scene.root, load_meshes=False).load_labelmap()
+    for name in ("liver", "spleen", "kidney_left", "kidney_right"):
+        field = signed_distance(lm.array == lm.labels.by_name(name).id, lm.volume)
+        off = sample(field, np.asarray(tv.compare_meshes[name].vertices))
+        assert np.nanmean(np.abs(off)) < 0.8, name
+        liver = timepoint_view(root, compare="baseline", color_by_change=name).change.signed_mm
+        assert abs(np.median(liver)) < 0.5, name
+
+
 def test_growth_on_the_patients_right_is_reported_on_the_right():
     base = make_phantom(0)[1]
     names = {"liver_tumor"}

@@ -25,6 +25,7 @@ from .capture import CaptureMixin
 from .fourup_gui import FourUpMixin
 from .interact import PlanningMixin
 from .motion import MotionQuality
+from .timepoints import TimepointMixin
 from .render import (BODY_OPACITY, RenderError, configure_view, material_for, set_priority, structure_styles, sun_direction,
                      to_o3d_mesh)
 from .tools import marker_scale
@@ -51,7 +52,7 @@ def require_display() -> None:
             raise DisplayMissing(f"the viewer needs a display and no X server is listening on DISPLAY={disp}; {hint}")
 
 
-class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
+class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
     """One window showing one scene. Create on the GUI thread, then :meth:`run`."""
 
     def __init__(self, scene_path, *, size=(1440, 900), view: str = "anterior", layout: str = "3d",
@@ -104,14 +105,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 self._shader[m.name] = mat.shader
                 self.widget.scene.show_geometry(f"struct:{m.name}", self.styles[m.name].visible)
         self.timings["add_geometry_s"] = time.perf_counter() - t1
-        self._qc_labels = {}  # QC-flagged structures carry a '?' label above their top
-        for m in self.scene.meshes:
-            if self.styles[m.name].uncertain and m.mesh is not None and len(m.mesh.vertices):
-                v = np.asarray(m.mesh.vertices)
-                from .screen_labels import OverlayText  # a boxed overlay, orange-tinted
-
-                self._qc_labels[m.name] = OverlayText(self._screen_labels(), v[np.argmax(v[:, 2])], f"? {m.name}",
-                                                      (217, 89, 0))
+        self._qc_labels = {}
+        self._make_qc_labels()
         self._verts = np.concatenate([np.asarray(m.mesh.vertices) for m in self.scene.meshes if m.mesh is not None]) \
             if self.scene.meshes else np.zeros((1, 3))
         lo, hi = self._verts.min(0), self._verts.max(0)
@@ -120,7 +115,8 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
 
         from .panels import build_panel
 
-        self.ui = build_panel(self)
+        self._setup_timepoints()
+        self.ui = build_panel(self)  # with the time point section (viewer.timepoints)
         self.layout = layout
         if layout == "four-up":  # slice panes beside the 3-D view (viewer.fourup_gui)
             from .fourup_gui import build_correct_section
@@ -147,6 +143,21 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
         self._apply_view(view)
         self._redraw_plan()
         self.timings["window_ready_s"] = time.perf_counter() - t0
+
+    def _make_qc_labels(self) -> None:
+        """QC-flagged structures carry a '?' label above their top (boxed overlays, orange-tinted);
+        the previous scene's marks are dropped."""
+        from .screen_labels import OverlayText
+
+        labels = self._screen_labels()
+        old = set(map(id, self._qc_labels.values()))
+        labels.fixed = [o for o in labels.fixed if id(o) not in old]
+        self._qc_labels = {}
+        for m in self.scene.meshes:
+            if self.styles[m.name].uncertain and m.mesh is not None and len(m.mesh.vertices):
+                v = np.asarray(m.mesh.vertices)
+                self._qc_labels[m.name] = OverlayText(labels, v[np.argmax(v[:, 2])], f"? {m.name}", (217, 89, 0))
+        labels.refresh()
 
     # -- threading ---------------------------------------------------------------------------
     def _on_main(self, fn, *args, wait: bool = True, timeout: float = 60.0):
@@ -321,20 +332,23 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
             return
         # uncertainty colours only on opaque surfaces: Filament's transparent shader drops
         # vertex colours (a translucent coloured organ would vanish)
-        coloured = self.color_by_uncertainty and name in self._unc_colors and st.opacity >= 0.999
+        rgb = self._vertex_rgb(name) if st.opacity >= 0.999 else None  # change or uncertainty colours
+        coloured = rgb is not None
         mat = material_for(st, vertex_colors=coloured)
         # a shader change (opaque <-> translucent) needs the geometry added again: Filament
         # shows nothing when modify_geometry_material switches the blending mode
-        if coloured != (name in self._vertex_coloured) or mat.shader != self._shader.get(name):
+        if coloured or coloured != (name in self._vertex_coloured) or mat.shader != self._shader.get(name):
             self.widget.scene.remove_geometry(key)
             m = self.scene.mesh(name).mesh
-            self.widget.scene.add_geometry(key, to_o3d_mesh(m, self._unc_colors[name] if coloured else None), mat)
+            self.widget.scene.add_geometry(key, to_o3d_mesh(m, rgb), mat)
             set_priority(self.widget.scene, key, name)
             (self._vertex_coloured.add if coloured else self._vertex_coloured.discard)(name)
             self._shader[name] = mat.shader
         else:
             self.widget.scene.modify_geometry_material(key, mat)
         self.widget.scene.show_geometry(key, st.visible and name not in self._hidden_by_cut)
+        if self.widget.scene.has_geometry(f"compare:{name}"):  # the compared time point's surface follows
+            self.widget.scene.show_geometry(f"compare:{name}", st.visible)
         if name in self._qc_labels:
             self._qc_labels[name].text = f"? {name}" if st.visible else ""
         self._ray_scene = None
@@ -556,6 +570,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin):
                 "qc_marked": sorted(n for n, lab in self._qc_labels.items() if lab.text),
                 "widget_frame": [self.widget.frame.x, self.widget.frame.y, self.widget.frame.width, self.widget.frame.height],
                 "layout": self.layout,
+                "timepoints": {**self.timepoint_state(), "widgets": self._timepoint_widgets()},
             }
             if self.layout == "four-up":
                 out["crosshair"] = self.fourup.crosshair.tolist()
@@ -585,11 +600,21 @@ def _fit_window(size):
 
 def run_viewer(scene_path, *, view: str = "anterior", size=(1440, 900), screenshot: str | None = None,
                script: str | None = None, result: str | None = None, timeout: float = 300.0, layout: str = "3d",
-               four_up: dict | None = None) -> int:
-    """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit."""
+               four_up: dict | None = None, timepoints: dict | None = None) -> int:
+    """Open the window; with ``screenshot``/``script`` run those actions, write ``result`` and exit.
+    ``timepoints``: {timepoint, compare, compare_opacity, color_by_change} (``surgitwin view`` options)."""
     require_display()
     size = _fit_window(size)
+    tp = dict(timepoints or {})
+    from pipeline.followup.view import timepoint_scene_path
+
+    scene_path = timepoint_scene_path(scene_path, tp.get("timepoint"))  # default: the current time point
     app = ViewerApp(scene_path, size=size, view=view, layout=layout, four_up=four_up)
+    app.change_threshold_mm = float(tp.get("threshold_mm") or 1.0)
+    if tp.get("compare"):
+        app.set_compare(tp["compare"], tp.get("compare_opacity"))
+    if tp.get("color_by_change"):
+        app.set_color_by_change(tp["color_by_change"], True)
     if screenshot or script:
         from .driver import load_actions, start_driver
 

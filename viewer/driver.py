@@ -33,6 +33,7 @@ ACTIONS = frozenset({
     "measure_distance", "measure_angle", "add_landmark", "min_distance", "add_trajectory", "remove_record",
     "start_cut", "move_cut", "add_cut_plane", "commit_cut", "clear_cut", "save_plan", "screenshot", "panel_state", "edge_letters",
     "open_report", "wait", "click_xdotool",
+    "set_timepoint", "set_compare", "set_compare_opacity", "set_color_by_change", "timepoint_state",
     "set_crosshair", "pane_click", "scroll_pane", "set_overlay", "set_pane_window", "set_brush", "brush", "undo_edit", "pane_tool_point", "layout_labels3d", "set_moving",
 })
 

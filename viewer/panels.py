@@ -66,6 +66,10 @@ def build_panel(app) -> dict:
     root = gui.ScrollableVert(int(0.3 * em), gui.Margins(int(0.5 * em), int(0.5 * em), int(0.5 * em), int(0.5 * em)))
     ui["root"] = root
     root.add_child(gui.Label(f"{app.scene.case_id}  ({len(app.scene.meshes)} structures)"))
+    if len(getattr(app, "timepoints", ())) > 1:  # near the top: which study is shown matters first
+        from .timepoints import build_timepoint_section
+
+        ui.update(build_timepoint_section(app, root, em))
     names = [m.name for m in app.scene.meshes]
 
     # structures: legend, visibility, opacity, isolate, QC marks, uncertainty colours

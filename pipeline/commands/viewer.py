@@ -47,7 +47,23 @@ def register(sub) -> None:
     p.add_argument("--overlay-opacity", type=float, default=0.35, help="four-up: opacity of filled overlays (0..1)")
     p.add_argument("--timeout", type=float, default=300.0,
                    help="with --script/--screenshot: seconds before a stuck viewer is reported and ended (exit 3)")
+    _timepoint_options(p)
     p.set_defaults(func=cmd_view)
+
+
+def _timepoint_options(p) -> None:
+    """Time points of a scene (surgitwin follow-up): which one, which other one over it, change colours."""
+    g = p.add_argument_group("time points (see docs/FOLLOW_UP.md)")
+    g.add_argument("--timepoint", metavar="ID", help="show this time point (default: the current one)")
+    g.add_argument("--compare", metavar="ID", help="overlay this time point's surfaces, translucent, mapped rigidly "
+                                                   "into the viewed time point's space")
+    g.add_argument("--compare-opacity", type=float, default=0.4, help="opacity of the compared surfaces (0..1)")
+    g.add_argument("--color-by-change", metavar="STRUCTURE", help="colour STRUCTURE by signed distance to the other "
+                   "time point (--compare, else the previous): growth red, shrinkage blue, +-5 mm")
+    g.add_argument("--change-threshold", type=float, default=1.0, metavar="MM",
+                   help="changes smaller than this are drawn white (default 1 mm)")
+    g.add_argument("--hide", action="append", default=[], metavar="STRUCTURE",
+                   help="time point pictures without a display: structure not to draw (repeatable)")
 
 
 def cmd_snapshot(args) -> int:
@@ -69,13 +85,38 @@ def cmd_view(args) -> int:
     from pipeline.render.views import check_view
 
     check_view(args.view)
+    if not 0.0 <= args.change_threshold < 5.0:
+        from pipeline.errors import SurgitwinError
+
+        raise SurgitwinError(f"--change-threshold must be 0 to 5 mm (colours saturate at 5 mm); found {args.change_threshold}",
+                             rule="change threshold in mm")
     if args.layout == "four-up":
         return _four_up(args)
-    from viewer.app import require_display, run_viewer
+    from viewer.app import DisplayMissing, require_display, run_viewer
 
-    require_display()
+    timepoints = {"timepoint": args.timepoint, "compare": args.compare, "compare_opacity": args.compare_opacity,
+                  "color_by_change": args.color_by_change, "threshold_mm": args.change_threshold}
+    asked = any(timepoints[k] for k in ("timepoint", "compare", "color_by_change"))
+    try:
+        require_display()
+    except DisplayMissing:
+        if not (asked and args.screenshot):
+            raise
+        return _timepoint_picture(args, timepoints)
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
-                      script=args.script, result=args.result, timeout=args.timeout)
+                      script=args.script, result=args.result, timeout=args.timeout,
+                      timepoints=timepoints)
+
+
+def _timepoint_picture(args, timepoints: dict) -> int:
+    """``view --timepoint/--compare/--color-by-change --screenshot`` without a display: drawn headless."""
+    from pipeline.followup.view import screenshot_subprocess
+    from pipeline.render.offscreen import parse_size
+
+    out = screenshot_subprocess(args.scene, args.screenshot, [args.view], parse_size(args.size), hide=args.hide,
+                                state_json=args.result, timeout=args.timeout, **timepoints)
+    print(out)
+    return 0
 
 
 def _four_up(args) -> int:
@@ -92,16 +133,18 @@ def _four_up(args) -> int:
         if not args.screenshot:
             raise DisplayMissing(f"{e}; or draw the four-up without a display: --layout four-up --screenshot OUT.png",
                                  rule="the interactive viewer needs a display") from None
+        from pipeline.followup.view import timepoint_scene_path
         from pipeline.render.fourup import four_up_screenshot
 
-        out = four_up_screenshot(args.scene, args.screenshot, parse_size(args.size), view=args.view,
+        # the time point the window would open (--timepoint, else the current one)
+        out = four_up_screenshot(timepoint_scene_path(args.scene, args.timepoint), args.screenshot, parse_size(args.size), view=args.view,
                                  crosshair=args.crosshair, window=args.window, overlay=args.overlay,
                                  opacity=args.overlay_opacity)
         print(out)
         return 0
     return run_viewer(args.scene, view=args.view, size=parse_size(args.size), screenshot=args.screenshot,
                       script=args.script, result=args.result, layout="four-up", four_up=settings,
-                      timeout=args.timeout)
+                      timeout=args.timeout, timepoints={"timepoint": args.timepoint})
 
 
 if __name__ == "__main__":  # pragma: no cover
