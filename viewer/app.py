@@ -130,7 +130,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
                 lab.font_id = big
                 lab.text_color = gui.Color(0.1, 0.1, 0.1)
                 lab.background_color = gui.Color(1.0, 1.0, 1.0, 0.0)
-        except Exception:  # older Open3D: default font
+        except Exception:  # noqa: BLE001 - older Open3D: default font
             pass
         self.window.add_child(self.widget)
         self.window.add_child(self.ui["root"])
@@ -171,7 +171,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
         def run():
             try:
                 box["value"] = fn(*args)
-            except BaseException as e:  # re-raised in the caller's thread
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 box["error"] = e
             finally:
                 done.set()

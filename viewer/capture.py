@@ -118,7 +118,7 @@ class CaptureMixin:
             self._on_main(self._set_status, "writing the report ...")
             try:
                 rep = Path(build_report(root).html)
-            except Exception as e:  # a report failure must not take the viewer down
+            except Exception as e:  # noqa: BLE001 - a report failure must not take the viewer down
                 self._on_main(self._set_status, f"report failed: {e}")
                 return None
         webbrowser.open(rep.resolve().as_uri())

@@ -130,12 +130,12 @@ def start_driver(app, actions: list[dict], result_path=None, *, timeout: float =
             outcome["panel"] = app.panel_state()
             outcome["plan"] = app.scene.plan
             outcome["ok"] = True
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - a scripted session reports any failure with its traceback
             outcome["error"] = f"{type(e).__name__}: {e}"
             outcome["traceback"] = traceback.format_exc()
             try:
                 outcome["panel"] = app.panel_state()
-            except Exception:
+            except Exception:  # noqa: BLE001 - the panel state is extra detail for a failure already reported
                 pass
         finally:
             finish()

@@ -55,7 +55,7 @@ class _Latest:
                     return
             try:
                 self.fn(v)
-            except Exception as e:  # shown, never raised into the GUI loop
+            except Exception as e:  # noqa: BLE001 - shown, never raised into the GUI loop
                 self.app._on_main(self.app._set_status, f"error: {e}", wait=False)
 
 
@@ -142,7 +142,7 @@ def build_panel(app) -> dict:
 
         vol_shape, vol_affine = _image_grid(app)
         axes = plane_array_axes(vol_affine)
-    except Exception:  # no image in the scene: the planes stay disabled
+    except Exception:  # noqa: BLE001 - no image in the scene: the planes stay disabled
         vol_shape, axes = None, None
     for p in PLANES:
         row = gui.Horiz(int(0.25 * em))

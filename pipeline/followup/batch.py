@@ -45,7 +45,7 @@ def _first_header(input_path: Path):
         try:
             return pydicom.dcmread(str(f), stop_before_pixels=True,
                                    specific_tags=["PatientID", "IssuerOfPatientID", "StudyInstanceUID", "StudyDate"])
-        except Exception:  # not DICOM: keep looking
+        except Exception:  # noqa: BLE001 - any parser failure means not DICOM: keep looking
             continue
     return None
 

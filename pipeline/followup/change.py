@@ -164,7 +164,7 @@ def _max_pairwise(p: np.ndarray) -> float:
 
         try:
             p = p[ConvexHull(p).vertices]
-        except Exception:  # degenerate (collinear) section
+        except Exception:  # noqa: BLE001 - Qhull fails on a degenerate (collinear) section: keep every point
             pass
     diff = p[:, None, :] - p[None, :, :]
     return float(np.sqrt((diff ** 2).sum(-1)).max())

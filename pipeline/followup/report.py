@@ -69,7 +69,7 @@ def change_section(scene) -> dict | None:
         try:
             out["pictures"] = _pictures(row, base, ta, tb)
             out["focus"] = row["name"]
-        except Exception as e:  # a picture must never take the report down; say why it is missing
+        except Exception as e:  # noqa: BLE001 - a picture must never take the report down; say why it is missing
             out["notes"].append(f"change pictures not drawn: {type(e).__name__}: {e}")
     later = json.loads((base / tb["path"] / "scene.json").read_text())
     out["carried"] = later.get("carried_plan")

@@ -69,7 +69,7 @@ def study_date(volume: Volume) -> str | None:
 
         ds = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["StudyDate"])
         return str(ds.get("StudyDate", "") or "") or None
-    except Exception:  # a date is a nicety for the folder name, never a reason to fail
+    except Exception:  # noqa: BLE001 - a date is a nicety for the folder name, never a reason to fail
         return None
 
 

@@ -162,7 +162,7 @@ class BundleConfig:
         self.evaluated.append(id_)
         try:
             return self._parser.get_parsed_content(id_, instantiate=False)
-        except Exception as e:  # evaluating foreign code: report, do not crash opaquely
+        except Exception as e:  # noqa: BLE001 - evaluating foreign code raises anything: report it as ModelError
             raise ModelError(f"evaluating '{id_}' ({expr}) failed: {e}", path=str(self.file)) from None
 
 
@@ -378,5 +378,5 @@ def bundle_spec(folder: Path, overrides=None, trust: bool = False, entry: ModelS
         data["source_file"] = entry.source_file
     try:
         return ModelSpec.model_validate(data)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - a foreign bundle's values may fail anywhere: report it as ModelError
         raise ModelError(f"bundle cannot be mapped to a surgitwin model: {e}", path=str(folder)) from None

@@ -70,11 +70,11 @@ def load_state_dict(path) -> dict:
 
         try:
             return load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error types
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
             raise ModelError(f"cannot read safetensors weights: {e}", path=str(path)) from None
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - torch.load raises anything on a foreign file
         # weights_only refuses pickled classes and functions: exactly what we want refused
         raise ModelError("weights must be a plain state dict (torch.load(weights_only=True) refused the file: "
                          f"{str(e).splitlines()[0][:200]})", path=str(path)) from None
