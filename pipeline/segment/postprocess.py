@@ -88,6 +88,24 @@ def lookup(table: np.ndarray, ids: np.ndarray, slab: int = 16) -> np.ndarray:
     return out
 
 
+def select(wanted: np.ndarray, ids: np.ndarray, few: int = 6) -> np.ndarray:
+    """``wanted[ids]`` for a boolean table: when few ids are wanted (or few are not), a handful
+    of comparisons, each several times cheaper than the gather (the usual case: keep the largest
+    component, fill the few enclosed holes)."""
+    on, off = np.flatnonzero(wanted), np.flatnonzero(~wanted)
+    if len(on) <= few:
+        out = np.zeros(ids.shape, bool)
+        for v in on:
+            out |= ids == v
+        return out
+    if len(off) <= few:
+        out = np.ones(ids.shape, bool)
+        for v in off:
+            out &= ids != v
+        return out
+    return lookup(wanted, ids)
+
+
 def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
     """Mask with its enclosed background filled (6-connected background, one labelling pass).
 
@@ -101,7 +119,7 @@ def fill_holes_3d(mask: np.ndarray) -> np.ndarray:
             for end in (0, mask.shape[ax] - 1):
                 outside[lab.take(end, axis=ax)] = True  # repeated ids: fine for an assignment
         outside[0] = True
-        return mask | lookup(~outside, lab)
+        return mask | select(~outside, lab)
 
 
 def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.ndarray, int, int]:
@@ -126,7 +144,7 @@ def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.
         keep[candidates] = sizes[candidates] >= min_voxels
         keep[order[0]] = True  # the largest always stays
         keep[0] = False
-        return lookup(keep, lab), n, int(keep.sum())
+        return select(keep, lab), n, int(keep.sum())
 
 
 def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessConfig,

@@ -37,17 +37,19 @@ def _float16_values() -> np.ndarray:
     return v
 
 
-def _histograms(labels: np.ndarray, values: np.ndarray, n: int, slab: int, flip_sign: bool) -> np.ndarray:
-    """(n, 65536) counts of each 16-bit pattern of ``values`` per label, by slabs: one integer
-    bincount a slab (no float conversion; exact)."""
-    hist = np.zeros(n << 16, np.int64)
+def _histograms(labels: np.ndarray, n: int, slab: int, *values) -> list[np.ndarray]:
+    """Per value array (int16 HU or float16 0..1 map): (n, 65536) counts of each 16-bit pattern
+    per label, by slabs: integer bincounts (no float conversion; exact). int16 patterns are
+    sign-flipped so that they order like the values."""
+    hists = [np.zeros(n << 16, np.int64) for _ in values]
     for k in range(0, labels.shape[0], slab):
-        idx = labels[k:k + slab].astype(np.int64).ravel()
-        idx <<= 16
-        bits = values[k:k + slab].view(np.uint16).ravel()
-        idx += (bits ^ np.uint16(0x8000)) if flip_sign else bits
-        hist += np.bincount(idx, minlength=n << 16)
-    return hist.reshape(n, 65536)
+        base = labels[k:k + slab].astype(np.int64).ravel()
+        base <<= 16
+        for hist, v in zip(hists, values):
+            bits = v[k:k + slab].view(np.uint16).ravel()
+            hist += np.bincount(base + ((bits ^ np.uint16(0x8000)) if v.dtype == np.int16 else bits),
+                                minlength=n << 16)
+    return [h.reshape(n, 65536) for h in hists]
 
 
 def _label_sums(labels: np.ndarray, n: int, hu, unc, slab: int = 16):
@@ -60,14 +62,18 @@ def _label_sums(labels: np.ndarray, n: int, hu, unc, slab: int = 16):
     """
     fast = n <= _HIST_MAX_LABELS and labels.dtype.kind in "ub"
     count = s_hu = s_hu2 = s_unc = None
-    if hu is not None and fast and hu.dtype == np.int16:
-        h = _histograms(labels, hu, n, slab, flip_sign=True)
+    hu_fast = hu is not None and fast and hu.dtype == np.int16
+    unc_fast = unc is not None and fast and unc.dtype == np.float16
+    wanted = [*([hu] if hu_fast else []), *([unc] if unc_fast else [])]
+    hists = _histograms(labels, n, slab, *wanted) if wanted else []
+    if hu_fast:
+        h = hists.pop(0)
         v = (np.arange(65536) - 32768).astype(np.float64)  # pattern ^ 0x8000 -> HU, in order
         count = h.sum(1).astype(np.float64)
         s_hu, s_hu2 = h @ v, h @ (v * v)
         hu = None
-    if unc is not None and fast and unc.dtype == np.float16:
-        h = _histograms(labels, unc, n, slab, flip_sign=False)
+    if unc_fast:
+        h = hists.pop(0)
         v = _float16_values()
         bad = ~np.isfinite(v)
         v[bad] = 0.0
