@@ -69,6 +69,62 @@ def pick_device(choice: str):
 
 # --- preprocessing -------------------------------------------------------------------------
 
+def _network_grid(volume: Volume, pre: Preprocessing):
+    """(shape_xyz, RAS affine) of the network grid: MONAI's Orientation and Spacing run lazily
+    (metadata only) on a zero-stride stand-in of the volume, so the grid is exactly theirs."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import Orientation, Spacing
+
+    from .monai_io import lps_kji_to_ras_xyz
+
+    stand_in = MetaTensor(torch.zeros(1).expand(1, *volume.shape[::-1]),
+                          affine=torch.as_tensor(lps_kji_to_ras_xyz(volume.affine), dtype=torch.float64))
+    img = Orientation(axcodes=pre.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")), lazy=True)(stand_in)
+    img = Spacing(pixdim=pre.spacing, mode="bilinear", padding_mode="border", dtype=np.float32, lazy=True)(img)
+    return tuple(int(n) for n in img.peek_pending_shape()), np.asarray(img.peek_pending_affine(), np.float64)
+
+
+def separable_resample_in(volume: Volume, pre: Preprocessing):
+    """MONAI's Orientation + Spacing (trilinear, border padding) onto the network grid, computed
+    per axis from the int16 volume when the grid is the volume's scaled and permuted (the usual
+    case): three 1-D interpolations on shrinking arrays instead of a float32 copy of the whole
+    volume, a transposing copy and a sampling grid (2.0 s -> 0.2 s on a 512x512x300 CT; equal
+    to MONAI's output within 0.06 HU -- MONAI samples at float32 coordinates -- in every storage
+    layout and for oblique volumes, tested; on that CT 31 of 78.6 M voxels change label). None
+    when the network grid is not a rescaling of the volume's (MONAI's Spacing keeps directions,
+    so this is a guard; MONAI's transforms then run as before)."""
+    import torch
+    from monai.data import MetaTensor
+
+    from .monai_io import lps_kji_to_ras_xyz
+
+    shape_out, affine_out = _network_grid(volume, pre)
+    m = np.linalg.inv(lps_kji_to_ras_xyz(volume.affine)) @ affine_out  # network (x', y', z') -> volume (x, y, z) index
+    axes = axis_aligned(m)  # per network axis: (volume xyz axis, scale, offset)
+    if axes is None:
+        return None
+    src_of = {r: (a_out, scale, offset) for a_out, (r, scale, offset) in enumerate(axes)}
+    arr = np.asarray(volume.array)  # (k, j, i) = (z, y, x)
+    out = arr
+    for r in (2, 1, 0):  # z (k) first: the largest reduction for thin slices
+        a_out, scale, offset = src_of[r]
+        ax = 2 - r
+        _, _, f, w = _axis_samples(scale, offset, shape_out[a_out], arr.shape[ax])
+        lo = out.take(f, ax).astype(np.float32, copy=False)
+        hi = out.take(np.minimum(f + 1, out.shape[ax] - 1), ax).astype(np.float32, copy=False)
+        shape = [1, 1, 1]
+        shape[ax] = len(w)
+        hi -= lo
+        hi *= w.reshape(shape)
+        lo += hi
+        out = lo
+    # out is (k', j', i') along the volume's axes: reorder to the network's (x', y', z')
+    order = [2 - r for r in sorted(src_of, key=lambda r: src_of[r][0])]
+    xyz = np.ascontiguousarray(out.transpose(order))
+    return MetaTensor(torch.from_numpy(xyz)[None], affine=torch.as_tensor(affine_out, dtype=torch.float64))
+
+
 def preprocess(volume: Volume, pre: Preprocessing):
     """Volume -> MetaTensor (1, x, y, z) on the network grid, intensities normalised."""
     import torch
@@ -76,11 +132,13 @@ def preprocess(volume: Volume, pre: Preprocessing):
 
     from .monai_io import volume_to_metatensor
 
-    img = volume_to_metatensor(volume, torch.float32, axcodes=pre.orientation)
-    # a no-op after the conversion above; kept so MONAI itself confirms the orientation
-    img = Orientation(axcodes=pre.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
-    if pre.spacing:
-        img = Spacing(pixdim=pre.spacing, mode="bilinear", padding_mode="border", dtype=np.float32)(img)
+    img = separable_resample_in(volume, pre) if (SEPARABLE and pre.spacing and pre.orientation) else None
+    if img is None:
+        img = volume_to_metatensor(volume, torch.float32, axcodes=pre.orientation)
+        # a no-op after the conversion above; kept so MONAI itself confirms the orientation
+        img = Orientation(axcodes=pre.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
+        if pre.spacing:
+            img = Spacing(pixdim=pre.spacing, mode="bilinear", padding_mode="border", dtype=np.float32)(img)
     for step in pre.intensity:
         if step.kind == "window":
             img = ScaleIntensityRange(step.a_min, step.a_max, step.b_min, step.b_max, clip=step.clip)(img)
