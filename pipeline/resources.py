@@ -77,12 +77,15 @@ def available_memory_mb() -> float | None:
     return None
 
 
-def release_memory() -> None:
+def release_memory(collect: bool = True) -> None:
     """Give freed heap memory back to the system (glibc keeps freed arenas mapped: after the
-    network stage of a clinical CT, ~300 MB that later stages would otherwise stack on)."""
+    network stage of a clinical CT, ~300 MB that later stages would otherwise stack on).
+    ``collect=False`` skips the garbage collector's pass (0.2 s with torch loaded) where only
+    numpy buffers were freed."""
     import gc
 
-    gc.collect()
+    if collect:
+        gc.collect()
     if sys.platform.startswith("linux"):
         try:
             import ctypes

@@ -248,7 +248,7 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
         notes.extend(net.notes)
     pcfg = cfg.postprocess or spec.postprocess
     t0 = time.perf_counter()
-    labels, pp_report = postprocess_labels(labels, table, pcfg, volume.voxel_volume_ml)
+    labels, pp_report = postprocess_labels(labels, table, pcfg, volume.voxel_volume_ml, copy=False)
     timings["postprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()  # no organ where the scan shows no region for it (before HU rules fill the gaps)
     labels, region_report = apply_region_check(labels, volume, table, cfg.region)
@@ -276,10 +276,11 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
             del by_hu
         inputs["hu_rules"] = info
         kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)
-        labels, hu_report = postprocess_labels(labels, kept_hu, pcfg, volume.voxel_volume_ml)
+        labels, hu_report = postprocess_labels(labels, kept_hu, pcfg, volume.voxel_volume_ml, copy=False)
         pp_report.update(hu_report)
         timings["hu_rules"] = time.perf_counter() - t1
 
+    release_memory(collect=False)  # the clean-up's freed masks: QC must not stack on them
     labelmap = LabelMap(volume.with_array(labels, kind="labelmap", model=spec.name), table)
     unc_vol = volume.with_array(unc, kind="uncertainty") if unc is not None else None  # float16 or float32
     t0 = time.perf_counter()

@@ -50,7 +50,9 @@ def label_compact(mask: np.ndarray, structure=None) -> tuple[np.ndarray, int]:
         return lab, int(n)
 
 
-ITK_MIN_VOXELS = 1 << 21  # masks at least this big are labelled by ITK (tests lower it)
+ITK_MIN_VOXELS = 1 << 21  # masks at least this big are labelled by ITK (tests lower it) ...
+ITK_MAX_VOXELS = 40_000_000  # ... and at most this big: ITK's ids are uint32 (4 bytes a voxel, scipy's
+# uint16 2): the body's box of a 512x512x300 CT (55 M voxels) would lift the stage's peak by ~200 MB
 
 
 @contextmanager
@@ -61,7 +63,7 @@ def components(mask: np.ndarray, full: bool) -> Iterator[tuple[np.ndarray, int]]
     big masks: multi-threaded and about 3x less CPU than ``ndimage.label``) is identical to
     scipy's (tested). The id array is only valid inside the ``with`` block (an ITK buffer).
     """
-    if mask.ndim != 3 or mask.size < ITK_MIN_VOXELS:
+    if mask.ndim != 3 or not ITK_MIN_VOXELS <= mask.size <= ITK_MAX_VOXELS:
         yield label_compact(mask, _FULL if full else None)
         return
     import SimpleITK as sitk
@@ -74,6 +76,7 @@ def components(mask: np.ndarray, full: bool) -> Iterator[tuple[np.ndarray, int]]
     if threads:
         f.SetNumberOfThreads(threads)
     img = f.Execute(sitk.GetImageFromArray(np.ascontiguousarray(mask).view(np.uint8)))
+    del mask  # a temporary of the caller's (the complement) is freed before the ids are used
     try:
         yield sitk.GetArrayViewFromImage(img), int(f.GetObjectCount())
     finally:
@@ -148,8 +151,8 @@ def keep_components(mask: np.ndarray, n_keep: int, min_voxels: int) -> tuple[np.
 
 
 def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessConfig,
-                       voxel_ml: float) -> tuple[np.ndarray, dict[str, dict]]:
-    """Clean every label of ``labels`` in place of a copy.
+                       voxel_ml: float, *, copy: bool = True) -> tuple[np.ndarray, dict[str, dict]]:
+    """Clean every label of ``labels`` (in a copy, or in place with ``copy=False``).
 
     Parameters
     ----------
@@ -157,6 +160,7 @@ def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessCo
     table : LabelTable giving each label's ``components``
     cfg : PostprocessConfig
     voxel_ml : volume of one voxel in ml
+    copy : False edits ``labels`` itself (the segment stage: one label map less in memory)
 
     Returns
     -------
@@ -165,7 +169,7 @@ def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessCo
     """
     from scipy import ndimage
 
-    out = labels.copy()
+    out = labels.copy() if copy else labels
     report: dict[str, dict] = {}
     if not cfg.enabled or not (cfg.keep_largest or cfg.fill_holes or cfg.min_island_ml > 0):
         return out, report
@@ -174,21 +178,29 @@ def postprocess_labels(labels: np.ndarray, table: LabelTable, cfg: PostprocessCo
     for label in table:
         if label.id > len(boxes) or boxes[label.id - 1] is None:
             continue
-        sl = boxes[label.id - 1]
-        sub = out[sl]  # a view: edits land in ``out``
-        mask = sub == label.id
-        entry = {"components_found": None, "components_kept": None, "removed_ml": 0.0, "filled_ml": 0.0}
-        if cfg.keep_largest or min_vox:
-            n_keep = label.components if cfg.keep_largest else 0
-            kept, n_found, n_kept = keep_components(mask, n_keep, min_vox)
-            removed = mask & ~kept
-            sub[removed] = 0
-            entry.update(components_found=n_found, components_kept=n_kept,
-                         removed_ml=round(float(removed.sum()) * voxel_ml, 3))
-            mask = kept
-        if cfg.fill_holes:
-            holes = fill_holes_3d(mask) & ~mask & (sub == 0)
-            sub[holes] = label.id
-            entry["filled_ml"] = round(float(holes.sum()) * voxel_ml, 3)
-        report[label.name] = entry
+        report[label.name] = _clean_label(out[boxes[label.id - 1]], label, cfg, min_vox, voxel_ml)
     return out, report
+
+
+def _clean_label(sub: np.ndarray, label, cfg: PostprocessConfig, min_vox: int, voxel_ml: float) -> dict:
+    """One label inside its box ``sub`` (a view: edits land in the label map). Holds at most a
+    few box-sized masks at a time (the body's box is most of a CT)."""
+    mask = sub == label.id
+    entry = {"components_found": None, "components_kept": None, "removed_ml": 0.0, "filled_ml": 0.0}
+    if cfg.keep_largest or min_vox:
+        n_keep = label.components if cfg.keep_largest else 0
+        kept, n_found, n_kept = keep_components(mask, n_keep, min_vox)
+        removed = int(np.count_nonzero(mask)) - int(np.count_nonzero(kept))  # kept is a subset of mask
+        if removed:
+            mask &= ~kept  # now: the removed voxels
+            sub[mask] = 0
+        del mask
+        entry.update(components_found=n_found, components_kept=n_kept, removed_ml=round(removed * voxel_ml, 3))
+        mask = kept
+    if cfg.fill_holes:
+        holes = fill_holes_3d(mask)
+        holes &= ~mask
+        holes &= sub == 0
+        sub[holes] = label.id
+        entry["filled_ml"] = round(float(np.count_nonzero(holes)) * voxel_ml, 3)
+    return entry
