@@ -160,9 +160,11 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
         labels.refresh()
 
     # -- threading ---------------------------------------------------------------------------
-    def _on_main(self, fn, *args, wait: bool = True, timeout: float = 60.0):
-        """Run ``fn`` on the GUI thread (directly when already there) and return its result."""
-        self._touch()
+    def _on_main(self, fn, *args, wait: bool = True, timeout: float = 60.0, touch: bool = True):
+        """Run ``fn`` on the GUI thread (directly when already there) and return its result;
+        ``touch``: keep redrawing for a while after (not for a call that draws its own frame)."""
+        if touch:
+            self._touch()
         if threading.current_thread() is threading.main_thread():
             return fn(*args)
         box: dict = {}
@@ -232,6 +234,15 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
         redraw = time.monotonic() < self._redraw_until
         if self._ticks % 5:
             return redraw
+        changed = self._update_hud()
+        if changed:
+            self.window.set_needs_layout()
+            self._touch()
+        return redraw or changed
+
+    def _update_hud(self) -> bool:
+        """Labels, marker letters and the patient directions at the edges for the current camera
+        (GUI thread); True when anything changed."""
         letters = self.edge_letters()
         changed = False
         model = np.asarray(self.widget.scene.camera.get_model_matrix())
@@ -251,10 +262,7 @@ class ViewerApp(PlanningMixin, CaptureMixin, FourUpMixin, TimepointMixin):
             if lab.text != letters[k]:
                 lab.text = letters[k]
                 changed = True
-        if changed:
-            self.window.set_needs_layout()
-            self._touch()
-        return redraw or changed
+        return changed
 
     def _touch(self, seconds: float = 2.0):
         """Keep asking for redraws for ``seconds`` (at most :attr:`touch_cap`: scripts, whose

@@ -62,6 +62,10 @@ class CaptureMixin:
         t0 = time.monotonic()
         last = None
         while True:
+            def hud():  # the letters and labels a tick would set, before the frame is drawn
+                if self._update_hud():
+                    self.window.set_needs_layout()
+            self._on_main(hud, touch=False)
             self._render_scene_image(None)
             time.sleep(0.2)
             try:
@@ -100,7 +104,7 @@ class CaptureMixin:
             box["ok"] = True
             done.set()
 
-        self._on_main(lambda: self.widget.scene.scene.render_to_image(cb))
+        self._on_main(lambda: self.widget.scene.scene.render_to_image(cb), touch=False)  # draws its own frame
         if threading.current_thread() is not threading.main_thread() and not done.wait(120):
             raise RenderError("the viewer did not render a frame within 120 s")
 
