@@ -60,6 +60,7 @@ class _Latest:
 
 
 def build_panel(app) -> dict:
+    """The side panel, section by section; returns its widgets by name (``app.ui``)."""
     gui = app.gui
     em = app.window.theme.font_size
     ui: dict = {"rows": {}}
@@ -71,8 +72,19 @@ def build_panel(app) -> dict:
 
         ui.update(build_timepoint_section(app, root, em))
     names = [m.name for m in app.scene.meshes]
+    root.add_child(_structures_section(app, gui, em, ui, names))
+    root.add_child(_view_section(app, gui, em, ui, names))
+    root.add_child(_ct_section(app, gui, em, ui, names))
+    root.add_child(_measure_section(app, gui, em, ui, names))
+    root.add_child(_rehearse_section(app, gui, em, ui, names))
+    root.add_child(_plan_section(app, gui, em, ui, names))
+    ui["status"] = gui.Label("Ctrl+click picks; left-drag rotates, wheel zooms")
+    root.add_child(ui["status"])
+    return ui
 
-    # structures: legend, visibility, opacity, isolate, QC marks, uncertainty colours
+
+def _structures_section(app, gui, em: int, ui: dict, names: list[str]):
+    """Legend, visibility, opacity, isolate, QC marks, uncertainty colours."""
     sec = _section(gui, em, "Structures")
     unc = gui.Checkbox("colour by uncertainty")
     unc.enabled = bool(app.scene.uncertainty)
@@ -109,9 +121,11 @@ def build_panel(app) -> dict:
         row.add_child(op)
         sec.add_child(row)
         ui["rows"][name] = {"visible": cb, "opacity": op, "swatch": sw}
-    root.add_child(sec)
+    return sec
 
-    # views
+
+def _view_section(app, gui, em: int, ui: dict, names: list[str]):
+    """The six patient views, reset, orientation marker."""
     sec = _section(gui, em, "View")
     grid = gui.VGrid(3, int(0.25 * em))
     for v in VIEWS:
@@ -128,9 +142,11 @@ def build_panel(app) -> dict:
     row.add_child(reset)
     row.add_child(marker)
     sec.add_child(row)
-    root.add_child(sec)
+    return sec
 
-    # CT planes
+
+def _ct_section(app, gui, em: int, ui: dict, names: list[str]):
+    """The three CT planes: on/off, a slider each, the window."""
     sec = _section(gui, em, "CT planes", open_=False)
     on = gui.Checkbox("show axial / coronal / sagittal planes")
     on.set_on_checked(lambda v: app._background(app.show_slices, v))
@@ -165,9 +181,11 @@ def build_panel(app) -> dict:
     row.add_child(win)
     sec.add_child(row)
     on.enabled = vol_shape is not None
-    root.add_child(sec)
+    return sec
 
-    # measure
+
+def _measure_section(app, gui, em: int, ui: dict, names: list[str]):
+    """Tools (Ctrl+click), minimum distance, the records."""
     sec = _section(gui, em, "Measure")
     mode = gui.RadioButton(gui.RadioButton.VERT)  # in one row the seven tools ran off the panel
     mode.set_items(list(MODES))
@@ -196,10 +214,19 @@ def build_panel(app) -> dict:
     dele = gui.Button("delete selected")
     dele.set_on_clicked(lambda: _delete_selected(app, lst))
     sec.add_child(dele)
-    root.add_child(sec)
+    return sec
 
-    # rehearse: cutting plane and trajectory
+
+def _rehearse_section(app, gui, em: int, ui: dict, names: list[str]):
+    """Cutting plane and trajectory."""
     sec = _section(gui, em, "Rehearse")
+    _cut_controls(app, gui, em, ui, names, sec)
+    _trajectory_controls(app, gui, em, ui, sec)
+    return sec
+
+
+def _cut_controls(app, gui, em: int, ui: dict, names: list[str], sec) -> None:
+    """A cutting plane: structure, margin, orientation, offset and tilts, wedge, commit."""
     sec.add_child(gui.Label("cutting plane"))
     cs = _combo(gui, names)
     mt = _combo(gui, ["(no margin)"] + names)
@@ -256,6 +283,9 @@ def build_panel(app) -> dict:
     ui["cut_result"] = gui.Label("")
     sec.add_child(ui["cut_result"])
 
+
+def _trajectory_controls(app, gui, em: int, ui: dict, sec) -> None:
+    """A trajectory's tool radius and safety margin; its clearance and warnings."""
     sec.add_child(gui.Label("trajectory (tool: trajectory, Ctrl+click entry then target)"))
     row = gui.Horiz(int(0.25 * em))
     rad = gui.NumberEdit(gui.NumberEdit.DOUBLE)
@@ -275,9 +305,11 @@ def build_panel(app) -> dict:
     ui["warnings"].text_color = gui.Color(1.0, 0.35, 0.3)
     sec.add_child(ui["clearance"])
     sec.add_child(ui["warnings"])
-    root.add_child(sec)
 
-    # plan and output
+
+
+def _plan_section(app, gui, em: int, ui: dict, names: list[str]):
+    """Save the plan, screenshot, report."""
     sec = _section(gui, em, "Plan")
     row = gui.Horiz(int(0.25 * em))
     save = gui.Button("save plan")
@@ -289,10 +321,7 @@ def build_panel(app) -> dict:
     for w in (save, shot, rep):
         row.add_child(w)
     sec.add_child(row)
-    root.add_child(sec)
-    ui["status"] = gui.Label("Ctrl+click picks; left-drag rotates, wheel zooms")
-    root.add_child(ui["status"])
-    return ui
+    return sec
 
 
 def _colorbar_widget(gui, width: int, height: int):

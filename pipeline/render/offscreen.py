@@ -313,9 +313,26 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
     if tile_w < 32:
         raise RenderError(f"snapshot width {width} is too small for {len(views)} views")
 
+    tiles = _render_tiles(scene, geoms, views, (tile_w, height), vfov_deg, slices, window, labels)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    for n, t in enumerate(tiles):
+        canvas.paste(t, (n * tile_w, 0))
+    if legend:
+        canvas.paste(_legend_strip(styles, legend_w, height, color_by_uncertainty), (width - legend_w, 0))
+    from pipeline.fileio import atomic_save_png
+
+    return atomic_save_png(canvas, out_png)
+
+
+def _render_tiles(scene, geoms: list, views: Sequence[str], tile: tuple[int, int], vfov_deg: float,
+                  slices: Mapping[str, int] | None, window: str, labels) -> list:
+    """One offscreen picture per view of the same geometries (and CT planes), annotated."""
+    from PIL import Image
+
     _ensure_headless_env()
     from open3d.visualization import rendering
 
+    tile_w, height = tile
     renderer = rendering.OffscreenRenderer(tile_w, height)
     try:
         sc = renderer.scene
@@ -331,7 +348,7 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
             for plane, index in slices.items():
                 q_mesh, q_mat = quad_geometry(slice_quad(image, plane, int(index), window))
                 sc.add_geometry(f"slice:{plane}", q_mesh, q_mat)
-                geoms.append((f"slice:{plane}", q_mesh, q_mat))
+                geoms = [*geoms, (f"slice:{plane}", q_mesh, q_mat)]
         pts = np.concatenate([np.asarray(g.vertices) for _, g, _ in geoms]) if geoms else np.zeros((1, 3))
         sc.scene.enable_sun_light(True)
         tiles = []
@@ -345,25 +362,25 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
             draw_plan_labels(img, labels, pose, tile_w / height)
             annotate_tile(img, view)
             tiles.append(img)
+        return tiles
     finally:
         del renderer  # release the EGL context before PIL work / process exit
-    canvas = Image.new("RGB", (width, height), (255, 255, 255))
-    for n, t in enumerate(tiles):
-        canvas.paste(t, (n * tile_w, 0))
-    if legend:
-        strip = Image.new("RGB", (legend_w, height), (250, 250, 250))
-        bar_h = min(64, height // 5) if color_by_uncertainty else 0
-        if not bar_h:
-            draw_legend(strip, styles)
-        else:  # the legend above, the colour scale of the surfaces below
-            top = Image.new("RGB", (legend_w, height - bar_h), (250, 250, 250))
-            draw_legend(top, styles)
-            strip.paste(top, (0, 0))
-            strip.paste(colorbar_image(legend_w, bar_h), (0, height - bar_h))
-        canvas.paste(strip, (width - legend_w, 0))
-    from pipeline.fileio import atomic_save_png
 
-    return atomic_save_png(canvas, out_png)
+
+def _legend_strip(styles, legend_w: int, height: int, color_by_uncertainty: bool):
+    """The legend (and below it the uncertainty colour scale when the surfaces carry it)."""
+    from PIL import Image
+
+    strip = Image.new("RGB", (legend_w, height), (250, 250, 250))
+    bar_h = min(64, height // 5) if color_by_uncertainty else 0
+    if not bar_h:
+        draw_legend(strip, styles)
+    else:  # the legend above, the colour scale of the surfaces below
+        top = Image.new("RGB", (legend_w, height - bar_h), (250, 250, 250))
+        draw_legend(top, styles)
+        strip.paste(top, (0, 0))
+        strip.paste(colorbar_image(legend_w, bar_h), (0, height - bar_h))
+    return strip
 
 
 def _plan_prims(scene, hide: Iterable[str] = ()):

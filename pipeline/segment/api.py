@@ -183,6 +183,21 @@ def field_of_view_warnings(volume: Volume, spec) -> list[str]:
     return out
 
 
+@dataclass
+class _Work:
+    """What :func:`segment`'s steps pass along: the label map being built and its records."""
+
+    labels: np.ndarray
+    table: LabelTable
+    unc: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    pp_report: dict[str, dict] = field(default_factory=dict)
+    region_report: dict = field(default_factory=dict)
+
+
 def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentConfig | dict | None = None, *,
             network=None) -> SegmentationResult:
     """Segment ``volume`` with ``model``; the label map lies on exactly ``volume``'s grid.
@@ -202,104 +217,129 @@ def segment(volume: Volume, model: str | ModelSpec = "hu_rules", cfg: SegmentCon
     cfg = segment_config(cfg)
     spec = model if isinstance(model, ModelSpec) else resolve_model(
         model, overrides=cfg.bundle_overrides or None, trust=cfg.trust_bundle)
-    timings: dict[str, float] = {}
-    notes: list[str] = list(spec.notes)
-    inputs: dict[str, Any] = {"model": spec.name, "backend": spec.backend, "shape": list(volume.shape),
-                              "spacing_mm": [round(float(s), 4) for s in volume.spacing]}
-    probabilities = None
-    unc = None
+    combine = _combine_mode(spec, cfg)
+    hu_codes = None
+    if spec.backend == "hu_rules":
+        work = _by_hu_rules(volume, spec, cfg)
+    else:
+        work, hu_codes = _by_network(volume, spec, cfg, network, combine == "hu_rules")
+    work.notes[:0] = list(spec.notes)
+    work.inputs = {"model": spec.name, "backend": spec.backend, "shape": list(volume.shape),
+                   "spacing_mm": [round(float(s), 4) for s in volume.spacing], **work.inputs}
+    _clean_up(volume, spec, cfg, work)
+    if hu_codes is not None:  # after the model's clean-up, so HU structures also fill what it removed
+        _add_hu_rules(volume, spec, cfg, work, hu_codes)
+    release_memory(collect=False)  # the clean-up's freed masks: QC must not stack on them
+    return _finish(volume, spec, cfg, work, t_start)
+
+
+def _combine_mode(spec: ModelSpec, cfg: SegmentConfig) -> str | None:
     combine = cfg.combine_with if cfg.combine_with is not None else spec.combine_with
     combine = None if combine in (None, "none", "") else combine
     if combine not in (None, "hu_rules"):
         raise ModelError(f"combine_with must be 'hu_rules' or none; found {combine!r}", path=spec.source_file)
+    return combine
 
-    if spec.backend == "hu_rules":
-        t0 = time.perf_counter()
-        table = spec.label_table()
-        hcfg = _hu_config(spec, cfg)
-        codes, info = hu_rules_arrays(volume, hcfg)
-        labels = np.zeros(volume.shape, _dtype_for(table))
-        _paint_hu(labels, codes, table)
-        del codes
-        if cfg.uncertainty:
-            unc = hu_uncertainty(volume.array, hcfg)
-        inputs["hu_rules"] = info
-        timings["hu_rules"] = time.perf_counter() - t0
-    else:
-        from .runner import run_network  # imports torch/MONAI only for network models
 
-        t0 = time.perf_counter()
-        hu_codes = None
-        if combine == "hu_rules":  # computed beside the network: its imports, resampling and
-            check_ct(volume)       # clean-up leave one of two cores idle most of the time
-            hu_codes = Beside(hu_rules_arrays, volume, _hu_config(None, cfg))
-        try:
-            net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
-        except BaseException:
-            if hu_codes is not None:
-                hu_codes.abandon()
-            raise
-        release_memory()  # the network's buffers: back to the system before the full-resolution steps
-        timings.update(net.timings)
-        table = spec.label_table()
-        labels = net.labels.astype(_dtype_for(table), copy=False)
-        unc, probabilities = (net.uncertainty if cfg.uncertainty else None), net.probabilities
-        inputs.update(net.inputs)
-        notes.extend(net.notes)
-    pcfg = cfg.postprocess or spec.postprocess
+def _by_hu_rules(volume: Volume, spec: ModelSpec, cfg: SegmentConfig) -> _Work:
     t0 = time.perf_counter()
-    labels, pp_report = postprocess_labels(labels, table, pcfg, volume.voxel_volume_ml, copy=False)
-    timings["postprocess"] = time.perf_counter() - t0
-    t0 = time.perf_counter()  # no organ where the scan shows no region for it (before HU rules fill the gaps)
-    labels, region_report = apply_region_check(labels, volume, table, cfg.region)
-    inputs["body_region"], timings["region"] = region_report, time.perf_counter() - t0
-    notes.append(region_report["note"])
+    table = spec.label_table()
+    hcfg = _hu_config(spec, cfg)
+    codes, info = hu_rules_arrays(volume, hcfg)
+    work = _Work(np.zeros(volume.shape, _dtype_for(table)), table, inputs={"hu_rules": info})
+    _paint_hu(work.labels, codes, table)
+    del codes
+    if cfg.uncertainty:
+        work.unc = hu_uncertainty(volume.array, hcfg)
+    work.timings["hu_rules"] = time.perf_counter() - t0
+    return work
 
-    if spec.backend != "hu_rules" and combine == "hu_rules":
-        # after the model's clean-up, so HU structures also fill what post-processing removed
-        t1 = time.perf_counter()
-        hu_table = hu_rule_labels()
-        table, merge_notes = _merge_tables(table, hu_table)
-        notes.extend(merge_notes)
-        hcfg = _hu_config(None, cfg)
-        codes, info = hu_codes.result()
-        labels = labels.astype(_dtype_for(table), copy=False)
-        # HU-rule uncertainty (closeness to a threshold) only where the HU rules decide: a contrast
-        # aorta at 180 HU is near the bone threshold, but the model, not the threshold, labelled it
-        by_hu = labels == 0 if unc is not None else None
-        _paint_hu(labels, codes, table)
-        del codes
-        if unc is not None:
-            for k0 in range(0, labels.shape[0], 32):  # by slabs: no second full-size float array
-                s = slice(k0, k0 + 32)
-                _maximum_where(unc[s], hu_uncertainty(volume.array[s], hcfg, unc.dtype), by_hu[s])
-            del by_hu
-        inputs["hu_rules"] = info
-        kept_hu = LabelTable(l for l in hu_table if l.name in table and table.by_name(l.name).id == l.id)
-        labels, hu_report = postprocess_labels(labels, kept_hu, pcfg, volume.voxel_volume_ml, copy=False)
-        pp_report.update(hu_report)
-        timings["hu_rules"] = time.perf_counter() - t1
 
-    release_memory(collect=False)  # the clean-up's freed masks: QC must not stack on them
-    labelmap = LabelMap(volume.with_array(labels, kind="labelmap", model=spec.name), table)
-    unc_vol = volume.with_array(unc, kind="uncertainty") if unc is not None else None  # float16 or float32
+def _by_network(volume: Volume, spec: ModelSpec, cfg: SegmentConfig, network, with_hu: bool):
+    """The model's labels; with ``with_hu`` also the HU rules' codes, computed in a thread beside
+    the network (its imports, resampling and clean-up leave one of two cores idle most of the time)."""
+    from .runner import run_network  # imports torch/MONAI only for network models
+
+    hu_codes = None
+    if with_hu:
+        check_ct(volume)  # refuses a non-CT before any work
+        hu_codes = Beside(hu_rules_arrays, volume, _hu_config(None, cfg))
+    try:
+        net = run_network(volume, spec, cfg, keep_probabilities=cfg.keep_probabilities, network=network)
+    except BaseException:
+        if hu_codes is not None:
+            hu_codes.abandon()
+        raise
+    release_memory()  # the network's buffers: back to the system before the full-resolution steps
+    table = spec.label_table()
+    work = _Work(net.labels.astype(_dtype_for(table), copy=False), table,
+                 unc=net.uncertainty if cfg.uncertainty else None, probabilities=net.probabilities,
+                 timings=dict(net.timings), inputs=dict(net.inputs), notes=list(net.notes))
+    return work, hu_codes
+
+
+def _clean_up(volume: Volume, spec: ModelSpec, cfg: SegmentConfig, work: _Work) -> None:
+    """Components and holes per label, then no organ where the scan shows no region for it
+    (before the HU rules fill the gaps)."""
     t0 = time.perf_counter()
-    qc = structure_qc(labelmap, volume, unc_vol, cfg.qc, extra={k: {"postprocess": v} for k, v in pp_report.items()})
-    qc = region_qc(qc, region_report, table)
+    work.labels, work.pp_report = postprocess_labels(work.labels, work.table, cfg.postprocess or spec.postprocess,
+                                                     volume.voxel_volume_ml, copy=False)
+    work.timings["postprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    work.labels, work.region_report = apply_region_check(work.labels, volume, work.table, cfg.region)
+    work.inputs["body_region"], work.timings["region"] = work.region_report, time.perf_counter() - t0
+    work.notes.append(work.region_report["note"])
+
+
+def _add_hu_rules(volume: Volume, spec: ModelSpec, cfg: SegmentConfig, work: _Work, hu_codes: "Beside") -> None:
+    """Paint the HU-rule structures where the model left background, and clean them."""
+    t1 = time.perf_counter()
+    hu_table = hu_rule_labels()
+    work.table, merge_notes = _merge_tables(work.table, hu_table)
+    work.notes.extend(merge_notes)
+    hcfg = _hu_config(None, cfg)
+    codes, info = hu_codes.result()
+    labels = work.labels = work.labels.astype(_dtype_for(work.table), copy=False)
+    unc = work.unc
+    # HU-rule uncertainty (closeness to a threshold) only where the HU rules decide: a contrast
+    # aorta at 180 HU is near the bone threshold, but the model, not the threshold, labelled it
+    by_hu = labels == 0 if unc is not None else None
+    _paint_hu(labels, codes, work.table)
+    del codes
+    if unc is not None:
+        for k0 in range(0, labels.shape[0], 32):  # by slabs: no second full-size float array
+            s = slice(k0, k0 + 32)
+            _maximum_where(unc[s], hu_uncertainty(volume.array[s], hcfg, unc.dtype), by_hu[s])
+        del by_hu
+    work.inputs["hu_rules"] = info
+    kept_hu = LabelTable(l for l in hu_table if l.name in work.table and work.table.by_name(l.name).id == l.id)
+    work.labels, hu_report = postprocess_labels(labels, kept_hu, cfg.postprocess or spec.postprocess,
+                                                volume.voxel_volume_ml, copy=False)
+    work.pp_report.update(hu_report)
+    work.timings["hu_rules"] = time.perf_counter() - t1
+
+
+def _finish(volume: Volume, spec: ModelSpec, cfg: SegmentConfig, work: _Work, t_start: float) -> SegmentationResult:
+    """QC of the final label map and the stage record."""
+    labelmap = LabelMap(volume.with_array(work.labels, kind="labelmap", model=spec.name), work.table)
+    unc_vol = volume.with_array(work.unc, kind="uncertainty") if work.unc is not None else None  # float16 or float32
+    timings = work.timings
+    t0 = time.perf_counter()
+    qc = structure_qc(labelmap, volume, unc_vol, cfg.qc, extra={k: {"postprocess": v} for k, v in work.pp_report.items()})
+    qc = region_qc(qc, work.region_report, work.table)
     timings["qc"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
-
     scan_warnings = field_of_view_warnings(volume, spec)
     record = StageRecord(
         stage="segment",
         software=software_versions("numpy", "scipy", *(("torch", "monai") if spec.backend != "hu_rules" else ())),
         config_hash=config_hash({"model": spec.model_dump(exclude={"notes"}), "cfg": cfg.model_dump()}),
-        inputs=inputs,
+        inputs=work.inputs,
         outputs={"structures": {n: q["volume_ml"] for n, q in qc.items()},
                  "warnings": {n: q["warning"] for n, q in qc.items() if q.get("warning")},
                  "scan_warnings": scan_warnings,
                  "timings_s": {k: round(v, 3) for k, v in timings.items()}},
         duration_s=round(timings["total"], 3),
-        notes=tuple(notes + scan_warnings),
+        notes=tuple(work.notes + scan_warnings),
     )
-    return SegmentationResult(labelmap, unc_vol, qc, record, probabilities, timings)
+    return SegmentationResult(labelmap, unc_vol, qc, record, work.probabilities, timings)

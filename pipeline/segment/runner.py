@@ -494,99 +494,132 @@ def run_network(volume: Volume, spec: ModelSpec, cfg, keep_probabilities: bool =
     """
     import torch
 
-    from .checkpoint import load_network
-    from .monai_io import metatensor_affine_lps
+    from ..config import cap_threads
 
     if network is None and (spec.network is None or not spec.weights):
         raise ModelError(f"model '{spec.name}' has no network/weights", path=spec.source_file)
-    inf = spec.inference
     device = pick_device(cfg.device)
-    amp = inf.amp if cfg.amp is None else cfg.amp
-    from ..config import cap_threads
-
-    threads = cap_threads(cfg.threads or inf.threads)
+    amp = spec.inference.amp if cfg.amp is None else cfg.amp
+    threads = cap_threads(cfg.threads or spec.inference.threads)
     timings: dict[str, float] = {}
-    notes: list[str] = []
     with torch_threads(threads), torch.inference_mode():
-        t0 = time.perf_counter()
-        if network is None:
-            net, sha, n_params = load_network(spec.network.name, spec.network.args, spec.weights)
-        else:
-            net, sha, n_params = network.eval(), "in-memory", sum(p.numel() for p in network.parameters())
-        net = net.to(device)
-        timings["load"] = time.perf_counter() - t0
+        net, sha, n_params = _load(spec, network, device, timings)
+        run = _infer(volume, spec, net, device, amp, keep_probabilities, timings)
+    t0 = time.perf_counter()
+    with torch_threads(threads), torch.inference_mode():
+        labels, ent, probabilities, notes = _back_to_volume(volume, spec, run, keep_probabilities)
+    timings["resample_back"] = time.perf_counter() - t0
+    inputs = {"weights_sha256": sha, "parameters": n_params, "device": str(device), "threads": threads or
+              torch.get_num_threads(), "amp": bool(amp and device.type == "cuda"), "inference_path": run.path,
+              "resample": run.resample, "network_grid": {"shape_xyz": list(run.shape_xyz),
+                                                         "spacing_mm": [round(float(s), 4) for s in
+                                                                        np.linalg.norm(run.affine[:3, :3], axis=0)]}}
+    return NetworkOutput(labels, ent, probabilities, timings, inputs, notes)
 
-        t0 = time.perf_counter()
-        img = preprocess(volume, spec.preprocessing)
-        net_affine = metatensor_affine_lps(img)
-        image = img.as_tensor()[None].to(device)  # (1, 1, x, y, z)
-        timings["preprocess"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        out_ch = spec.network.args.get("out_channels") if spec.network is not None else None
-        n_ch = int(out_ch or (max(spec.channel_ids(), default=0) + 1))
-        shape_xyz = tuple(image.shape[2:])
-        resample = inf.resample
-        if resample == "auto":
-            resample = "probabilities" if n_ch <= inf.max_prob_channels or keep_probabilities else "labels"
-        fin = _Finaliser(shape_xyz, n_ch, keep_probs=resample == "probabilities")
-        predictor = _predictor(net, device, amp)
-        whole_mb = n_ch * int(np.prod(shape_xyz)) * 4 / 2**20
-        if whole_mb <= inf.max_buffer_mb:
-            _whole(image, predictor, inf, device, fin)
-            path = "whole"
-        else:
-            dtype = inf.buffer_dtype if inf.buffer_dtype != "auto" else "float16" if n_ch > 32 else "float32"
-            streamed_sliding_window(image, predictor, inf, device, fin.planes, buffer_dtype=getattr(torch, dtype))
-            path = f"streamed ({dtype} ring)"
-        del image
-        timings["inference"] = time.perf_counter() - t0
+@dataclass
+class _Inference:
+    """The network's results on its own grid (what :func:`_back_to_volume` maps back)."""
+
+    fin: "_Finaliser"
+    affine: np.ndarray  # network grid (k', j', i') -> LPS
+    shape_xyz: tuple
+    n_ch: int
+    resample: str
+    path: str
+
+
+def _load(spec: ModelSpec, network, device, timings: dict):
+    from .checkpoint import load_network
 
     t0 = time.perf_counter()
-    m = _index_map(volume, net_affine)
+    if network is None:
+        net, sha, n_params = load_network(spec.network.name, spec.network.args, spec.weights)
+    else:
+        net, sha, n_params = network.eval(), "in-memory", sum(p.numel() for p in network.parameters())
+    timings["load"] = time.perf_counter() - t0
+    return net.to(device), sha, n_params
+
+
+def _infer(volume: Volume, spec: ModelSpec, net, device, amp, keep_probabilities: bool, timings: dict) -> _Inference:
+    """Preprocess onto the network grid and run the network (whole or streamed sliding window)."""
+    import torch
+
+    from .monai_io import metatensor_affine_lps
+
+    inf = spec.inference
+    t0 = time.perf_counter()
+    img = preprocess(volume, spec.preprocessing)
+    net_affine = metatensor_affine_lps(img)
+    image = img.as_tensor()[None].to(device)  # (1, 1, x, y, z)
+    timings["preprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    out_ch = spec.network.args.get("out_channels") if spec.network is not None else None
+    n_ch = int(out_ch or (max(spec.channel_ids(), default=0) + 1))
+    shape_xyz = tuple(image.shape[2:])
+    resample = inf.resample
+    if resample == "auto":
+        resample = "probabilities" if n_ch <= inf.max_prob_channels or keep_probabilities else "labels"
+    fin = _Finaliser(shape_xyz, n_ch, keep_probs=resample == "probabilities")
+    predictor = _predictor(net, device, amp)
+    whole_mb = n_ch * int(np.prod(shape_xyz)) * 4 / 2**20
+    if whole_mb <= inf.max_buffer_mb:
+        _whole(image, predictor, inf, device, fin)
+        path = "whole"
+    else:
+        dtype = inf.buffer_dtype if inf.buffer_dtype != "auto" else "float16" if n_ch > 32 else "float32"
+        streamed_sliding_window(image, predictor, inf, device, fin.planes, buffer_dtype=getattr(torch, dtype))
+        path = f"streamed ({dtype} ring)"
+    timings["inference"] = time.perf_counter() - t0
+    return _Inference(fin, net_affine, shape_xyz, n_ch, resample, path)
+
+
+def _back_to_volume(volume: Volume, spec: ModelSpec, run: _Inference, keep_probabilities: bool):
+    """Labels (model label ids), float16 entropy and optionally all probabilities on the
+    volume's grid; plus notes."""
+    fin, n_ch = run.fin, run.n_ch
+    m = _index_map(volume, run.affine)
     probabilities = None
+    notes: list[str] = []
     shape = volume.shape
     ch = np.empty(shape, fin.ch.dtype)
     ent = np.empty(shape, np.float16)  # 0..1 entropy: float16 (1e-3) halves the largest array of the stage
-    with torch_threads(threads), torch.inference_mode():
-        if resample == "probabilities" and not keep_probabilities:
-            # few channels: the argmax of the interpolated probabilities, in full only near boundaries
-            frac = separable_argmax_back(fin, m, shape, ch, ent) if SEPARABLE else None
-            if frac is None:  # an oblique map: a sampling grid per voxel
-                frac = probability_argmax_back(fin, m, shape, ch, ent)
-            notes.append(f"probabilities interpolated at {100 * frac:.1f} % of the voxels (label boundaries); "
-                         "elsewhere the nearest network voxel's label is the exact answer")
-        elif resample == "probabilities":
-            # all probabilities wanted: interpolate them everywhere, then decide per voxel
-            probs = fin.probs.transpose(0, 3, 2, 1)
-            if keep_probabilities:
-                probabilities = np.empty((n_ch, *shape), np.float32)
-            for k0, p in resample_back(probs, m, shape, "bilinear"):
-                n = p.shape[1]
-                ch[k0:k0 + n] = p.argmax(0).numpy()
-                if probabilities is not None:
-                    probabilities[:, k0:k0 + n] = p.numpy()
-                lp = p.clamp(min=1e-12).log_()
-                store_float16(ent[k0:k0 + n], p.mul_(lp).sum(0).neg_().div_(fin.log_c).clamp_(0, 1))
-        else:
-            for k0, v in resample_back(fin.ch.transpose(2, 1, 0)[None], m, shape, "nearest"):
-                ch[k0:k0 + v.shape[1]] = v[0].round_().numpy()
-            for k0, v in resample_back(fin.entropy.transpose(2, 1, 0)[None], m, shape, "bilinear"):
-                store_float16(ent[k0:k0 + v.shape[1]], v[0])
+    if run.resample == "probabilities" and not keep_probabilities:
+        # few channels: the argmax of the interpolated probabilities, in full only near boundaries
+        frac = separable_argmax_back(fin, m, shape, ch, ent) if SEPARABLE else None
+        if frac is None:  # an oblique map: a sampling grid per voxel
+            frac = probability_argmax_back(fin, m, shape, ch, ent)
+        notes.append(f"probabilities interpolated at {100 * frac:.1f} % of the voxels (label boundaries); "
+                     "elsewhere the nearest network voxel's label is the exact answer")
+    elif run.resample == "probabilities":
+        # all probabilities wanted: interpolate them everywhere, then decide per voxel
+        probs = fin.probs.transpose(0, 3, 2, 1)
+        if keep_probabilities:
+            probabilities = np.empty((n_ch, *shape), np.float32)
+        for k0, p in resample_back(probs, m, shape, "bilinear"):
+            n = p.shape[1]
+            ch[k0:k0 + n] = p.argmax(0).numpy()
+            if probabilities is not None:
+                probabilities[:, k0:k0 + n] = p.numpy()
+            lp = p.clamp(min=1e-12).log_()
+            store_float16(ent[k0:k0 + n], p.mul_(lp).sum(0).neg_().div_(fin.log_c).clamp_(0, 1))
+    else:
+        for k0, v in resample_back(fin.ch.transpose(2, 1, 0)[None], m, shape, "nearest"):
+            ch[k0:k0 + v.shape[1]] = v[0].round_().numpy()
+        for k0, v in resample_back(fin.entropy.transpose(2, 1, 0)[None], m, shape, "bilinear"):
+            store_float16(ent[k0:k0 + v.shape[1]], v[0])
+    return _channel_ids_to_labels(ch, spec, n_ch), ent, probabilities, notes
+
+
+def _channel_ids_to_labels(ch: np.ndarray, spec: ModelSpec, n_ch: int) -> np.ndarray:
+    """Channel index -> label id, by slabs (indexing casts the indices to intp: 8 bytes a voxel)."""
     ids = spec.channel_ids()
     lut = np.zeros(max(n_ch, 1), label_dtype(max(ids.values(), default=0)))
     for c, lid in ids.items():
         if c < n_ch:
             lut[c] = lid
-    # channel -> label id by slabs (indexing casts the indices to intp: 8 bytes a voxel at once)
     labels = ch if ch.dtype == lut.dtype else np.empty(ch.shape, lut.dtype)
     for k0 in range(0, ch.shape[0], 16):
         labels[k0:k0 + 16] = lut[ch[k0:k0 + 16]]
-    del ch
-    timings["resample_back"] = time.perf_counter() - t0
-    inputs = {"weights_sha256": sha, "parameters": n_params, "device": str(device), "threads": threads or
-              torch.get_num_threads(), "amp": bool(amp and device.type == "cuda"), "inference_path": path,
-              "resample": resample, "network_grid": {"shape_xyz": list(shape_xyz),
-                                                     "spacing_mm": [round(float(s), 4) for s in
-                                                                    np.linalg.norm(net_affine[:3, :3], axis=0)]}}
-    return NetworkOutput(labels, ent, probabilities, timings, inputs, notes)
+    return labels
