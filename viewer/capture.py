@@ -67,6 +67,7 @@ class CaptureMixin:
                     self.window.set_needs_layout()
             self._on_main(hud, touch=False)
             self._render_scene_image(None)
+            self.timings.setdefault("first_frame_s", round(time.perf_counter() - self._t0, 3))
             time.sleep(0.2)
             try:
                 shot = grab_window(wid)
