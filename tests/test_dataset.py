@@ -176,6 +176,7 @@ def test_real_label_maps_synthesise():
     assert np.argwhere(tgt == 1)[:, 0].mean() > np.argwhere(tgt == 2)[:, 0].mean()
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_from_dicom_seg_and_label_file_agree(tmp_path):
     """A DICOM SEG and the NRRD it was made from give the same liver on the CT grid."""
     base = real_data("ct_abdomen_3slice_ge")

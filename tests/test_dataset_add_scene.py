@@ -36,6 +36,7 @@ def _cli(*args):
                           timeout=300)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_add_scene_writes_the_corrected_labels_with_lineage_and_validates(edited_scene, tmp_path):
     from pipeline.geometry import read_image_file
     from pipeline.scene import load_scene
@@ -66,6 +67,7 @@ def test_add_scene_writes_the_corrected_labels_with_lineage_and_validates(edited
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_add_scene_refuses_a_scene_that_does_not_match_the_dataset(edited_scene, tmp_path):
     from pipeline.train.dataset import write_dataset_json
 

@@ -155,6 +155,7 @@ def test_deid_command(identified, tmp_path, capsys):
     assert '"written": 32' in capsys.readouterr().out
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_batch_deidentify_outputs_carry_no_identity(identified, tmp_path):
     """Real pipeline on the identified study with --deidentify: nothing under the batch folder
     (scenes, logs, manifest) holds the patient's name, ID, birth date or the other identifiers,

@@ -59,6 +59,7 @@ def test_timepoints_are_listed_in_order_with_the_current_one(pair):
         timepoint_view(root, compare=FOLLOWUP_DATE)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_compared_surfaces_land_on_unchanged_anatomy_and_keep_left_and_right(pair):
     root, truth = pair
     tv = timepoint_view(root, compare="baseline")  # baseline surfaces in the follow-up's space
@@ -195,6 +196,7 @@ def test_colour_by_change_paints_the_grown_tumour_red_and_the_rest_neutral(pair,
     assert red[:, :view_w].sum() < 150 and blue[:, :view_w].sum() < 150
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_view_timepoint_errors_name_the_scene_and_exit_1(pair, tmp_path):
     root, _ = pair
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}

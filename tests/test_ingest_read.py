@@ -315,6 +315,7 @@ def test_jpeg_extended_12bit_falls_back_to_simpleitk():
     assert np.abs(pixels.astype(int) - fixed.astype(int)).max() <= 1  # lossy decoders round differently
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_orientation_48_axis_orders_all_give_the_same_image_in_lps():
     folder = real_data("orientation_48_axis_orders")
     ref = read_input(folder / "LPS.nii.gz")
@@ -385,6 +386,7 @@ def test_gantry_tilt_ct_matches_dcm2niix_extent(tmp_path):
     np.testing.assert_allclose(hi, rhi, atol=2.0)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_mr_series_geometry_matches_dcm2niix(tmp_path):
     folder = real_data("mr_brain_series_siemens", "series")
     vol = read_input(folder)

@@ -26,6 +26,7 @@ def _two_series(folder):
     return folder
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_segment_config_selection_section_picks_the_series(tmp_path):
     dcm = _two_series(tmp_path / "dcm")
     cfg = tmp_path / "f.yaml"

@@ -33,6 +33,7 @@ def _volumes(seg):
 
 # -- the slice classes --------------------------------------------------------------------------
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_slice_classes_on_the_synthetic_scans():
     from pipeline.ingest import read_input
 

@@ -73,6 +73,7 @@ def test_erasing_where_the_structure_is_not_changes_nothing(scene):
         edit_structure(scene, "lung", "keep_largest")
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_islands_keep_largest_remove_island_and_undo(scene):
     from pipeline.scene.edit import edit_structure, read_history, undo_last
 

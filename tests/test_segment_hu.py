@@ -116,6 +116,7 @@ def test_fill_holes_slicewise_fills_open_tube():
     assert not fill_holes_slicewise(m, axis=1)[:, 10, 10].all()  # sagittal planes: not enclosed
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_phantom_ground_truth():
     phantom = pytest.importorskip("pipeline.phantom")
     ct, gt = phantom.make_phantom(0, shape=(64, 128, 128), spacing=(4.0, 2.7, 2.7))

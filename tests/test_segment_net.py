@@ -57,6 +57,7 @@ def small_ct():
     return synthetic_chest(shape=(24, 40, 48), spacing=(10.0, 7.0, 7.0))
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_checkpoint_end_to_end(tiny, small_ct):
     vol, _ = small_ct
     spec = resolve_model(str(_entry(tiny)))
@@ -75,6 +76,7 @@ def test_checkpoint_end_to_end(tiny, small_ct):
     assert np.array_equal(res_pt.labelmap.array, res.labelmap.array)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_scan_thinner_than_the_model_expects_is_flagged(tiny, small_ct):
     """inference.min_extent_mm (R-L, A-P, S-I for RAS): a scan thinner than that still runs but
     the record, its notes and the warnings name the axis and both lengths."""
@@ -225,6 +227,7 @@ def test_streamed_equals_monai_sliding_window():
     torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_streamed_path_matches_whole_path(tiny, small_ct):
     vol, _ = small_ct
     spec = resolve_model(str(_entry(tiny)))
@@ -241,6 +244,7 @@ def test_streamed_path_matches_whole_path(tiny, small_ct):
     np.testing.assert_allclose(c.uncertainty.array, a.uncertainty.array, atol=0.02)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_combine_with_hu_rules(tiny, small_ct, tmp_path):
     vol, truth = small_ct
     spec = resolve_model(str(_entry(tiny, combine_with="hu_rules")))
@@ -301,6 +305,7 @@ def test_finaliser_argmax_entropy_probabilities():
     np.testing.assert_allclose(fin.entropy, h, atol=1e-5)
 
 
+@pytest.mark.slow  # test-fast stays under 60 s; runs in make test
 def test_hu_threshold_uncertainty_stays_off_model_structures(tmp_path):
     """A structure the model labels at 200 HU (a contrast vessel: exactly the HU bone threshold)
     keeps the model's low uncertainty after combining with the HU rules; the threshold's
