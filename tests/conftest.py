@@ -47,3 +47,34 @@ def real_dir() -> Path:
     if not REAL.exists():
         pytest.skip(f"real data not available: {REAL}")
     return REAL
+
+
+def start_xvfb(screen: str = "1280x1024x24"):
+    """A private Xvfb display (the server picks a free number: -displayfd); yields ":N" and stops
+    the server afterwards. Use as ``yield from start_xvfb(...)`` in a fixture, or drive by hand."""
+    import subprocess
+    import time
+
+    exe = require_tool("Xvfb", "xvfb")
+    r, w = os.pipe()
+    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", screen, "+extension", "GLX",
+                             "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(w)
+    num, t0 = b"", time.time()
+    while not num.endswith(b"\n") and time.time() - t0 < 20:
+        chunk = os.read(r, 16)
+        if not chunk:
+            break
+        num += chunk
+    os.close(r)
+    if not num.strip():
+        proc.kill()
+        pytest.fail("Xvfb did not start (no display number reported)")
+    try:
+        yield f":{int(num)}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()

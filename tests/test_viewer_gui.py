@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_tool
+from conftest import require_tool, start_xvfb
 from viewer.synthetic import Blob, make_scene
 
 pytestmark = pytest.mark.slow  # end-to-end: left out by `make test-fast`
@@ -38,28 +38,7 @@ BLOBS = (
 @pytest.fixture(scope="module")
 def xvfb():
     """A private Xvfb display (the server picks a free number: -displayfd)."""
-    exe = require_tool("Xvfb", "xvfb")
-    r, w = os.pipe()
-    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "1280x1024x24", "+extension", "GLX",
-                             "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    num = b""
-    t0 = time.time()
-    while not num.endswith(b"\n") and time.time() - t0 < 20:
-        chunk = os.read(r, 16)
-        if not chunk:
-            break
-        num += chunk
-    os.close(r)
-    if not num.strip():
-        proc.kill()
-        pytest.fail("Xvfb did not start (no display number reported)")
-    yield f":{int(num)}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from start_xvfb("1280x1024x24")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import require_tool
+from conftest import require_tool, start_xvfb
 from test_label_halos import _hue_mask, _text_contrast, two_cut_scene
 
 pytestmark = pytest.mark.slow
@@ -28,29 +28,7 @@ def _overlap(a, b) -> bool:
 @pytest.fixture(scope="module")
 def wide_xvfb():
     """A private Xvfb display wide enough for the window's default size (1440x900)."""
-    import time
-
-    exe = require_tool("Xvfb", "xvfb")
-    r, w = os.pipe()
-    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "1600x1000x24", "+extension", "GLX",
-                             "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    num, t0 = b"", time.time()
-    while not num.endswith(b"\n") and time.time() - t0 < 20:
-        chunk = os.read(r, 16)
-        if not chunk:
-            break
-        num += chunk
-    os.close(r)
-    if not num.strip():
-        proc.kill()
-        pytest.fail("Xvfb did not start (no display number reported)")
-    yield f":{int(num)}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from start_xvfb("1600x1000x24")
 
 
 @pytest.fixture(scope="module")

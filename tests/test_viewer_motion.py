@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from test_viewer_screen import _xvfb
+from conftest import start_xvfb
 from viewer.synthetic import Blob, make_scene
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,8 @@ def test_moving_camera_draws_copies_then_the_full_scene(tmp_path):
               {"do": "set_moving", "args": [True]}, {"do": "screenshot", "args": [shots["moving"]]},
               {"do": "set_moving", "args": [False]}, {"do": "screenshot", "args": [shots["after"]]}]
     (tmp_path / "script.json").write_text(json.dumps(script))
-    proc, display = _xvfb("1280x1024x24")
+    xvfb = start_xvfb("1280x1024x24")
+    display = next(xvfb)
     try:
         env = dict(os.environ, DISPLAY=display, SURGITWIN_VIEWER_LOD_FACES="1000")
         env.pop("WAYLAND_DISPLAY", None)
@@ -57,8 +58,7 @@ def test_moving_camera_draws_copies_then_the_full_scene(tmp_path):
                             "--script", str(tmp_path / "script.json"), "--result", str(tmp_path / "r.json")],
                            capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        xvfb.close()  # stops the server
     assert p.returncode == 0, p.stderr[-2000:]
     actions = json.loads((tmp_path / "r.json").read_text())["actions"]
     swapped = actions[1]["value"]

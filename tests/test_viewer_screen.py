@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import require_tool
+from conftest import start_xvfb
 from viewer.xcapture import fit_to_screen
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,25 +27,6 @@ def test_fit_to_screen_keeps_aspect_and_says_so():
     assert h <= 1024 and abs(w / h - 0.5) < 0.01
 
 
-def _xvfb(screen: str):
-    exe = require_tool("Xvfb", "xvfb")
-    r, w = os.pipe()
-    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", screen, "+extension", "GLX", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    num, t0 = b"", time.time()
-    while not num.endswith(b"\n") and time.time() - t0 < 20:
-        chunk = os.read(r, 16)
-        if not chunk:
-            break
-        num += chunk
-    os.close(r)
-    if not num.strip():
-        proc.kill()
-        pytest.fail("Xvfb did not start")
-    return proc, f":{int(num)}"
-
-
 @pytest.mark.slow
 def test_window_larger_than_screen_is_shrunk_and_captured(tmp_path):
     from PIL import Image
@@ -55,7 +35,8 @@ def test_window_larger_than_screen_is_shrunk_and_captured(tmp_path):
 
     make_scene(tmp_path / "s", (Blob("organ", (-30.0, 0.0, 0.0), (15, 15, 15), (200, 60, 60)),),
                shape=(30, 40, 50), spacing=2.0, case_id="screen")
-    proc, display = _xvfb("800x600x24")
+    xvfb = start_xvfb("800x600x24")
+    display = next(xvfb)
     try:
         env = dict(os.environ, DISPLAY=display)
         env.pop("WAYLAND_DISPLAY", None)
@@ -63,8 +44,7 @@ def test_window_larger_than_screen_is_shrunk_and_captured(tmp_path):
         p = subprocess.run([sys.executable, "-m", "pipeline.cli", "view", str(tmp_path / "s"), "--size", "1440x900",
                             "--screenshot", str(shot)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     finally:
-        proc.terminate()
-        proc.wait(10)
+        xvfb.close()  # stops the server
     assert p.returncode == 0, p.stderr[-2000:]
     assert "larger than the X screen 800x600" in p.stderr
     w, h = Image.open(shot).size

@@ -13,13 +13,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import require_tool
+from conftest import start_xvfb
 from followup_helpers import FOLLOWUP_DATE, write_timepoint_pair
 
 pytestmark = pytest.mark.slow  # a real window under Xvfb (~30-60 s)
@@ -30,27 +29,7 @@ SIZE = (1000, 640)
 
 @pytest.fixture(scope="module")
 def xvfb():
-    exe = require_tool("Xvfb", "xvfb")
-    r, w = os.pipe()
-    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "1280x1024x24", "+extension", "GLX",
-                             "-nolisten", "tcp"], pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(w)
-    num, t0 = b"", time.time()
-    while not num.endswith(b"\n") and time.time() - t0 < 20:
-        chunk = os.read(r, 16)
-        if not chunk:
-            break
-        num += chunk
-    os.close(r)
-    if not num.strip():
-        proc.kill()
-        pytest.fail("Xvfb did not start (no display number reported)")
-    yield f":{int(num)}"
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    yield from start_xvfb("1280x1024x24")
 
 
 @pytest.fixture(scope="module")

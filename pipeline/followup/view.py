@@ -324,11 +324,7 @@ def timepoint_geometries(tv: TimepointView, styles, compare_opacity: float = COM
 
 def _render_tiles(geoms: list, views: Sequence[str], tile_w: int, height: int, vfov_deg: float) -> list:
     """One annotated PIL tile per view (Open3D offscreen, this process)."""
-    from PIL import Image
-
-    from ..render.offscreen import (BACKGROUND, _ensure_headless_env, annotate_tile, configure_view, set_priority,
-                                    sun_direction)
-    from ..render.views import fit_camera
+    from ..render.offscreen import BACKGROUND, _ensure_headless_env, configure_view, set_priority, shoot_views
 
     _ensure_headless_env()
     from open3d.visualization import rendering
@@ -347,20 +343,9 @@ def _render_tiles(geoms: list, views: Sequence[str], tile_w: int, height: int, v
         # compared one, the same anatomy lands on the same pixels
         own = [np.asarray(g.vertices) for n, g, _ in geoms if not n.startswith("compare:")]
         pts = np.concatenate(own) if own else np.zeros((1, 3))
-        sc.scene.enable_sun_light(True)
-        tiles = []
-        for view in views:
-            pose = fit_camera(pts, view, tile_w / height, vfov_deg, frame_slab=True)
-            sc.camera.set_projection(pose.vfov_deg, tile_w / height, pose.near, pose.far,
-                                     rendering.Camera.FovType.Vertical)
-            sc.camera.look_at(pose.center, pose.eye, pose.up)
-            sc.scene.set_sun_light(sun_direction(view), [1.0, 1.0, 1.0], 90000)
-            img = Image.fromarray(np.asarray(renderer.render_to_image())[..., :3].copy())
-            annotate_tile(img, view)
-            tiles.append(img)
+        return shoot_views(renderer, pts, views, (tile_w, height), vfov_deg)
     finally:
         del renderer  # release the EGL context before PIL work / process exit
-    return tiles
 
 
 def render_timepoint_views(scene_path, out_png, views: Sequence[str] = ("anterior",), size=(1280, 720), *,

@@ -327,7 +327,6 @@ def render_views(scene_path, out_png, views: Sequence[str] = DEFAULT_VIEWS, size
 def _render_tiles(scene, geoms: list, views: Sequence[str], tile: tuple[int, int], vfov_deg: float,
                   slices: Mapping[str, int] | None, window: str, labels) -> list:
     """One offscreen picture per view of the same geometries (and CT planes), annotated."""
-    from PIL import Image
 
     _ensure_headless_env()
     from open3d.visualization import rendering
@@ -350,21 +349,32 @@ def _render_tiles(scene, geoms: list, views: Sequence[str], tile: tuple[int, int
                 sc.add_geometry(f"slice:{plane}", q_mesh, q_mat)
                 geoms = [*geoms, (f"slice:{plane}", q_mesh, q_mat)]
         pts = np.concatenate([np.asarray(g.vertices) for _, g, _ in geoms]) if geoms else np.zeros((1, 3))
-        sc.scene.enable_sun_light(True)
-        tiles = []
-        for view in views:
-            pose = fit_camera(pts, view, tile_w / height, vfov_deg, frame_slab=True)
-            sc.camera.set_projection(pose.vfov_deg, tile_w / height, pose.near, pose.far,
-                                     rendering.Camera.FovType.Vertical)
-            sc.camera.look_at(pose.center, pose.eye, pose.up)
-            sc.scene.set_sun_light(sun_direction(view), [1.0, 1.0, 1.0], 90000)
-            img = Image.fromarray(np.asarray(renderer.render_to_image())[..., :3].copy())
-            draw_plan_labels(img, labels, pose, tile_w / height)
-            annotate_tile(img, view)
-            tiles.append(img)
-        return tiles
+        return shoot_views(renderer, pts, views, (tile_w, height), vfov_deg, labels)
     finally:
         del renderer  # release the EGL context before PIL work / process exit
+
+
+def shoot_views(renderer, pts: np.ndarray, views: Sequence[str], tile: tuple[int, int], vfov_deg: float,
+                labels=()) -> list:
+    """One annotated PIL picture per named view of what ``renderer`` holds, the camera framing
+    ``pts`` (LPS mm) and the light over the viewer's shoulder; plan ``labels`` drawn in boxes."""
+    from PIL import Image
+    from open3d.visualization import rendering
+
+    sc = renderer.scene
+    tile_w, height = tile
+    sc.scene.enable_sun_light(True)
+    tiles = []
+    for view in views:
+        pose = fit_camera(pts, view, tile_w / height, vfov_deg, frame_slab=True)
+        sc.camera.set_projection(pose.vfov_deg, tile_w / height, pose.near, pose.far, rendering.Camera.FovType.Vertical)
+        sc.camera.look_at(pose.center, pose.eye, pose.up)
+        sc.scene.set_sun_light(sun_direction(view), [1.0, 1.0, 1.0], 90000)
+        img = Image.fromarray(np.asarray(renderer.render_to_image())[..., :3].copy())
+        draw_plan_labels(img, labels, pose, tile_w / height)
+        annotate_tile(img, view)
+        tiles.append(img)
+    return tiles
 
 
 def _legend_strip(styles, legend_w: int, height: int, color_by_uncertainty: bool):
